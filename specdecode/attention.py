@@ -1,0 +1,70 @@
+"""The attention seam: how a model scores a token tree in one forward pass.
+
+`SDPABackend` runs any transformers model loaded with `attn_implementation="sdpa"`: the prefix is
+fully visible, a tree gets a custom 4D mask (prefix + ancestors), positions are given explicitly, and
+a chain uses the model's own causal mask. A FlashAttention backend plugs in behind the same
+`AttentionBackend` protocol. Verifiers (scoring drafts) and model drafters (expanding draft trees)
+both run their models through this one function, so there is a single tree-forward code path.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+
+from .cache import KVCache
+from .errors import SpecDecodeError
+
+
+class AttentionBackend(Protocol):
+    name: str
+
+    def forward(
+        self,
+        model: torch.nn.Module,
+        cache: KVCache,
+        input_ids: torch.Tensor,
+        positions: torch.Tensor,
+        tree_mask: torch.Tensor | None = None,
+        logits_to_keep: int = 0,
+    ) -> torch.Tensor:
+        """Feed input_ids [q] after the cache's entries; return logits [q or logits_to_keep, vocab].
+
+        positions [q] are absolute positions. tree_mask [q, m] bool (m >= q) says which of the LAST m
+        keys (the cache's last m - q entries, then the q fed tokens) each fed token may attend to;
+        every earlier key is visible. None means plain causal attention. The cache grows by q entries.
+        """
+        ...
+
+
+class SDPABackend:
+    """PyTorch scaled-dot-product attention through the model's own sdpa attention layers."""
+
+    name = "sdpa"
+
+    def forward(self, model, cache, input_ids, positions, tree_mask=None, logits_to_keep=0):
+        device = model.device
+        past = cache.length
+        q = input_ids.shape[-1]
+        kwargs = {}
+        if tree_mask is not None:
+            full_mask = torch.ones(q, past + q, dtype=torch.bool, device=device)  # [q, past+q]
+            full_mask[:, past + q - tree_mask.shape[-1] :] = tree_mask.to(device)
+            kwargs["attention_mask"] = full_mask[None, None]  # [1, 1, q, past+q], True = attend
+        output = model(
+            input_ids=input_ids.to(device)[None],  # [1, q]
+            position_ids=positions.to(device)[None],  # [1, q]
+            cache=cache.hf,
+            use_cache=True,
+            logits_to_keep=logits_to_keep,
+            **kwargs,
+        )
+        return output.logits[0]  # [q or logits_to_keep, vocab]
+
+
+def select_backend(name: str = "auto") -> AttentionBackend:
+    """"auto" and "sdpa" give the SDPA backend (CPU and GPU)."""
+    if name in ("auto", "sdpa"):
+        return SDPABackend()
+    raise SpecDecodeError(f"unknown attention backend {name!r}; available: 'auto', 'sdpa'.")

@@ -1,0 +1,72 @@
+"""The drafter protocol and the draft-length rule shared by the built-in drafters.
+
+A drafter proposes a DraftTree after the committed tokens; the engine verifies it with the target
+and reports back what was committed. A drafter may be wrong as often as it likes: verification keeps
+only what the target itself would have produced, so a drafter can never change the output.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+import torch
+
+from ..sampling import GREEDY, SamplingParams
+from ..tree import DraftTree
+
+
+class Drafter:
+    """Base class (and protocol) for drafters; subclass it and override what you need.
+
+    - `begin(prompt_ids, sampling=..., generator=...)`: a new generation starts.
+    - `propose(context_ids, budget) -> DraftTree`: draft at most `budget` nodes after `context_ids`
+      (prompt + every committed token). A draft without probabilities (lookup, retrieval) simply
+      has `draft_probs=None`. Under sampling, a draft WITH probabilities must have drawn each token
+      from its row, independently of its earlier siblings.
+    - `accept(token_ids)`: the tokens committed by the last step (accepted draft tokens + the
+      target's next token); update adaptive state here.
+    """
+
+    name = "custom"
+
+    def begin(
+        self,
+        prompt_ids: Sequence[int],
+        *,
+        sampling: SamplingParams = GREEDY,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        self.sampling = sampling
+        self.generator = generator
+
+    def propose(self, context_ids: Sequence[int], budget: int) -> DraftTree:
+        raise NotImplementedError(f"{type(self).__name__} must implement propose(context_ids, budget)")
+
+    def accept(self, token_ids: Sequence[int]) -> None:
+        return None
+
+    def check_target(self, target) -> None:
+        """Raise IncompatibleDrafterError if this drafter cannot draft for `target` (a LoadedModel)."""
+        return None
+
+
+class AdaptiveLength:
+    """Draft length that follows observed acceptance (the rule of HF assisted generation).
+
+    After each verification: if every drafted level was accepted, the length grows by 2; otherwise it
+    shrinks by 1; always within [minimum, maximum]. With `adaptive=False` it stays at `initial`.
+    """
+
+    def __init__(self, initial: int, minimum: int = 1, maximum: int = 16, adaptive: bool = True):
+        self.initial, self.minimum, self.maximum, self.adaptive = initial, minimum, max(maximum, initial), adaptive
+        self.current = initial
+
+    def reset(self) -> None:
+        self.current = self.initial
+
+    def update(self, drafted_depth: int, accepted_depth: int) -> None:
+        if not self.adaptive or drafted_depth == 0:
+            return
+        if accepted_depth >= drafted_depth:
+            self.current = min(self.maximum, self.current + 2)
+        else:
+            self.current = max(self.minimum, self.current - 1)

@@ -1,0 +1,209 @@
+"""ModelDrafter: an independent small LM (same vocabulary as the target) drafts a chain or a tree.
+
+The drafter keeps its own KV cache. Rollback is bookkeeping: `cached_ids` records which tokens the
+cache holds; before drafting, the cache is cropped to the longest prefix shared with the committed
+context and only the rest is fed.
+
+Chain (tree_width=1): greedy tokens, or under sampling tokens drawn from the drafter's warped
+distribution (draft_probs carried for the Leviathan acceptance rule). Drafting stops early when the
+drafter's top probability falls below `confidence` (as in HF assisted generation).
+Tree (tree_width=w>1): a best-first top-w tree: each level expands the w best nodes by cumulative
+draft log-probability, in one drafter forward with tree attention; the `max_nodes` best nodes are
+proposed. Tree tokens are deterministic (point masses), which is exact under sampling too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from ..attention import AttentionBackend, select_backend
+from ..cache import KVCache
+from ..errors import IncompatibleDrafterError, SpecDecodeError
+from ..models import load_model
+from ..sampling import warp_probs
+from ..tree import DraftTree
+from .base import AdaptiveLength, Drafter
+
+
+def output_vocab_size(model: torch.nn.Module) -> int:
+    return model.get_output_embeddings().weight.shape[0]
+
+
+class ModelDrafter(Drafter):
+    """Draft with a small language model.
+
+    model: a LoadedModel, a spec for `load_model` (zoo name, folder, .gguf) or a transformers model.
+    k: fixed draft depth; None adapts it from acceptance (start `initial_k`, at most `max_k`).
+    tree_width: 1 drafts a chain; w > 1 a top-w tree of at most `max_nodes` nodes.
+    confidence: stop a chain early when the drafter's top probability drops below it (0 = never).
+    """
+
+    name = "model"
+
+    def __init__(
+        self,
+        model,
+        k: int | None = None,
+        *,
+        tree_width: int = 1,
+        max_nodes: int | None = None,
+        confidence: float = 0.3,
+        initial_k: int = 4,
+        max_k: int = 12,
+        attention: AttentionBackend | None = None,
+    ):
+        if k is not None and k < 1:
+            raise SpecDecodeError(f"ModelDrafter k must be >= 1 (or None to adapt), got {k}.")
+        if tree_width < 1:
+            raise SpecDecodeError(f"ModelDrafter tree_width must be >= 1, got {tree_width}.")
+        if not 0 <= confidence < 1:
+            raise SpecDecodeError(f"ModelDrafter confidence must be in [0, 1), got {confidence}.")
+        self.draft = model if hasattr(model, "tokenizer") and hasattr(model, "model") else load_model(model)
+        self.model = self.draft.model
+        self.tree_width = tree_width
+        self.max_nodes = max_nodes or tree_width * (k or max_k)
+        self.confidence = confidence
+        self.length = AdaptiveLength(initial=k or initial_k, maximum=k or max_k, adaptive=k is None)
+        self.attention = attention or select_backend()
+        self.cache = KVCache(self.model)
+        self.cached_ids: list[int] = []
+        self.vocab_size = output_vocab_size(self.model)
+        self.drafted_depth = 0
+        self.name = f"model:{self.draft.name}"
+
+    # ------------------------------------------------------------------ protocol
+    def check_target(self, target) -> None:
+        target_vocab = output_vocab_size(target.model)
+        draft_tok, target_tok = self.draft.tokenizer, getattr(target, "tokenizer", None)
+        if draft_tok is not None and target_tok is not None:
+            same = draft_tok.get_vocab() == target_tok.get_vocab()
+        else:
+            same = self.vocab_size == target_vocab
+        if not same:
+            raise IncompatibleDrafterError(
+                f"drafter {self.draft.name!r} does not share the target {target.name!r}'s vocabulary "
+                f"(drafter {len(draft_tok) if draft_tok else self.vocab_size} tokens, target "
+                f"{len(target_tok) if target_tok else target_vocab}); choose a drafter from the same model "
+                "family, or use LookupDrafter, which works with any target."
+            )
+        self.vocab_size = target_vocab  # draft_probs must have the target's width
+
+    def begin(self, prompt_ids, *, sampling=None, generator=None) -> None:
+        super().begin(prompt_ids, sampling=sampling, generator=generator)
+        self.cache.reset()
+        self.cached_ids = []
+        self.length.reset()
+        self.drafted_depth = 0
+
+    def propose(self, context_ids: Sequence[int], budget: int) -> DraftTree:
+        depth = min(self.length.current, budget)
+        if depth <= 0:
+            self.drafted_depth = 0
+            return DraftTree.empty()
+        last_logits = self._catch_up(context_ids)  # [vocab]
+        if self.tree_width == 1:
+            tree = self._draft_chain(last_logits, len(context_ids), depth)
+        else:
+            tree = self._draft_tree(last_logits, len(context_ids), depth, min(budget, self.max_nodes))
+        self.drafted_depth = int(tree.depths.max()) + 1 if len(tree) else 0
+        return tree
+
+    def accept(self, token_ids: Sequence[int]) -> None:
+        self.length.update(self.drafted_depth, len(token_ids) - 1)
+
+    # ------------------------------------------------------------------ drafting
+    def _forward(self, token_ids: Sequence[int], start: int, tree_mask=None, depths=None) -> torch.Tensor:
+        """Feed tokens at positions start.. (or start + depths for tree nodes); logits [q, vocab]."""
+        ids = torch.tensor(token_ids, dtype=torch.long)  # [q]
+        positions = start + (torch.arange(len(ids)) if depths is None else depths)  # [q]
+        logits = self.attention.forward(self.model, self.cache, ids, positions, tree_mask)
+        return self._fit_vocab(logits.float())
+
+    def _fit_vocab(self, logits: torch.Tensor) -> torch.Tensor:
+        """Cut or pad (with -inf) the drafter's logits [q, V_draft] to the target's width [q, V]."""
+        width = logits.shape[-1]
+        if width > self.vocab_size:
+            return logits[:, : self.vocab_size]
+        if width < self.vocab_size:
+            return torch.nn.functional.pad(logits, (0, self.vocab_size - width), value=float("-inf"))
+        return logits
+
+    def _catch_up(self, context_ids: Sequence[int]) -> torch.Tensor:
+        """Bring the cache to the context (minus nothing) and return the logits after its last token."""
+        shared = 0
+        limit = min(len(self.cached_ids), len(context_ids) - 1)  # always feed >= 1 token
+        while shared < limit and self.cached_ids[shared] == context_ids[shared]:
+            shared += 1
+        self.cache.crop(shared)
+        feed = list(context_ids[shared:])
+        logits = self._forward(feed, shared)[-1]  # [vocab]
+        self.cached_ids = list(context_ids)
+        return logits
+
+    def _draft_chain(self, logits: torch.Tensor, context_len: int, depth: int) -> DraftTree:
+        sampling = self.sampling
+        tokens: list[int] = []
+        rows: list[torch.Tensor] = []
+        for step in range(depth):
+            if sampling is None or sampling.greedy:
+                probs = logits.softmax(-1)  # [vocab]
+                token = int(probs.argmax())
+            else:
+                probs = warp_probs(logits, sampling)  # [vocab]
+                token = int(torch.multinomial(probs, 1, generator=self.generator))
+                rows.append(probs)
+            if step > 0 and float(probs.max()) < self.confidence:
+                if rows:
+                    rows.pop()
+                break
+            tokens.append(token)
+            if step == depth - 1:
+                break
+            logits = self._forward([token], context_len + step)[-1]
+            self.cached_ids.append(token)
+        draft_probs = torch.stack(rows) if rows else None  # [n, vocab]
+        return DraftTree.chain(tokens, draft_probs)
+
+    def _draft_tree(self, logits: torch.Tensor, context_len: int, depth: int, max_nodes: int) -> DraftTree:
+        width = self.tree_width
+        tokens: list[int] = []
+        parents: list[int] = []
+        scores: list[float] = []  # cumulative draft log-probability of each node's path
+        node_depths: list[int] = []
+
+        def add_children(parent: int, row_logits: torch.Tensor) -> None:
+            logprobs = row_logits.log_softmax(-1)  # [vocab]
+            best = torch.topk(logprobs, width)
+            base = scores[parent] if parent >= 0 else 0.0
+            for logprob, token in zip(best.values.tolist(), best.indices.tolist()):
+                tokens.append(token)
+                parents.append(parent)
+                scores.append(base + logprob)
+                node_depths.append(0 if parent < 0 else node_depths[parent] + 1)
+
+        add_children(-1, logits)
+        fed: list[int] = []  # tree nodes whose KV entries follow the context in the cache, in order
+        level = [i for i in range(len(tokens))]
+        for _ in range(depth - 1):
+            frontier = sorted(level, key=lambda i: (-scores[i], i))[:width]
+            mask = torch.zeros(len(frontier), len(fed) + len(frontier), dtype=torch.bool)  # [q, m]
+            for row, node in enumerate(frontier):
+                ancestor = parents[node]
+                while ancestor >= 0:
+                    mask[row, fed.index(ancestor)] = True
+                    ancestor = parents[ancestor]
+                mask[row, len(fed) + row] = True
+            frontier_depths = torch.tensor([node_depths[i] for i in frontier])
+            level_logits = self._forward([tokens[i] for i in frontier], context_len, mask, frontier_depths)
+            fed.extend(frontier)
+            level = []
+            for row, node in enumerate(frontier):
+                first_child = len(tokens)
+                add_children(node, level_logits[row])
+                level.extend(range(first_child, len(tokens)))
+        self.cache.crop(context_len)  # drop the tree nodes; cached_ids still equals the context
+        keep = sorted(sorted(range(len(tokens)), key=lambda i: (-scores[i], i))[:max_nodes])
+        remap = {old: new for new, old in enumerate(keep)}
+        return DraftTree([tokens[i] for i in keep], [remap.get(parents[i], -1) for i in keep])

@@ -1,0 +1,217 @@
+"""SpeculativeGenerator: prefill, then draft -> verify -> commit until a stop.
+
+The whole loop is `_decode`. Bookkeeping: the committed sequence is prompt + generated tokens; the
+target's KV cache holds every committed token except the last one (the "pending" token). Each step
+feeds [pending] + the draft tree in ONE target forward, accepts a path, keeps only that path's KV
+entries, and commits the path plus the target's next token. Plain decoding (`speculative=False`, or
+no drafter) is the same loop with an empty draft, so both share prefill, cache and stopping code.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from .attention import select_backend
+from .cache import KVCache
+from .drafters.base import Drafter
+from .errors import SpecDecodeError
+from .models import load_model
+from .outputs import GenerationOutput, GenerationStats, Tally
+from .prompts import StopChecker, encode_prompt, eos_token_ids
+from .sampling import SamplingParams
+from .tree import DraftTree
+from .verifiers import accept
+
+
+@dataclass(frozen=True)
+class Request:
+    """One validated generation request."""
+
+    prompt_ids: list[int]
+    max_new_tokens: int
+    sampling: SamplingParams
+    seed: int | None
+    stop: tuple[str, ...]
+    speculative: bool
+
+
+@dataclass
+class _Run:
+    """What a finished (or stopped) decode leaves behind."""
+
+    generated: list[int] = field(default_factory=list)
+    margins: list[float] = field(default_factory=list)
+    stop_reason: str = "max_new_tokens"
+    tally: Tally = field(default_factory=Tally)
+
+
+class SpeculativeGenerator:
+    """Lossless speculative generation with any transformers causal LM.
+
+    target: a LoadedModel, a spec for `load_model`, or a transformers model (with `tokenizer=`;
+        without one, prompts must be token ids).
+    drafter: any Drafter (ModelDrafter, LookupDrafter, your own); None means plain decoding.
+    max_draft_tokens: cap on the nodes of one draft tree (one verification forward feeds 1 + that).
+    attention: the tree-attention backend ("auto" / "sdpa").
+    """
+
+    def __init__(self, target, drafter: Drafter | None = None, *, tokenizer=None, max_draft_tokens: int = 64,
+                 attention: str = "auto"):
+        self.target = load_model(target, tokenizer=tokenizer)
+        self.model = self.target.model
+        self.tokenizer = self.target.tokenizer
+        self.drafter = drafter
+        if max_draft_tokens < 1:
+            raise SpecDecodeError(f"max_draft_tokens must be >= 1, got {max_draft_tokens}.")
+        self.max_draft_tokens = max_draft_tokens
+        self.attention = select_backend(attention)
+        if drafter is not None:
+            drafter.check_target(self.target)
+        self.eos_ids = eos_token_ids(self.model, self.tokenizer)
+        self.vocab_size = self.model.get_output_embeddings().weight.shape[0]
+        self.max_positions = getattr(self.model.config, "max_position_embeddings", None)
+
+    # ------------------------------------------------------------------ public API
+    def generate(self, prompt, max_new_tokens: int = 128, **options) -> GenerationOutput:
+        """Generate from a string, chat messages or token ids. Options: temperature, top_p, top_k,
+        seed, stop (str or list), speculative (False = plain decoding), verifier ("auto")."""
+        request = self._request(prompt, max_new_tokens, **options)
+        run = _Run()
+        for _ in self._decode(request, run):
+            pass
+        return self._output(request, run)
+
+    def stream(self, prompt, max_new_tokens: int = 128, **options) -> Iterator[str]:
+        """Yield text pieces as tokens are committed (same options as `generate`)."""
+        request = self._request(prompt, max_new_tokens, **options)
+        if self.tokenizer is None:
+            raise SpecDecodeError("stream() needs a tokenizer to produce text; use generate() with token ids.")
+        stops = StopChecker(self.tokenizer, request.stop)
+        run = _Run()
+        emitted = 0
+        for _ in self._decode(request, run):
+            text = stops.visible_text(run.generated, final=False)
+            if len(text) > emitted:
+                yield text[emitted:]
+                emitted = len(text)
+        text = stops.visible_text(run.generated, final=True)
+        if len(text) > emitted:
+            yield text[emitted:]
+
+    # ------------------------------------------------------------------ the loop
+    @torch.inference_mode()
+    def _decode(self, request: Request, run: _Run) -> Iterator[list[int]]:
+        """Yield the tokens committed by each step; fill `run` as it goes."""
+        model, tally = self.model, run.tally
+        generator = torch.Generator().manual_seed(request.seed if request.seed is not None else torch.seed())
+        drafter = self.drafter if request.speculative else None
+        stops = StopChecker(self.tokenizer, request.stop)
+        committed = list(request.prompt_ids)
+        cache = KVCache(model)
+        started = time.perf_counter()
+
+        # 1. Prefill every prompt token but the last (the pending token is fed with the first draft).
+        if len(committed) > 1:
+            self.attention.forward(model, cache, torch.tensor(committed[:-1]), torch.arange(len(committed) - 1),
+                                   logits_to_keep=1)
+        tally.prefill_s = time.perf_counter() - started
+        if drafter is not None:
+            drafter.begin(request.prompt_ids, sampling=request.sampling, generator=generator)
+
+        while True:
+            remaining = request.max_new_tokens - len(run.generated)
+            # 2. Draft: a tree of at most `budget` nodes after the committed tokens.
+            budget = min(self.max_draft_tokens, remaining - 1)
+            tree = DraftTree.empty()
+            if drafter is not None and budget > 0:
+                tick = time.perf_counter()
+                tree = self._checked(drafter.propose(committed, budget), drafter).truncated(budget)
+                tally.draft_s += time.perf_counter() - tick
+
+            # 3. Verify: one target forward over [pending] + tree (tree attention, depth positions).
+            tick = time.perf_counter()
+            past = cache.length
+            input_ids, tree_mask, offsets = tree.rooted_inputs(committed[-1])
+            target_logits = self.attention.forward(model, cache, input_ids, past + offsets, tree_mask)
+
+            # 4. Accept: the longest path the target agrees with, plus the target's next token.
+            acceptance = accept(tree, target_logits, request.sampling, generator)
+
+            # 5. Commit: keep only the accepted path's KV entries (pending + accepted nodes).
+            cache.keep(past, acceptance.rows)
+            new_tokens = [tree.token_list[node] for node in acceptance.accepted] + [acceptance.next_token]
+            if request.sampling.greedy:
+                run.margins.extend(_top2_margins(target_logits[acceptance.rows]))
+            tally.verify_s += time.perf_counter() - tick
+
+            # 6. Stop: end of sequence, a stop string, or the token budget (cut inside the step).
+            cut, reason = stops.first_stop(run.generated, new_tokens, self.eos_ids, request.max_new_tokens)
+            new_tokens = new_tokens[:cut]
+            run.margins[len(run.generated) + cut :] = []
+            committed.extend(new_tokens)
+            run.generated.extend(new_tokens)
+            tally.record_step(drafted=len(tree), accepted=len(acceptance.accepted))
+            if drafter is not None:
+                drafter.accept(new_tokens)
+            tally.wall_s = time.perf_counter() - started
+            yield new_tokens
+            if reason is not None:
+                run.stop_reason = reason
+                return
+
+    # ------------------------------------------------------------------ helpers
+    def _checked(self, tree: DraftTree, drafter: Drafter) -> DraftTree:
+        if not isinstance(tree, DraftTree):
+            raise SpecDecodeError(f"drafter {drafter.name!r} returned {type(tree).__name__}, not a DraftTree.")
+        if len(tree) and (int(tree.tokens.min()) < 0 or int(tree.tokens.max()) >= self.vocab_size):
+            raise SpecDecodeError(
+                f"drafter {drafter.name!r} proposed token ids outside the target's vocabulary "
+                f"[0, {self.vocab_size}): {tree.token_list}; fix the drafter's token mapping."
+            )
+        return tree
+
+    def _request(self, prompt, max_new_tokens: int, *, temperature: float = 0.0, top_p: float = 1.0,
+                 top_k: int = 0, seed: int | None = None, stop: str | Sequence[str] | None = None,
+                 speculative: bool = True, verifier: str = "auto") -> Request:
+        if not isinstance(max_new_tokens, int) or max_new_tokens <= 0:
+            raise SpecDecodeError(f"max_new_tokens must be a positive whole number, got {max_new_tokens!r}.")
+        sampling = SamplingParams(temperature=temperature, top_p=top_p, top_k=top_k)
+        expected = "greedy" if sampling.greedy else "sampling"
+        if verifier not in ("auto", expected):
+            raise SpecDecodeError(
+                f"verifier={verifier!r} does not match temperature={temperature}: temperature 0 verifies with "
+                "'greedy', temperature > 0 with 'sampling' (or pass verifier='auto')."
+            )
+        prompt_ids = encode_prompt(self.tokenizer, prompt)
+        if self.max_positions and len(prompt_ids) + max_new_tokens > self.max_positions:
+            raise SpecDecodeError(
+                f"the prompt ({len(prompt_ids)} tokens) plus max_new_tokens ({max_new_tokens}) exceeds the "
+                f"model's context of {self.max_positions} tokens; shorten the prompt or lower max_new_tokens."
+            )
+        stops = (stop,) if isinstance(stop, str) else tuple(stop or ())
+        if any(not isinstance(s, str) or not s for s in stops):
+            raise SpecDecodeError(f"stop strings must be non-empty strings, got {stop!r}.")
+        return Request(prompt_ids, max_new_tokens, sampling, seed, stops, speculative)
+
+    def _output(self, request: Request, run: _Run) -> GenerationOutput:
+        text = ""
+        if self.tokenizer is not None:
+            text = StopChecker(self.tokenizer, request.stop).visible_text(run.generated, final=True)
+        return GenerationOutput(
+            text=text,
+            token_ids=run.generated,
+            prompt_ids=request.prompt_ids,
+            stop_reason=run.stop_reason,
+            stats=GenerationStats.from_tally(run.tally, len(run.generated)),
+            top2_margins=run.margins,
+        )
+
+
+def _top2_margins(logits: torch.Tensor) -> list[float]:
+    """logits [rows, vocab] -> top-1 minus top-2 logit per row."""
+    top2 = logits.float().topk(2, dim=-1).values  # [rows, 2]
+    return (top2[:, 0] - top2[:, 1]).tolist()

@@ -1,0 +1,104 @@
+"""Prompt encoding, end-of-sequence ids and stop strings: the text side of the engine."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from .errors import SpecDecodeError
+
+
+def encode_prompt(tokenizer, prompt) -> list[int]:
+    """A string (tokenised as is), chat messages (the tokenizer's chat template with the generation
+    prompt) or token ids (a list or a 1-D tensor) -> token ids."""
+    if isinstance(prompt, torch.Tensor):
+        prompt = prompt.reshape(-1).tolist()
+    if isinstance(prompt, str):
+        if not prompt.strip():
+            raise SpecDecodeError("the prompt is empty; pass some text, chat messages or token ids.")
+        _require_tokenizer(tokenizer, "a text prompt")
+        ids = tokenizer(prompt)["input_ids"]
+    elif isinstance(prompt, Sequence) and prompt and all(isinstance(m, dict) for m in prompt):
+        _require_tokenizer(tokenizer, "chat messages")
+        if not getattr(tokenizer, "chat_template", None):
+            raise SpecDecodeError(
+                "this tokenizer has no chat template, so chat messages cannot be formatted; pass the prompt "
+                "as plain text instead."
+            )
+        if not any(str(m.get("content", "")).strip() for m in prompt):
+            raise SpecDecodeError("the chat messages are all empty; give at least one message some content.")
+        ids = tokenizer.apply_chat_template(list(prompt), add_generation_prompt=True, tokenize=True, return_dict=False)
+    elif isinstance(prompt, Sequence) and not isinstance(prompt, (bytes, bytearray)):
+        if not prompt:
+            raise SpecDecodeError("the prompt is empty; pass some text, chat messages or token ids.")
+        if not all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
+            raise SpecDecodeError(
+                "a list prompt must hold token ids (ints) or chat messages ({'role': ..., 'content': ...} dicts)."
+            )
+        ids = list(prompt)
+    else:
+        raise SpecDecodeError(
+            f"unsupported prompt type {type(prompt).__name__}; pass a string, chat messages or token ids."
+        )
+    if not ids:
+        raise SpecDecodeError("the prompt encodes to zero tokens; pass some text.")
+    return [int(t) for t in ids]
+
+
+def _require_tokenizer(tokenizer, what: str) -> None:
+    if tokenizer is None:
+        raise SpecDecodeError(f"{what} needs a tokenizer; pass tokenizer=... or give the prompt as token ids.")
+
+
+def eos_token_ids(model, tokenizer) -> frozenset[int]:
+    """The model's end-of-sequence ids: its generation config's (as transformers' generate uses),
+    else the tokenizer's."""
+    eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    if eos is None and tokenizer is not None:
+        eos = tokenizer.eos_token_id
+    if eos is None:
+        return frozenset()
+    return frozenset([eos] if isinstance(eos, int) else [int(e) for e in eos])
+
+
+class StopChecker:
+    """Finds where generation must stop inside one step's tokens, and the text a user should see."""
+
+    def __init__(self, tokenizer, stop: Sequence[str]):
+        self.tokenizer = tokenizer
+        self.stop = tuple(stop)
+
+    def first_stop(
+        self, generated: list[int], new_tokens: list[int], eos_ids: frozenset[int], max_new_tokens: int
+    ) -> tuple[int, str | None]:
+        """(how many of new_tokens to keep, why we stop or None)."""
+        for j, token in enumerate(new_tokens):
+            if token in eos_ids:
+                return j + 1, "eos"
+            if self.stop and self._has_stop(generated + new_tokens[: j + 1]):
+                return j + 1, "stop_string"
+            if len(generated) + j + 1 >= max_new_tokens:
+                return j + 1, "max_new_tokens"
+        return len(new_tokens), None
+
+    def _has_stop(self, token_ids: list[int]) -> bool:
+        text = self.tokenizer.decode(token_ids, skip_special_tokens=True)
+        return any(s in text for s in self.stop)
+
+    def visible_text(self, token_ids: list[int], final: bool) -> str:
+        """Decoded text cut before the first stop string. While streaming (final=False), hold back an
+        incomplete character and any tail that could still grow into a stop string."""
+        text = self.tokenizer.decode(token_ids, skip_special_tokens=True)
+        cuts = [text.find(s) for s in self.stop if s in text]
+        if cuts:
+            return text[: min(cuts)]
+        if final:
+            return text
+        text = text.rstrip("\ufffd")
+        for s in self.stop:
+            for size in range(min(len(s) - 1, len(text)), 0, -1):
+                if text.endswith(s[:size]):
+                    text = text[: len(text) - size]
+                    break
+        return text
