@@ -47,6 +47,7 @@ class _Run:
     margins: list[float] = field(default_factory=list)
     stop_reason: str = "max_new_tokens"
     tally: Tally = field(default_factory=Tally)
+    cache: KVCache | None = None  # the target's cache: every committed token but the last
 
 
 class SpeculativeGenerator:
@@ -111,7 +112,7 @@ class SpeculativeGenerator:
         drafter = self.drafter if request.speculative else None
         stops = StopChecker(self.tokenizer, request.stop)
         committed = list(request.prompt_ids)
-        cache = KVCache(model)
+        cache = run.cache = KVCache(model)
         started = time.perf_counter()
 
         # 1. Prefill every prompt token but the last (the pending token is fed with the first draft).
@@ -152,6 +153,7 @@ class SpeculativeGenerator:
             cut, reason = stops.first_stop(run.generated, new_tokens, self.eos_ids, request.max_new_tokens)
             new_tokens = new_tokens[:cut]
             run.margins[len(run.generated) + cut :] = []
+            cache.crop(past + cut)
             committed.extend(new_tokens)
             run.generated.extend(new_tokens)
             tally.record_step(drafted=len(tree), accepted=len(acceptance.accepted))

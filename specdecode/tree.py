@@ -116,15 +116,15 @@ class DraftTree:
         return mask
 
     def paths(self) -> list[list[int]]:
-        """Root-to-leaf paths, as lists of node indices."""
-        leaves = [i for i in range(len(self)) if not self.children[i]]
-        paths = []
-        for leaf in leaves:
-            path, node = [], leaf
-            while node >= 0:
-                path.append(node)
-                node = self.parent_list[node]
-            paths.append(path[::-1])
+        """Root-to-leaf paths as lists of node indices, in depth-first order."""
+        paths: list[list[int]] = []
+        stack = [[root] for root in reversed(self.children[-1])]
+        while stack:
+            path = stack.pop()
+            kids = self.children[path[-1]]
+            if not kids:
+                paths.append(path)
+            stack.extend(path + [kid] for kid in reversed(kids))
         return paths
 
     def path_tokens(self, node: int) -> list[int]:

@@ -60,30 +60,39 @@ def sampling_accept(
     """
     target_probs = warp_probs(target_logits, params)  # [1+n, vocab]
     draft_probs = tree.draft_probs  # [n, vocab] | None
+    # One uniform per node (each node is tried at most once) and one for the final draw.
+    uniforms = torch.rand(len(tree) + 1, generator=generator).tolist()
     accepted: list[int] = []
     node = -1
     while True:
-        residual = target_probs[node + 1].clone()  # [vocab]
+        residual = target_probs[node + 1]  # [vocab], copied before the first in-place change
         chosen = None
         for child in tree.children[node]:
             token = tree.token_list[child]
             draft_row = None if draft_probs is None else draft_probs[child].to(residual)  # [vocab]
-            draft_mass = 1.0 if draft_row is None else float(draft_row[token])
-            accept_prob = min(1.0, float(residual[token]) / draft_mass) if draft_mass > 0 else 0.0
-            if float(torch.rand((), generator=generator)) < accept_prob:
+            draft_mass = 1.0 if draft_row is None else draft_row[token].item()
+            accept_prob = min(1.0, residual[token].item() / draft_mass) if draft_mass > 0 else 0.0
+            if uniforms[child] < accept_prob:
                 chosen = child
                 break
             if draft_row is None:
+                residual = residual.clone()
                 residual[token] = 0.0
             else:
                 residual = (residual - draft_row).clamp_(min=0.0)
-            total = float(residual.sum())
+            total = residual.sum().item()
             if total <= 0.0:  # only reachable through rounding: the draft covered the target exactly
-                residual = target_probs[node + 1].clone()
-                total = 1.0
-            residual /= total
+                residual, total = target_probs[node + 1], 1.0
+            residual = residual / total
         if chosen is None:
-            next_token = int(torch.multinomial(residual, 1, generator=generator))
-            return Acceptance(accepted, next_token)
+            return Acceptance(accepted, sample_from(residual, uniforms[-1]))
         accepted.append(chosen)
         node = chosen
+
+
+def sample_from(probs: torch.Tensor, uniform: float) -> int:
+    """Inverse-CDF draw from probs [vocab] (need not sum exactly to 1) with a uniform in [0, 1)."""
+    cumulative = probs.cumsum(dim=-1)  # [vocab]
+    threshold = torch.tensor([uniform], dtype=cumulative.dtype) * cumulative[-1]
+    index = int(torch.searchsorted(cumulative, threshold, right=True))
+    return min(index, probs.shape[-1] - 1)

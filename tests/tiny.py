@@ -1,0 +1,115 @@
+"""Tiny random models built from a config (no downloads) and helpers the tests share."""
+
+from __future__ import annotations
+
+import random
+
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+from specdecode.drafters import Drafter
+from specdecode.models import LoadedModel
+from specdecode.tree import DraftTree
+
+VOCAB = 96
+
+
+def tiny_model(arch: str = "llama", seed: int = 0, vocab: int = VOCAB, layers: int = 2) -> torch.nn.Module:
+    """A random 2-layer model in fp32; exactness holds for any weights."""
+    common = dict(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=layers,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                  initializer_range=0.3)  # peaked, varied outputs (the default 0.02 gives near-uniform logits)
+    torch.manual_seed(seed)
+    if arch == "llama":
+        model = LlamaForCausalLM(LlamaConfig(**common))
+    elif arch == "qwen2":
+        model = Qwen2ForCausalLM(Qwen2Config(**common, tie_word_embeddings=True))
+    else:
+        raise ValueError(arch)
+    model.config._attn_implementation = "sdpa"
+    model.generation_config.eos_token_id = None  # tests choose their own end-of-sequence token
+    return model.eval()
+
+
+def loaded(model: torch.nn.Module, name: str = "tiny") -> LoadedModel:
+    return LoadedModel(model=model, tokenizer=None, name=name, dtype=model.dtype, device=model.device)
+
+
+def random_prompt(seed: int, length: int = 12, vocab: int = VOCAB) -> list[int]:
+    rng = random.Random(seed)
+    return [rng.randrange(vocab) for _ in range(length)]
+
+
+def repetitive_prompt(seed: int, vocab: int = VOCAB) -> list[int]:
+    """A prompt that repeats a phrase, so prompt lookup finds matches."""
+    phrase = random_prompt(seed, 6, vocab)
+    return phrase * 3 + phrase[:3]
+
+
+def hf_greedy(model: torch.nn.Module, prompt: list[int], max_new_tokens: int, eos: int | None = None) -> list[int]:
+    """transformers' own greedy decoding: the reference every drafter must match."""
+    out = model.generate(torch.tensor([prompt]), max_new_tokens=max_new_tokens, do_sample=False,
+                         eos_token_id=eos, pad_token_id=0 if eos is None else eos)
+    return out[0, len(prompt):].tolist()
+
+
+class RandomDrafter(Drafter):
+    """Proposes garbage: random tokens in random tree shapes. It must never change the output."""
+
+    name = "random"
+
+    def __init__(self, seed: int, vocab: int = VOCAB, max_nodes: int = 12):
+        self.rng = random.Random(seed)
+        self.vocab = vocab
+        self.max_nodes = max_nodes
+
+    def propose(self, context_ids, budget):
+        n = self.rng.randint(0, min(budget, self.max_nodes))
+        parents = [self.rng.randint(-1, i - 1) for i in range(n)]
+        tokens = [self.rng.randrange(self.vocab) for _ in range(n)]
+        return DraftTree(tokens, parents)
+
+
+class OracleDrafter(Drafter):
+    """Knows the true continuation and plants it on one branch of a random tree (with random
+    siblings and a random wrong turn), so deep acceptance through trees is exercised."""
+
+    name = "oracle"
+
+    def __init__(self, prompt: list[int], truth: list[int], seed: int, vocab: int = VOCAB):
+        self.full = list(prompt) + list(truth)
+        self.rng = random.Random(seed)
+        self.vocab = vocab
+
+    def propose(self, context_ids, budget):
+        start = len(context_ids)
+        right = self.full[start : start + self.rng.randint(0, budget)]
+        tokens, parents = [], []
+        parent = -1
+        for token in right:
+            for _ in range(self.rng.randint(0, 2)):  # decoys before the right child
+                tokens.append(self.rng.randrange(self.vocab))
+                parents.append(parent)
+            tokens.append(token)
+            parents.append(parent)
+            parent = len(tokens) - 1
+        if right and self.rng.random() < 0.5:  # a wrong last token
+            tokens[-1] = (tokens[-1] + 1) % self.vocab
+        keep = min(len(tokens), budget)
+        return DraftTree(tokens[:keep], parents[:keep])
+
+
+def tiny_tokenizer(vocab: int = VOCAB):
+    """A word-level tokenizer over words w0..w{vocab-1} ("<eos>" is id 1), with a chat template."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = {f"w{i}": i for i in range(vocab)}
+    words["<eos>"] = 1
+    del words["w1"]
+    backend = Tokenizer(models.WordLevel(vocab=words, unk_token="w0"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    backend.decoder = decoders.WordPiece(prefix="##")  # joins words with spaces
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<eos>", unk_token="w0")
+    tokenizer.chat_template = "{% for m in messages %}w2 {{ m['content'] }} w3 {% endfor %}w4"
+    return tokenizer
