@@ -1,0 +1,280 @@
+"""Load a causal LM and its tokenizer: zoo name, model folder, `.gguf` file, hub id, or an instance.
+
+Every model comes back in eval mode, without gradients, with SDPA attention (the engine passes
+custom 4D tree-attention masks), as a `LoadedModel`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from . import zoo
+from .errors import ModelLoadError, SpecDecodeError
+
+if TYPE_CHECKING:
+    import transformers
+
+_DTYPES = {
+    "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+    "fp32": torch.float32, "float32": torch.float32,
+    "fp16": torch.float16, "float16": torch.float16,
+}
+_WEIGHT_FILES = ("*.safetensors", "*.safetensors.index.json", "*.bin", "*.bin.index.json")
+_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A ready model: eval mode, no gradients, SDPA attention, with its tokenizer."""
+
+    model: "transformers.PreTrainedModel"
+    tokenizer: "transformers.PreTrainedTokenizerBase"
+    name: str
+    dtype: torch.dtype
+    device: torch.device
+
+
+# ----------------------------------------------------------------------------- dtype and device
+
+
+def cpu_supports_bf16() -> bool:
+    """True if this CPU computes bf16 natively (AVX-512 BF16 or AMX), read from /proc/cpuinfo."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        text = None
+    if text is not None:
+        return _cpuinfo_has_bf16(text)
+    # No /proc (macOS, Windows): torch's capability string never promises bf16 unless it names it.
+    capability = torch.backends.cpu.get_cpu_capability().upper()
+    return "AMX" in capability or "BF16" in capability
+
+
+def _cpuinfo_has_bf16(cpuinfo: str) -> bool:
+    """True if any `flags` line of a /proc/cpuinfo text lists a native bf16 instruction set."""
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "flags" and any(flag in value.split() for flag in _BF16_FLAGS):
+            return True
+    return False
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """"auto" -> cuda if available, else cpu; anything else must name a usable torch device."""
+    if isinstance(device, torch.device):
+        resolved = device
+    elif isinstance(device, str):
+        if device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        try:
+            resolved = torch.device(device)
+        except (RuntimeError, ValueError):
+            raise SpecDecodeError(
+                f"unknown device {device!r}; use 'auto', 'cpu', 'cuda' or 'cuda:N'."
+            ) from None
+    else:
+        raise SpecDecodeError(f"device must be a string or torch.device, not {type(device).__name__}.")
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise SpecDecodeError(
+            f"device {str(resolved)!r} was asked for but this torch has no usable CUDA GPU; "
+            "use device='cpu' or 'auto'."
+        )
+    return resolved
+
+
+def resolve_dtype(dtype: str | torch.dtype = "auto", device: str | torch.device = "auto") -> torch.dtype:
+    """"auto" -> bf16 on a CUDA GPU or CPU with native bf16, else fp32; or bf16/fp32/fp16 by name."""
+    if isinstance(dtype, torch.dtype):
+        if dtype not in _DTYPES.values():
+            raise SpecDecodeError(f"dtype {dtype} is not supported; use bfloat16, float32 or float16.")
+        return dtype
+    if not isinstance(dtype, str):
+        raise SpecDecodeError(f"dtype must be a string or torch.dtype, not {type(dtype).__name__}.")
+    if dtype == "auto":
+        device = resolve_device(device)
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+        if device.type == "cpu" and cpu_supports_bf16():
+            return torch.bfloat16
+        return torch.float32
+    key = dtype.lower().removeprefix("torch.")
+    if key not in _DTYPES:
+        raise SpecDecodeError(
+            f"unknown dtype {dtype!r}; use 'auto', 'bf16' ('bfloat16'), 'fp32' ('float32') or "
+            "'fp16' ('float16')."
+        )
+    return _DTYPES[key]
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def load_model(
+    spec: Any,
+    *,
+    tokenizer: Any = None,
+    dtype: str | torch.dtype = "auto",
+    device: str | torch.device = "auto",
+) -> LoadedModel:
+    """Load a causal LM with its tokenizer.
+
+    `spec`: a zoo name (`specdecode models list`), a local model folder, a `.gguf` file (converted
+    once into the cache), a Hugging Face Hub id (needs internet), a `LoadedModel` (returned as is),
+    or your own `PreTrainedModel` together with `tokenizer=`. `tokenizer` may be a tokenizer or a
+    folder / hub id to load one from. For your own model, dtype/device "auto" keep what it has.
+    """
+    from transformers import PreTrainedModel
+
+    if isinstance(spec, LoadedModel):
+        return spec
+    if isinstance(spec, PreTrainedModel):
+        return _wrap_instance(spec, tokenizer, dtype, device)
+    if isinstance(spec, os.PathLike):
+        spec = os.fspath(spec)
+    if not isinstance(spec, str) or not spec.strip():
+        raise ModelLoadError(
+            f"cannot load a model from {spec!r}: pass a zoo name, a model folder, a .gguf file, "
+            "a hub id, or a transformers PreTrainedModel with tokenizer=."
+        )
+    target_device = resolve_device(device)
+    target_dtype = resolve_dtype(dtype, target_device)
+    folder, name, from_hub = _resolve_source(spec)
+    model = _from_pretrained(folder, target_dtype, spec if from_hub else None)
+    tok = _load_tokenizer(tokenizer if tokenizer is not None else folder)
+    return _finish(model.to(target_device), tok, name)
+
+
+def _resolve_source(spec: str) -> tuple[str, str, bool]:
+    """(what to pass to from_pretrained, display name, whether it is a hub id)."""
+    if spec in zoo.ZOO:
+        return str(zoo.prepare(spec)), spec, False
+    path = Path(spec).expanduser()
+    if path.is_file():
+        if path.suffix.lower() != ".gguf":
+            raise ModelLoadError(
+                f"{path} is a file but not a .gguf file; pass a .gguf file or a model folder "
+                "(config.json + *.safetensors)."
+            )
+        return str(zoo.prepare_gguf_file(path)), path.stem, False
+    if path.is_dir():
+        _check_folder(path)
+        return str(path), path.name, False
+    if _looks_like_path(spec):
+        raise ModelLoadError(f"no such file or folder: {path}. Check the path.")
+    close = difflib.get_close_matches(spec.lower(), list(zoo.ZOO), n=1, cutoff=0.75)
+    if "/" not in spec and close:  # a mistyped zoo name: fail now, not after network retries
+        raise ModelLoadError(
+            f"unknown model {spec!r}: did you mean the zoo model {close[0]!r}? "
+            f"Known zoo models: {', '.join(zoo.ZOO)}."
+        )
+    return spec, spec, True
+
+
+def _looks_like_path(spec: str) -> bool:
+    """A hub id is `name` or `owner/name`; anything else is meant as a path."""
+    if spec.startswith((".", "/", "~")) or spec.lower().endswith(".gguf"):
+        return True
+    return spec.count("/") > 1 or "\\" in spec
+
+
+def _check_folder(path: Path) -> None:
+    if not os.access(path, os.R_OK | os.X_OK):
+        raise ModelLoadError(f"cannot read the folder {path}; check its permissions.")
+    if not (path / "config.json").is_file():
+        raise ModelLoadError(
+            f"{path} is not a model folder: it has no config.json. A model folder holds config.json "
+            "and weights (*.safetensors) as written by save_pretrained; for a GGUF pass the .gguf file."
+        )
+    if not any(next(path.glob(pattern), None) for pattern in _WEIGHT_FILES):
+        raise ModelLoadError(
+            f"{path} has config.json but no weights (*.safetensors or *.bin); copy the weight "
+            "files into it or save the model again with save_pretrained."
+        )
+
+
+def _from_pretrained(source: str, dtype: torch.dtype, hub_id: str | None):
+    from transformers import AutoModelForCausalLM
+
+    try:
+        return AutoModelForCausalLM.from_pretrained(source, dtype=dtype, attn_implementation="sdpa")
+    except Exception as e:  # noqa: BLE001 - one clear message instead of a transformers traceback
+        reason = _first_line(e)
+        if hub_id is not None and isinstance(e, OSError):  # not found, offline, no network
+            raise ModelLoadError(
+                f"could not load {hub_id!r}: it is not a zoo name, not a local file or folder, and it "
+                f"could not be downloaded from the Hugging Face Hub ({reason}). Without internet, use "
+                f"a zoo name ({', '.join(zoo.ZOO)}; see `specdecode models list`) or a local "
+                "folder / .gguf path."
+            ) from e
+        raise ModelLoadError(
+            f"could not load the model {source}: {reason}. The weights or config.json are "
+            "corrupt or incomplete, or the architecture is not a causal LM transformers knows."
+        ) from e
+
+
+def _load_tokenizer(tokenizer: Any) -> "transformers.PreTrainedTokenizerBase":
+    from transformers import AutoTokenizer, PreTrainedTokenizerBase
+
+    if isinstance(tokenizer, PreTrainedTokenizerBase):
+        return tokenizer
+    if isinstance(tokenizer, os.PathLike):
+        tokenizer = os.fspath(tokenizer)
+    if not isinstance(tokenizer, str):
+        raise ModelLoadError(
+            "tokenizer must be a transformers tokenizer or a folder / hub id, "
+            f"not {type(tokenizer).__name__}."
+        )
+    try:
+        return AutoTokenizer.from_pretrained(tokenizer)
+    except Exception as e:  # noqa: BLE001
+        raise ModelLoadError(
+            f"could not load a tokenizer from {tokenizer}: {_first_line(e)}. "
+            "Pass tokenizer= (a tokenizer object or the folder that holds tokenizer.json)."
+        ) from e
+
+
+def _wrap_instance(model, tokenizer, dtype, device) -> LoadedModel:
+    """A user's own model: check the tokenizer, cast/move only where asked, switch to SDPA."""
+    if tokenizer is None:
+        raise ModelLoadError(
+            f"a model instance ({type(model).__name__}) needs its tokenizer: "
+            "load_model(model, tokenizer=tokenizer)."
+        )
+    tok = _load_tokenizer(tokenizer)
+    if device != "auto":
+        model = model.to(resolve_device(device))
+    if dtype != "auto":
+        model = model.to(resolve_dtype(dtype, model.device))
+    if model.config._attn_implementation != "sdpa":
+        try:
+            model.set_attn_implementation("sdpa")
+        except (ValueError, ImportError) as e:
+            raise ModelLoadError(
+                f"{type(model).__name__} cannot use SDPA attention ({_first_line(e)}); the engine "
+                "needs it for tree-attention masks. Use a model class that supports SDPA."
+            ) from e
+    name = getattr(model.config, "name_or_path", "") or type(model).__name__
+    return _finish(model, tok, name)
+
+
+def _finish(model, tokenizer, name: str) -> LoadedModel:
+    vocab = model.get_input_embeddings().num_embeddings
+    if len(tokenizer) > vocab:
+        raise ModelLoadError(
+            f"the tokenizer has {len(tokenizer)} tokens but the model {name!r} embeds only {vocab}; "
+            "pass the tokenizer that belongs to this model."
+        )
+    model.eval()
+    model.requires_grad_(False)
+    return LoadedModel(model, tokenizer, name=name, dtype=model.dtype, device=model.device)
+
+
+def _first_line(e: BaseException) -> str:
+    return f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:300]}"
+
