@@ -16,6 +16,7 @@ import torch
 
 from . import zoo
 from .errors import ModelLoadError, SpecDecodeError
+from .kernels import tune_linear_layers
 
 if TYPE_CHECKING:
     import transformers
@@ -38,6 +39,7 @@ class LoadedModel:
     name: str
     dtype: torch.dtype
     device: torch.device
+    linear_kernel: str = "standard"  # CPU matmul orientation of the linear layers (see kernels.py)
 
 
 # ----------------------------------------------------------------------------- dtype and device
@@ -121,6 +123,7 @@ def load_model(
     tokenizer: Any = None,
     dtype: str | torch.dtype = "auto",
     device: str | torch.device = "auto",
+    cpu_kernels: str = "auto",
 ) -> LoadedModel:
     """Load a causal LM with its tokenizer.
 
@@ -128,13 +131,15 @@ def load_model(
     once into the cache), a Hugging Face Hub id (needs internet), a `LoadedModel` (returned as is),
     or your own `PreTrainedModel` together with `tokenizer=`. `tokenizer` may be a tokenizer or a
     folder / hub id to load one from. For your own model, dtype/device "auto" keep what it has.
+    `cpu_kernels`: on CPU, "auto" times the two matmul orientations of the linear layers for few-token
+    forwards on this machine and keeps the faster (kernels.py); "standard" leaves transformers' own.
     """
     from transformers import PreTrainedModel
 
     if isinstance(spec, LoadedModel):
         return spec
     if isinstance(spec, PreTrainedModel):
-        return _wrap_instance(spec, tokenizer, dtype, device)
+        return _wrap_instance(spec, tokenizer, dtype, device, cpu_kernels)
     if isinstance(spec, os.PathLike):
         spec = os.fspath(spec)
     if not isinstance(spec, str) or not spec.strip():
@@ -147,7 +152,7 @@ def load_model(
     folder, name, from_hub = _resolve_source(spec)
     model = _from_pretrained(folder, target_dtype, spec if from_hub else None)
     tok = _load_tokenizer(tokenizer if tokenizer is not None else folder)
-    return _finish(model.to(target_device), tok, name)
+    return _finish(model.to(target_device), tok, name, cpu_kernels)
 
 
 def _resolve_source(spec: str) -> tuple[str, str, bool]:
@@ -239,7 +244,7 @@ def _load_tokenizer(tokenizer: Any) -> "transformers.PreTrainedTokenizerBase":
         ) from e
 
 
-def _wrap_instance(model, tokenizer, dtype, device) -> LoadedModel:
+def _wrap_instance(model, tokenizer, dtype, device, cpu_kernels: str) -> LoadedModel:
     """A user's own model: check the tokenizer, cast/move only where asked, switch to SDPA."""
     if tokenizer is None:
         raise ModelLoadError(
@@ -260,10 +265,10 @@ def _wrap_instance(model, tokenizer, dtype, device) -> LoadedModel:
                 "needs it for tree-attention masks. Use a model class that supports SDPA."
             ) from e
     name = getattr(model.config, "name_or_path", "") or type(model).__name__
-    return _finish(model, tok, name)
+    return _finish(model, tok, name, cpu_kernels)
 
 
-def _finish(model, tokenizer, name: str) -> LoadedModel:
+def _finish(model, tokenizer, name: str, cpu_kernels: str) -> LoadedModel:
     vocab = model.get_input_embeddings().num_embeddings
     if len(tokenizer) > vocab:
         raise ModelLoadError(
@@ -272,7 +277,8 @@ def _finish(model, tokenizer, name: str) -> LoadedModel:
         )
     model.eval()
     model.requires_grad_(False)
-    return LoadedModel(model, tokenizer, name=name, dtype=model.dtype, device=model.device)
+    kernel = tune_linear_layers(model, cpu_kernels)
+    return LoadedModel(model, tokenizer, name=name, dtype=model.dtype, device=model.device, linear_kernel=kernel)
 
 
 def _first_line(e: BaseException) -> str:

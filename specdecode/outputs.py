@@ -87,11 +87,13 @@ class Divergence:
         )
 
 
-def first_divergence(reference: GenerationOutput, other: GenerationOutput) -> Divergence | None:
+def first_divergence(reference: GenerationOutput, other: GenerationOutput | list[int]) -> Divergence | None:
     """None when the token ids are identical; else the first differing position and the reference's
     (normally plain decoding's) top-2 margin there: a margin near 0 is a floating-point near-tie,
-    a clear margin (> 0.1) means a bug."""
-    ref, oth = reference.token_ids, other.token_ids
+    a clear margin (> 0.1) means a bug. `other` may be a GenerationOutput or generated token ids
+    (e.g. from transformers' generate)."""
+    ref = reference.token_ids
+    oth = list(other.token_ids if isinstance(other, GenerationOutput) else other)
     if ref == oth:
         return None
     position = next((i for i, (a, b) in enumerate(zip(ref, oth)) if a != b), min(len(ref), len(oth)))
