@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Optional, TypeVar
 
 import typer
 
@@ -60,6 +60,48 @@ def models_pull(
 
     path = run_command(lambda: zoo.pull(name, progress=not quiet))
     typer.echo(f"{name} is ready: {path}")
+
+
+@app.command("generate")
+def generate(
+    prompt: str = typer.Argument(..., help="The prompt text, or - to read it from standard input."),
+    model: str = typer.Option(..., "--model", "-m",
+                              help="Target model: zoo name, model folder, .gguf file or hub id."),
+    drafter: str = typer.Option("lookup", "--drafter", "-d",
+                                help="none | lookup | model:NAME (NAME: any --model spec)."),
+    k: Optional[int] = typer.Option(None, "--k", help="Draft length (depth); omitted = adaptive."),
+    tree: int = typer.Option(1, "--tree", help="Tree width: lookup branches or model top-w (1 = a chain)."),
+    max_new_tokens: int = typer.Option(128, "--max-new-tokens", "-n", help="At most this many new tokens."),
+    temperature: float = typer.Option(0.0, "--temperature", "-t", help="0 = greedy decoding."),
+    top_p: float = typer.Option(1.0, "--top-p", help="Nucleus sampling mass (1 = off)."),
+    top_k: int = typer.Option(0, "--top-k", help="Top-k sampling (0 = off)."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Random seed for sampling."),
+    stop: Optional[list[str]] = typer.Option(None, "--stop", help="Stop string (repeatable)."),
+    dtype: str = typer.Option("auto", "--dtype", help="auto | bf16 | fp32 (auto: bf16 where the CPU has it)."),
+    raw: bool = typer.Option(False, "--raw", help="Tokenise the prompt as is (no chat template)."),
+    compare: bool = typer.Option(False, "--compare", help="Also run plain decoding; print speed and exactness."),
+    stream: bool = typer.Option(True, "--stream/--no-stream", help="Print text as it is generated."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of text."),
+) -> None:
+    """Generate text with speculative decoding (and compare it with plain decoding)."""
+    from .cli_generate import GenerateConfig, run_generate
+
+    def body() -> None:
+        config = GenerateConfig(
+            model=model, drafter=drafter, k=k, tree=tree, max_new_tokens=max_new_tokens,
+            temperature=temperature, top_p=top_p, top_k=top_k, seed=seed, stop=tuple(stop or ()),
+            dtype=dtype, raw=raw, compare=compare, stream=stream and not compare and not as_json,
+            as_json=as_json,
+        )
+        run_generate(config, read_prompt(prompt), out=lambda text: typer.echo(text, nl=False),
+                     err=lambda text: typer.echo(text, nl=False, err=True))
+
+    run_command(body)
+
+
+def read_prompt(prompt: str) -> str:
+    """The PROMPT argument, or standard input when it is `-`."""
+    return sys.stdin.read() if prompt == "-" else prompt
 
 
 def main() -> None:

@@ -10,7 +10,7 @@ no drafter) is the same loop with an empty draft, so both share prefill, cache a
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -86,8 +86,9 @@ class SpeculativeGenerator:
             pass
         return self._output(request, run)
 
-    def stream(self, prompt, max_new_tokens: int = 128, **options) -> Iterator[str]:
-        """Yield text pieces as tokens are committed (same options as `generate`)."""
+    def stream(self, prompt, max_new_tokens: int = 128, **options) -> Generator[str, None, GenerationOutput]:
+        """Yield text pieces as tokens are committed (same options as `generate`). The generator's
+        return value is the GenerationOutput (`output = yield from gen.stream(...)`)."""
         request = self._request(prompt, max_new_tokens, **options)
         if self.tokenizer is None:
             raise SpecDecodeError("stream() needs a tokenizer to produce text; use generate() with token ids.")
@@ -102,6 +103,7 @@ class SpeculativeGenerator:
         text = stops.visible_text(run.generated, final=True)
         if len(text) > emitted:
             yield text[emitted:]
+        return self._output(request, run)
 
     # ------------------------------------------------------------------ the loop
     @torch.inference_mode()

@@ -20,12 +20,14 @@ import torch
 from .errors import SpecDecodeError
 
 
-def _as_long_tensor(values: Sequence[int] | torch.Tensor, what: str) -> torch.Tensor:
-    if isinstance(values, torch.Tensor) and values.is_floating_point():
-        raise SpecDecodeError(f"DraftTree {what} must be integer token/node ids, got a {values.dtype} tensor.")
-    if not len(values):
-        return torch.zeros(0, dtype=torch.long)
-    return torch.as_tensor(values, dtype=torch.long).reshape(-1).cpu()
+def _as_int_list(values: Sequence[int] | torch.Tensor, what: str) -> list[int]:
+    if isinstance(values, torch.Tensor):
+        if values.is_floating_point():
+            raise SpecDecodeError(f"DraftTree {what} must be integer token/node ids, got a {values.dtype} tensor.")
+        return values.reshape(-1).tolist()
+    if any(isinstance(v, (float, bool)) for v in values):
+        raise SpecDecodeError(f"DraftTree {what} must be integer token/node ids, got {list(values)}.")
+    return [int(v) for v in values]
 
 
 class DraftTree:
@@ -35,17 +37,17 @@ class DraftTree:
     """
 
     def __init__(self, tokens, parents, draft_probs: torch.Tensor | None = None):
-        tokens_t = _as_long_tensor(tokens, "tokens")
-        parents_t = _as_long_tensor(parents, "parents")
-        n = tokens_t.numel()
-        if parents_t.numel() != n:
+        self.token_list = _as_int_list(tokens, "tokens")
+        self.parent_list = _as_int_list(parents, "parents")
+        n = len(self.token_list)
+        if len(self.parent_list) != n:
             raise SpecDecodeError(
-                f"DraftTree got {n} tokens but {parents_t.numel()} parents; give one parent index per token "
+                f"DraftTree got {n} tokens but {len(self.parent_list)} parents; give one parent index per token "
                 "(-1 for a child of the last committed token)."
             )
-        if n and bool(((parents_t < -1) | (parents_t >= torch.arange(n))).any()):
+        if any(not -1 <= parent < i for i, parent in enumerate(self.parent_list)):
             raise SpecDecodeError(
-                f"DraftTree parents {parents_t.tolist()} are not in topological order: each parent must be -1 "
+                f"DraftTree parents {self.parent_list} are not in topological order: each parent must be -1 "
                 "or the index of an EARLIER node (parents[i] < i)."
             )
         if draft_probs is not None and (draft_probs.dim() != 2 or draft_probs.shape[0] != n):
@@ -53,9 +55,17 @@ class DraftTree:
                 f"DraftTree draft_probs must have shape [n_tokens={n}, vocab], got {tuple(draft_probs.shape)}; "
                 "pass None for a deterministic draft."
             )
-        self.tokens = tokens_t  # [n]
-        self.parents = parents_t  # [n]
         self.draft_probs = draft_probs  # [n, vocab] | None
+
+    @cached_property
+    def tokens(self) -> torch.Tensor:
+        """[n] long"""
+        return torch.tensor(self.token_list, dtype=torch.long)
+
+    @cached_property
+    def parents(self) -> torch.Tensor:
+        """[n] long"""
+        return torch.tensor(self.parent_list, dtype=torch.long)
 
     def __repr__(self) -> str:
         probs = "None" if self.draft_probs is None else f"[{len(self)}, {self.draft_probs.shape[1]}]"
@@ -73,15 +83,7 @@ class DraftTree:
 
     # ---------------------------------------------------------------- derived structure
     def __len__(self) -> int:
-        return int(self.tokens.numel())
-
-    @cached_property
-    def token_list(self) -> list[int]:
-        return self.tokens.tolist()
-
-    @cached_property
-    def parent_list(self) -> list[int]:
-        return self.parents.tolist()
+        return len(self.token_list)
 
     @cached_property
     def depths(self) -> torch.Tensor:
@@ -139,7 +141,7 @@ class DraftTree:
         """What a forward over [root] + nodes needs: (token ids [1+n], attention among them
         [1+n, 1+n] bool or None when the nodes form a chain (plain causal attention), depth offsets
         [1+n]: 0 for the root, 1 + depth for node i)."""
-        input_ids = torch.cat([torch.tensor([root_token], dtype=torch.long), self.tokens])  # [1+n]
+        input_ids = torch.tensor([root_token] + self.token_list, dtype=torch.long)  # [1+n]
         offsets = torch.cat([torch.zeros(1, dtype=torch.long), self.depths + 1])  # [1+n]
         if self.is_chain:
             return input_ids, None, offsets
@@ -155,7 +157,7 @@ class DraftTree:
         if max_nodes >= len(self):
             return self
         probs = None if self.draft_probs is None else self.draft_probs[:max_nodes]
-        return DraftTree(self.tokens[:max_nodes], self.parents[:max_nodes], probs)
+        return DraftTree(self.token_list[:max_nodes], self.parent_list[:max_nodes], probs)
 
     def one_hot_probs(self, vocab_size: int) -> torch.Tensor:
         """[n, vocab] draft distributions, with point masses (one-hot rows) for a deterministic draft."""

@@ -3,6 +3,10 @@ frequencies to the target distribution (vocab 10, 10^5 samples, fixed generators
 
 from __future__ import annotations
 
+import bisect
+import itertools
+import random
+
 import torch
 
 from specdecode.sampling import SamplingParams, warp_probs
@@ -71,12 +75,25 @@ def random_logits(rows: int, seed: int) -> torch.Tensor:
     return torch.randn(rows, VOCAB, generator=generator) * 2.0
 
 
+class Draw:
+    """Fast draws from fixed distributions (the test's own drafter randomness, kept apart from the
+    verifier's torch generator)."""
+
+    def __init__(self, probs: torch.Tensor, seed: int):
+        self.cumulative = [list(itertools.accumulate(row)) for row in probs.reshape(-1, probs.shape[-1]).tolist()]
+        self.rng = random.Random(seed)
+
+    def __call__(self, row: int = 0) -> int:
+        cumulative = self.cumulative[row]
+        return min(bisect.bisect_right(cumulative, self.rng.random() * cumulative[-1]), len(cumulative) - 1)
+
+
 def first_token_counts(make_tree, logits: torch.Tensor, params: SamplingParams, seed: int) -> torch.Tensor:
     """Counts of the first committed token over SAMPLES verifications."""
     generator = torch.Generator().manual_seed(seed)
     counts = torch.zeros(VOCAB)
     for _ in range(SAMPLES):
-        tree = make_tree(generator)
+        tree = make_tree()
         result = sampling_accept(tree, logits, params, generator)
         first = tree.token_list[result.accepted[0]] if result.accepted else result.next_token
         counts[first] += 1
@@ -93,9 +110,11 @@ def test_chain_with_draft_probabilities_matches_the_target():
     draft = warp_probs(random_logits(1, seed=1)[0], PARAMS)
     assert tv_distance(draft * SAMPLES, target) > 0.2  # the draft alone would be badly wrong
 
-    def make_tree(generator):
-        token = int(torch.multinomial(draft, 1, generator=generator))
-        return DraftTree.chain([token], draft[None])
+    draw = Draw(draft, seed=20)
+    draft_rows = draft[None]
+
+    def make_tree():
+        return DraftTree.chain([draw()], draft_rows)
 
     counts = first_token_counts(make_tree, logits, PARAMS, seed=2)
     assert tv_distance(counts, target) < TV_BOUND_10
@@ -106,7 +125,7 @@ def test_deterministic_candidates_without_probabilities_match_the_target():
     logits = random_logits(4, seed=3)
     target = warp_probs(logits[0], PARAMS)
     tree = DraftTree([int(target.argmin()), 4, int(target.argmax())], [-1, -1, -1])
-    counts = first_token_counts(lambda generator: tree, logits, PARAMS, seed=4)
+    counts = first_token_counts(lambda: tree, logits, PARAMS, seed=4)
     assert tv_distance(counts, target) < TV_BOUND_10
 
 
@@ -116,7 +135,7 @@ def test_top_k_and_top_p_are_respected():
     target = warp_probs(logits[0], params)
     assert int((target > 0).sum()) < 5  # truncation is active
     tree = DraftTree.chain([int(logits[0].argmin())])  # a candidate the target can never emit
-    counts = first_token_counts(lambda generator: tree, logits, params, seed=6)
+    counts = first_token_counts(lambda: tree, logits, params, seed=6)
     assert counts[target == 0].sum() == 0
     assert tv_distance(counts, target) < TV_BOUND_10
 
@@ -132,14 +151,14 @@ def two_token_counts(make_tree, transition_logits: torch.Tensor, seed: int) -> t
     """Joint counts of the first two generated tokens, continuing with plain sampling when a
     step commits only one token (as the engine's next step would)."""
     generator = torch.Generator().manual_seed(seed)
-    transition = warp_probs(transition_logits, PARAMS)
+    continue_plainly = Draw(warp_probs(transition_logits, PARAMS), seed=seed + 1)
     counts = torch.zeros(VOCAB * VOCAB)
     for _ in range(SAMPLES):
-        tree = make_tree(generator)
+        tree = make_tree()
         result = sampling_accept(tree, markov_logits(transition_logits, 0, tree), PARAMS, generator)
         tokens = [tree.token_list[node] for node in result.accepted] + [result.next_token]
         if len(tokens) == 1:
-            tokens.append(int(torch.multinomial(transition[tokens[0]], 1, generator=generator)))
+            tokens.append(continue_plainly(tokens[0]))
         counts[tokens[0] * VOCAB + tokens[1]] += 1
     return counts
 
@@ -154,9 +173,11 @@ def test_tree_with_sampled_siblings_matches_the_target_jointly():
     transition_logits = random_logits(VOCAB, seed=7)
     draft = warp_probs(random_logits(VOCAB, seed=8), PARAMS)  # the drafter's own Markov chain
 
-    def make_tree(generator):
-        roots = torch.multinomial(draft[0], 2, replacement=True, generator=generator).tolist()
-        children = [int(torch.multinomial(draft[r], 1, generator=generator)) for r in roots]
+    draw = Draw(draft, seed=21)
+
+    def make_tree():
+        roots = [draw(0), draw(0)]
+        children = [draw(r) for r in roots]
         tokens = [roots[0], children[0], roots[1], children[1]]
         probs = torch.stack([draft[0], draft[roots[0]], draft[0], draft[roots[1]]])
         return DraftTree(tokens, [-1, 0, -1, 2], probs)
@@ -168,7 +189,7 @@ def test_tree_with_sampled_siblings_matches_the_target_jointly():
 def test_deterministic_tree_matches_the_target_jointly():
     transition_logits = random_logits(VOCAB, seed=10)
     tree = DraftTree([1, 2, 3, 4, 5], [-1, 0, 0, -1, 3])
-    counts = two_token_counts(lambda generator: tree, transition_logits, seed=11)
+    counts = two_token_counts(lambda: tree, transition_logits, seed=11)
     assert tv_distance(counts, joint_target(transition_logits)) < TV_BOUND_100
 
 
@@ -177,9 +198,11 @@ def test_merged_tree_of_sampled_and_deterministic_drafts_matches_the_target():
     draft = warp_probs(random_logits(VOCAB, seed=13), PARAMS)
     lookup = DraftTree.chain([6, 7])
 
-    def make_tree(generator):
-        first = int(torch.multinomial(draft[0], 1, generator=generator))
-        second = int(torch.multinomial(draft[first], 1, generator=generator))
+    draw = Draw(draft, seed=22)
+
+    def make_tree():
+        first = draw(0)
+        second = draw(first)
         sampled = DraftTree.chain([first, second], torch.stack([draft[0], draft[first]]))
         return DraftTree.merge([lookup, sampled])
 

@@ -196,3 +196,17 @@ def test_drafter_proposing_out_of_vocabulary_ids_is_named(target):
 
     with pytest.raises(SpecDecodeError, match="broken.*outside the target's vocabulary"):
         SpeculativeGenerator(target, drafter=Broken()).generate([5, 6], max_new_tokens=4)
+
+
+def test_stream_returns_the_generation_output(gen):
+    def consume():
+        output = yield from gen.stream("w5 w6 w7", max_new_tokens=10)
+        return output
+
+    pieces, runner = [], consume()
+    try:
+        while True:
+            pieces.append(next(runner))
+    except StopIteration as finished:
+        output = finished.value
+    assert output.text == "".join(pieces) and output.stats.new_tokens == len(output.token_ids) == 10

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from ..errors import SpecDecodeError
+from ..sampling import GREEDY
 from ..tree import DraftTree
 from .base import AdaptiveLength, Drafter
 
@@ -84,7 +85,7 @@ class LookupDrafter(Drafter):
         self.length = AdaptiveLength(initial=k or initial_k, maximum=k or max_k, adaptive=k is None)
         self.drafted_depth = 0
 
-    def begin(self, prompt_ids, *, sampling=None, generator=None) -> None:
+    def begin(self, prompt_ids, *, sampling=GREEDY, generator=None) -> None:
         super().begin(prompt_ids, sampling=sampling, generator=generator)
         self.index.reset()
         self.length.reset()

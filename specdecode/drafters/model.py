@@ -22,7 +22,7 @@ from ..attention import AttentionBackend, select_backend
 from ..cache import KVCache
 from ..errors import IncompatibleDrafterError, SpecDecodeError
 from ..models import load_model
-from ..sampling import warp_probs
+from ..sampling import GREEDY, warp_probs
 from ..tree import DraftTree
 from .base import AdaptiveLength, Drafter
 
@@ -90,7 +90,7 @@ class ModelDrafter(Drafter):
             )
         self.vocab_size = target_vocab  # draft_probs must have the target's width
 
-    def begin(self, prompt_ids, *, sampling=None, generator=None) -> None:
+    def begin(self, prompt_ids, *, sampling=GREEDY, generator=None) -> None:
         super().begin(prompt_ids, sampling=sampling, generator=generator)
         self.cache.reset()
         self.cached_ids = []
@@ -147,7 +147,7 @@ class ModelDrafter(Drafter):
         tokens: list[int] = []
         rows: list[torch.Tensor] = []
         for step in range(depth):
-            if sampling is None or sampling.greedy:
+            if sampling.greedy:
                 probs = logits.softmax(-1)  # [vocab]
                 token = int(probs.argmax())
             else:

@@ -59,35 +59,56 @@ def sampling_accept(
     row of draft_probs independently of its earlier siblings (or is deterministic).
     """
     target_probs = warp_probs(target_logits, params)  # [1+n, vocab]
-    draft_probs = tree.draft_probs  # [n, vocab] | None
+    try_children = _try_point_masses if tree.draft_probs is None else _try_sampled
     # One uniform per node (each node is tried at most once) and one for the final draw.
     uniforms = torch.rand(len(tree) + 1, generator=generator).tolist()
     accepted: list[int] = []
     node = -1
     while True:
-        residual = target_probs[node + 1]  # [vocab], copied before the first in-place change
-        chosen = None
-        for child in tree.children[node]:
-            token = tree.token_list[child]
-            draft_row = None if draft_probs is None else draft_probs[child].to(residual)  # [vocab]
-            draft_mass = 1.0 if draft_row is None else draft_row[token].item()
-            accept_prob = min(1.0, residual[token].item() / draft_mass) if draft_mass > 0 else 0.0
-            if uniforms[child] < accept_prob:
-                chosen = child
-                break
-            if draft_row is None:
-                residual = residual.clone()
-                residual[token] = 0.0
-            else:
-                residual = (residual - draft_row).clamp_(min=0.0)
-            total = residual.sum().item()
-            if total <= 0.0:  # only reachable through rounding: the draft covered the target exactly
-                residual, total = target_probs[node + 1], 1.0
-            residual = residual / total
+        chosen, residual = try_children(tree, node, target_probs[node + 1], uniforms)
         if chosen is None:
             return Acceptance(accepted, sample_from(residual, uniforms[-1]))
         accepted.append(chosen)
         node = chosen
+
+
+def _try_point_masses(tree: DraftTree, node: int, target_row: torch.Tensor, uniforms: list[float]):
+    """Deterministic children: accept x with probability residual(x) = p(x) / (1 - mass rejected so
+    far); on rejection x leaves the residual. Returns (accepted child or None, residual [vocab])."""
+    rejected: list[int] = []
+    rejected_mass = 0.0
+    for child in tree.children[node]:
+        token = tree.token_list[child]
+        if token in rejected:
+            continue  # a duplicate sibling has residual mass 0
+        mass = target_row[token].item()
+        if rejected_mass < 1.0 and uniforms[child] < mass / (1.0 - rejected_mass):
+            return child, None
+        rejected.append(token)
+        rejected_mass += mass
+    if not rejected or rejected_mass >= 1.0:  # nothing removed, or (by rounding) everything
+        return None, target_row
+    residual = target_row.clone()  # [vocab]
+    residual[rejected] = 0.0
+    return None, residual
+
+
+def _try_sampled(tree: DraftTree, node: int, target_row: torch.Tensor, uniforms: list[float]):
+    """Children drawn from draft_probs rows: accept x with probability min(1, residual(x) / q(x));
+    on rejection residual <- normalize(max(0, residual - q))."""
+    residual = target_row  # [vocab]
+    for child in tree.children[node]:
+        token = tree.token_list[child]
+        draft_row = tree.draft_probs[child].to(residual)  # [vocab]
+        draft_mass = draft_row[token].item()
+        if draft_mass > 0 and uniforms[child] < residual[token].item() / draft_mass:
+            return child, None
+        residual = (residual - draft_row).clamp_(min=0.0)
+        total = residual.sum().item()
+        if total <= 0.0:  # only reachable through rounding: the draft covered the target exactly
+            residual, total = target_row, 1.0
+        residual = residual / total
+    return None, residual
 
 
 def sample_from(probs: torch.Tensor, uniform: float) -> int:

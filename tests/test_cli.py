@@ -1,0 +1,129 @@
+"""`specdecode generate` end to end on a tiny model saved to a folder: output modes, exactness
+reports, and one clear `error:` line (exit 1, no traceback) for each bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from tiny import tiny_model, tiny_tokenizer
+from typer.testing import CliRunner
+
+from specdecode.cli import app
+from specdecode.cli_generate import DrafterSpec
+from specdecode.errors import SpecDecodeError
+
+PROMPT = "w5 w6 w7 w5 w6 w7 w5"
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    model = tiny_model("llama", seed=0)
+    model.generation_config.eos_token_id = 1  # "<eos>" in the tiny tokenizer
+    model.save_pretrained(folder)
+    tiny_tokenizer().save_pretrained(folder)
+    return str(folder)
+
+
+def generate(*args: str, input: str | None = None):
+    result = CliRunner().invoke(app, ["generate", *args], input=input)
+    assert "Traceback" not in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    return result
+
+
+def ok(*args: str, input: str | None = None):
+    result = generate(*args, input=input)
+    assert result.exit_code == 0, result.output
+    return result
+
+
+# ----------------------------------------------------------------------------- output modes
+def test_plain_generation_streams_text_and_prints_stats(model_dir):
+    streamed = ok("--model", model_dir, "--max-new-tokens", "12", PROMPT)
+    printed = ok("--model", model_dir, "--max-new-tokens", "12", "--no-stream", PROMPT)
+    plain = ok("--model", model_dir, "--drafter", "none", "--max-new-tokens", "12", "--no-stream", PROMPT)
+    assert streamed.stdout == printed.stdout == plain.stdout
+    assert printed.stdout.strip()
+    assert "tokens/s" in printed.stderr and "tau" in printed.stderr and "stop:" in printed.stderr
+    assert "drafter none" in plain.stderr
+
+
+def test_stop_string_and_stdin_prompt(model_dir):
+    full = ok("--model", model_dir, "-n", "12", "--no-stream", PROMPT).stdout.split()
+    stop = full[3]
+    cut = ok("--model", model_dir, "-n", "12", "--no-stream", "--stop", stop, "-", input=PROMPT + "\n")
+    assert cut.stdout.split() == full[: full.index(stop)]
+    assert "stop: stop_string" in cut.stderr
+
+
+def test_lookup_compare_reports_identical_output(model_dir):
+    result = ok("--model", model_dir, "--drafter", "lookup", "--compare", "-n", "24", PROMPT)
+    assert "identical token ids: yes" in result.stdout
+    for label in ("wall s", "tokens/s", "tau", "speedup:", "accepted per step"):
+        assert label in result.stdout
+
+
+def test_model_drafter_compare_reports_identical_output(model_dir):
+    result = ok("--model", model_dir, "--drafter", f"model:{model_dir}", "--k", "3", "--compare", "-n", "16", PROMPT)
+    assert "identical token ids: yes" in result.stdout
+    assert "3:" in result.stdout  # a drafter equal to the target gets all k=3 draft tokens accepted
+
+
+def test_json_output_parses(model_dir):
+    single = json.loads(ok("--model", model_dir, "-n", "8", "--json", PROMPT).stdout)
+    assert set(single) >= {"text", "token_ids", "stop_reason", "stats"}
+    assert single["stats"]["new_tokens"] == len(single["token_ids"]) <= 8
+    both = json.loads(ok("--model", model_dir, "--tree", "2", "-n", "8", "--json", "--compare", PROMPT).stdout)
+    assert both["identical"] is True and both["divergence"] is None
+    assert both["plain"]["token_ids"] == both["speculative"]["token_ids"]
+    assert both["text"] == both["speculative"]["text"] and both["speedup"] > 0
+
+
+def test_raw_skips_the_chat_template(model_dir):
+    chat = json.loads(ok("--model", model_dir, "-n", "2", "--json", "w5 w6").stdout)
+    raw = json.loads(ok("--model", model_dir, "-n", "2", "--json", "--raw", "w5 w6").stdout)
+    assert raw["prompt_tokens"] == 2
+    assert chat["prompt_tokens"] == 5  # "w2 w5 w6 w3 w4" from the tiny chat template
+
+
+# ----------------------------------------------------------------------------- bad input
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["   "], "the prompt is empty"),
+        (["--max-new-tokens", "0", PROMPT], "--max-new-tokens must be >= 1"),
+        (["--temperature", "-1", PROMPT], "temperature must be >= 0"),
+        (["--drafter", "foo", PROMPT], "use none, lookup or model:NAME"),
+        (["--drafter", "model:", PROMPT], "needs a model after the colon"),
+        (["--drafter", "none", "--compare", PROMPT], "--compare compares plain decoding with a drafter"),
+        (["--k", "0", PROMPT], "--k must be >= 1"),
+        (["--dtype", "int3", PROMPT], "unknown dtype"),
+    ],
+)
+def test_bad_input_is_one_clear_error(model_dir, args, message):
+    result = generate("--model", model_dir, *args)
+    assert result.exit_code == 1
+    assert result.stderr.startswith("error: ") and message in result.stderr, result.stderr
+    assert result.stdout == ""
+
+
+def test_unknown_zoo_name_is_one_clear_error():
+    result = generate("--model", "qwen2.5-coder-1.5b-instuct", PROMPT)
+    assert result.exit_code == 1
+    assert result.stderr.startswith("error: ") and "did you mean the zoo model" in result.stderr
+
+
+def test_drafter_spec_parsing():
+    assert DrafterSpec.parse("lookup") == DrafterSpec("lookup")
+    assert DrafterSpec.parse("model:some/folder") == DrafterSpec("model", "some/folder")
+    with pytest.raises(SpecDecodeError, match="none, lookup or model:NAME"):
+        DrafterSpec.parse("model")
+
+
+def test_help_does_not_import_torch():
+    code = "import sys, specdecode.cli; sys.exit('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
