@@ -28,8 +28,10 @@ class AttentionBackend(Protocol):
         positions: torch.Tensor,
         tree_mask: torch.Tensor | None = None,
         logits_to_keep: int = 0,
+        hidden: bool = False,
     ) -> torch.Tensor:
-        """Feed input_ids [q] after the cache's entries; return logits [q or logits_to_keep, vocab].
+        """Feed input_ids [q] after the cache's entries; return logits [q or logits_to_keep, vocab],
+        or with hidden=True the final hidden states [q, hidden_size] (the LM head is skipped).
 
         positions [q] are absolute positions. tree_mask [q, m] bool (m >= q) says which of the LAST m
         keys (the cache's last m - q entries, then the q fed tokens) each fed token may attend to;
@@ -43,7 +45,7 @@ class SDPABackend:
 
     name = "sdpa"
 
-    def forward(self, model, cache, input_ids, positions, tree_mask=None, logits_to_keep=0):
+    def forward(self, model, cache, input_ids, positions, tree_mask=None, logits_to_keep=0, hidden=False):
         device = model.device
         past = cache.length
         q = input_ids.shape[-1]
@@ -52,15 +54,16 @@ class SDPABackend:
             full_mask = torch.ones(q, past + q, dtype=torch.bool, device=device)  # [q, past+q]
             full_mask[:, past + q - tree_mask.shape[-1] :] = tree_mask.to(device)
             kwargs["attention_mask"] = full_mask[None, None]  # [1, 1, q, past+q], True = attend
-        output = model(
+        inputs = dict(
             input_ids=input_ids.to(device)[None],  # [1, q]
             position_ids=positions.to(device)[None],  # [1, q]
             cache=cache.hf,
             use_cache=True,
-            logits_to_keep=logits_to_keep,
             **kwargs,
         )
-        return output.logits[0]  # [q or logits_to_keep, vocab]
+        if hidden:
+            return model.base_model(**inputs).last_hidden_state[0]  # [q, hidden_size]
+        return model(**inputs, logits_to_keep=logits_to_keep).logits[0]  # [q or logits_to_keep, vocab]
 
 
 def select_backend(name: str = "auto") -> AttentionBackend:

@@ -120,7 +120,7 @@ class SpeculativeGenerator:
         # 1. Prefill every prompt token but the last (the pending token is fed with the first draft).
         if len(committed) > 1:
             self.attention.forward(model, cache, torch.tensor(committed[:-1]), torch.arange(len(committed) - 1),
-                                   logits_to_keep=1)
+                                   hidden=True)
         tally.prefill_s = time.perf_counter() - started
         if drafter is not None:
             drafter.begin(request.prompt_ids, sampling=request.sampling, generator=generator)

@@ -110,12 +110,14 @@ def test_same_seed_same_output_and_seeds_differ(target, gen):
 
 
 def test_sampled_first_token_follows_the_target_distribution():
-    """End to end through the engine: SD sampling with a (mostly wrong) model drafter gives the same
-    first-token distribution as the target's softmax (vocab 16, 4000 samples)."""
+    """End to end through the engine: SD sampling with a (mostly wrong) model drafter, its output
+    layer pruned to 10 of 16 tokens plus the prompt's, gives the same first-token distribution as the
+    target's softmax (vocab 16, 4000 samples)."""
     model = tiny_model("llama", seed=0, vocab=16)
     drafter_model = tiny_model("llama", seed=3, vocab=16)
     prompt = random_prompt(7, vocab=16)
-    gen = SpeculativeGenerator(loaded(model), drafter=ModelDrafter(loaded(drafter_model), k=2, confidence=0))
+    gen = SpeculativeGenerator(loaded(model), drafter=ModelDrafter(loaded(drafter_model), k=2, confidence=0,
+                                                                   draft_vocab=10))
     with torch.no_grad():
         target = model(torch.tensor([prompt])).logits[0, -1].softmax(-1)
     counts = torch.zeros(16)

@@ -47,6 +47,8 @@ def drafters(target, other):
     yield "other-chain-confident", ModelDrafter(other, k=5, confidence=0.05)
     for width in (2, 4):
         yield f"other-tree-w{width}", ModelDrafter(other, k=3, tree_width=width, max_nodes=10)
+    yield "self-pruned-vocab", ModelDrafter(target, k=3, confidence=0, draft_vocab=40)
+    yield "other-tree-pruned-vocab", ModelDrafter(other, k=3, tree_width=2, draft_vocab=24)
     yield "lookup-chain", LookupDrafter()
     yield "lookup-k2", LookupDrafter(k=2)
     yield "lookup-tree", LookupDrafter(branches=3, min_ngram=1, max_ngram=2)
