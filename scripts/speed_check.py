@@ -48,7 +48,7 @@ def main() -> None:
     parser.add_argument("--target", default="qwen2.5-coder-1.5b-instruct")
     parser.add_argument("--drafter", default="qwen2.5-coder-0.5b-instruct")
     parser.add_argument("--dtype", default="auto")
-    parser.add_argument("--drafter-dtype", default=None, help="default: the target's dtype")
+    parser.add_argument("--drafter-dtype", default="fast-decode")
     parser.add_argument("--cpu-kernels", default="auto")
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--methods", default="hf-plain,plain,lookup,model,hf-assisted,hf-lookup")
@@ -60,7 +60,7 @@ def main() -> None:
     methods = args.methods.split(",")
     draft = None
     if any(m in ("model", "hf-assisted") for m in methods):
-        draft = load_model(args.drafter, dtype=args.drafter_dtype or target.dtype, cpu_kernels=args.cpu_kernels)
+        draft = load_model(args.drafter, dtype=args.drafter_dtype, cpu_kernels=args.cpu_kernels)
     plain_gen = SpeculativeGenerator(target)
     ours = {"plain": plain_gen, "lookup": SpeculativeGenerator(target, drafter=LookupDrafter())}
     if draft is not None:

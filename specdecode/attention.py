@@ -66,6 +66,24 @@ class SDPABackend:
         return model(**inputs, logits_to_keep=logits_to_keep).logits[0]  # [q or logits_to_keep, vocab]
 
 
+def pad_inputs(input_ids: torch.Tensor, tree_mask: torch.Tensor | None, positions: torch.Tensor, size: int):
+    """Pad a verification's inputs to `size` tokens with copies of the last one, which no real token
+    attends to (a causal chain never looks ahead; a tree mask hides them). Their logits and KV entries
+    are simply not used. Worth it where `size` rows are cheaper than len(input_ids) (see kernels.py)."""
+    extra = size - input_ids.shape[-1]
+    if extra <= 0:
+        return input_ids, tree_mask, positions
+    input_ids = torch.cat([input_ids, input_ids[-1:].expand(extra)])  # [size]
+    positions = torch.cat([positions, positions[-1:].expand(extra)])  # [size]
+    if tree_mask is not None:
+        q = tree_mask.shape[0]
+        padded = torch.zeros(size, size, dtype=torch.bool)  # [size, size]
+        padded[:q, :q] = tree_mask
+        padded[q:, q:] = torch.eye(extra, dtype=torch.bool)
+        tree_mask = padded
+    return input_ids, tree_mask, positions
+
+
 def select_backend(name: str = "auto") -> AttentionBackend:
     """"auto" and "sdpa" give the SDPA backend (CPU and GPU)."""
     if name in ("auto", "sdpa"):

@@ -78,6 +78,9 @@ def generate(
     seed: Optional[int] = typer.Option(None, "--seed", help="Random seed for sampling."),
     stop: Optional[list[str]] = typer.Option(None, "--stop", help="Stop string (repeatable)."),
     dtype: str = typer.Option("auto", "--dtype", help="auto | bf16 | fp32 (auto: bf16 where the CPU has it)."),
+    drafter_dtype: str = typer.Option("fast-decode", "--drafter-dtype",
+                                      help="Model drafter dtype: fast-decode (measured fastest one-token "
+                                           "forward here) | auto | bf16 | fp32."),
     raw: bool = typer.Option(False, "--raw", help="Tokenise the prompt as is (no chat template)."),
     compare: bool = typer.Option(False, "--compare", help="Also run plain decoding; print speed and exactness."),
     stream: bool = typer.Option(True, "--stream/--no-stream", help="Print text as it is generated."),
@@ -90,7 +93,8 @@ def generate(
         config = GenerateConfig(
             model=model, drafter=drafter, k=k, tree=tree, max_new_tokens=max_new_tokens,
             temperature=temperature, top_p=top_p, top_k=top_k, seed=seed, stop=tuple(stop or ()),
-            dtype=dtype, raw=raw, compare=compare, stream=stream and not compare and not as_json,
+            dtype=dtype, drafter_dtype=drafter_dtype, raw=raw, compare=compare,
+            stream=stream and not compare and not as_json,
             as_json=as_json,
         )
         run_generate(config, read_prompt(prompt), out=lambda text: typer.echo(text, nl=False),

@@ -62,6 +62,7 @@ class GenerateConfig:
     seed: int | None = None
     stop: tuple[str, ...] = ()
     dtype: str = "auto"
+    drafter_dtype: str = "fast-decode"  # drafts never change the output, so the drafter may use its own
     raw: bool = False  # tokenise the prompt as is, no chat template
     compare: bool = False
     stream: bool = True
@@ -168,12 +169,12 @@ def hide_loading_bars() -> None:
 
 
 def build_drafter(spec: DrafterSpec, config: GenerateConfig, target: LoadedModel) -> Drafter | None:
-    """The drafter a `--drafter` value names; a model drafter loads with the target's dtype and device."""
+    """The drafter a `--drafter` value names; a model drafter loads on the target's device, in --drafter-dtype."""
     if spec.kind == "none":
         return None
     if spec.kind == "lookup":
         return LookupDrafter(k=config.k, branches=config.tree)
-    draft = load_model(spec.model, dtype=target.dtype, device=target.device)
+    draft = load_model(spec.model, dtype=config.drafter_dtype, device=target.device)
     return ModelDrafter(draft, k=config.k, tree_width=config.tree)
 
 

@@ -15,10 +15,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .attention import select_backend
+from .attention import pad_inputs, select_backend
 from .cache import KVCache
 from .drafters.base import Drafter
 from .errors import SpecDecodeError
+from .kernels import padded_sizes
 from .models import load_model
 from .outputs import GenerationOutput, GenerationStats, Tally
 from .prompts import StopChecker, encode_prompt, eos_token_ids
@@ -58,10 +59,13 @@ class SpeculativeGenerator:
     drafter: any Drafter (ModelDrafter, LookupDrafter, your own); None means plain decoding.
     max_draft_tokens: cap on the nodes of one draft tree (one verification forward feeds 1 + that).
     attention: the tree-attention backend ("auto" / "sdpa").
+    pad_verification: on CPU, pad a verification forward with a few ignored tokens up to a row count
+        that this machine's matmuls run measurably faster (kernels.padded_sizes); the output is unchanged.
+        False turns it off; a list gives the table itself (padded row count for each count, by index).
     """
 
     def __init__(self, target, drafter: Drafter | None = None, *, tokenizer=None, max_draft_tokens: int = 64,
-                 attention: str = "auto"):
+                 attention: str = "auto", pad_verification: bool | Sequence[int] = True):
         self.target = load_model(target, tokenizer=tokenizer)
         self.model = self.target.model
         self.tokenizer = self.target.tokenizer
@@ -75,6 +79,8 @@ class SpeculativeGenerator:
         self.eos_ids = eos_token_ids(self.model, self.tokenizer)
         self.vocab_size = self.model.get_output_embeddings().weight.shape[0]
         self.max_positions = getattr(self.model.config, "max_position_embeddings", None)
+        self.pad_verification = bool(pad_verification)
+        self._padded = None if isinstance(pad_verification, bool) else list(pad_verification)
 
     # ------------------------------------------------------------------ public API
     def generate(self, prompt, max_new_tokens: int = 128, **options) -> GenerationOutput:
@@ -135,11 +141,15 @@ class SpeculativeGenerator:
                 tree = self._checked(drafter.propose(committed, budget), drafter).truncated(budget)
                 tally.draft_s += time.perf_counter() - tick
 
-            # 3. Verify: one target forward over [pending] + tree (tree attention, depth positions).
+            # 3. Verify: one target forward over [pending] + tree (tree attention, depth positions),
+            #    padded to a row count this machine's matmuls run faster.
             tick = time.perf_counter()
             past = cache.length
             input_ids, tree_mask, offsets = tree.rooted_inputs(committed[-1])
-            target_logits = self.attention.forward(model, cache, input_ids, past + offsets, tree_mask)
+            fed = len(input_ids)
+            size = self._padded_size(fed)
+            inputs = pad_inputs(input_ids, tree_mask, past + offsets, size)
+            target_logits = self.attention.forward(model, cache, inputs[0], inputs[2], inputs[1])[:fed]
 
             # 4. Accept: the longest path the target agrees with, plus the target's next token.
             acceptance = accept(tree, target_logits, request.sampling, generator)
@@ -158,7 +168,7 @@ class SpeculativeGenerator:
             cache.crop(past + cut)
             committed.extend(new_tokens)
             run.generated.extend(new_tokens)
-            tally.record_step(drafted=len(tree), accepted=len(acceptance.accepted))
+            tally.record_step(drafted=len(tree), accepted=len(acceptance.accepted), fed=size)
             if drafter is not None:
                 drafter.accept(new_tokens)
             tally.wall_s = time.perf_counter() - started
@@ -168,6 +178,14 @@ class SpeculativeGenerator:
                 return
 
     # ------------------------------------------------------------------ helpers
+    def _padded_size(self, fed: int) -> int:
+        """The cheapest row count >= fed for a verification forward (measured once, on first use)."""
+        if fed == 1 or not self.pad_verification:
+            return fed
+        if self._padded is None:
+            self._padded = padded_sizes(self.model)
+        return self._padded[fed] if fed < len(self._padded) else fed
+
     def _checked(self, tree: DraftTree, drafter: Drafter) -> DraftTree:
         if not isinstance(tree, DraftTree):
             raise SpecDecodeError(f"drafter {drafter.name!r} returned {type(tree).__name__}, not a DraftTree.")

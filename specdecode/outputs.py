@@ -10,6 +10,7 @@ class Tally:
     """Running counts of one generation (filled by the engine's loop)."""
 
     steps: int = 0
+    fed_tokens: int = 0  # tokens fed to verification forwards (pending + draft + padding)
     drafted_tokens: int = 0
     accepted_tokens: int = 0
     accept_histogram: list[int] = field(default_factory=list)  # [a] = steps that accepted a draft tokens
@@ -18,8 +19,9 @@ class Tally:
     verify_s: float = 0.0
     wall_s: float = 0.0
 
-    def record_step(self, drafted: int, accepted: int) -> None:
+    def record_step(self, drafted: int, accepted: int, fed: int) -> None:
         self.steps += 1
+        self.fed_tokens += fed
         self.drafted_tokens += drafted
         self.accepted_tokens += accepted
         if len(self.accept_histogram) <= accepted:
@@ -35,6 +37,7 @@ class GenerationStats:
     acceptance_rate: float  # accepted draft tokens / drafted tokens (0 when nothing was drafted)
     drafted_tokens: int
     accepted_tokens: int
+    fed_tokens: int  # tokens fed to verification forwards: pending + draft + padding to a cheap size
     accept_histogram: tuple[int, ...]  # [a] = number of steps that accepted a draft tokens
     prefill_s: float
     draft_s: float
@@ -51,6 +54,7 @@ class GenerationStats:
             acceptance_rate=tally.accepted_tokens / tally.drafted_tokens if tally.drafted_tokens else 0.0,
             drafted_tokens=tally.drafted_tokens,
             accepted_tokens=tally.accepted_tokens,
+            fed_tokens=tally.fed_tokens,
             accept_histogram=tuple(tally.accept_histogram),
             prefill_s=tally.prefill_s,
             draft_s=tally.draft_s,
