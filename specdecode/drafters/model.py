@@ -70,7 +70,9 @@ class ModelDrafter(Drafter):
     tree_width: 1 drafts a chain; w > 1 a top-w tree of at most `max_nodes` nodes.
     confidence: stop a chain early when the drafter's top probability drops below it (0 = never).
     draft_vocab: restrict the drafter's output layer to this many of the lowest token ids plus the
-        prompt's tokens (PrunedHead; None = the full vocabulary).
+        prompt's tokens (PrunedHead); None = the full vocabulary; "auto" = 32768 on a CPU when the
+        vocabulary is larger than 65536 (32768 + the prompt covered 98.7% of the tokens Qwen2.5-Coder-0.5B
+        generated on Spec-Bench questions), else the full vocabulary.
     """
 
     name = "model"
@@ -85,7 +87,7 @@ class ModelDrafter(Drafter):
         confidence: float = 0.3,
         initial_k: int = 4,
         max_k: int = 12,
-        draft_vocab: int | None = None,
+        draft_vocab: int | str | None = "auto",
         dtype: str = "fast-decode",
         attention: AttentionBackend | None = None,
     ):
@@ -95,8 +97,10 @@ class ModelDrafter(Drafter):
             raise SpecDecodeError(f"ModelDrafter tree_width must be >= 1, got {tree_width}.")
         if not 0 <= confidence < 1:
             raise SpecDecodeError(f"ModelDrafter confidence must be in [0, 1), got {confidence}.")
-        if draft_vocab is not None and draft_vocab < 1:
-            raise SpecDecodeError(f"ModelDrafter draft_vocab must be >= 1 (or None for all), got {draft_vocab}.")
+        if draft_vocab is not None and draft_vocab != "auto" and not (isinstance(draft_vocab, int) and draft_vocab >= 1):
+            raise SpecDecodeError(
+                f"ModelDrafter draft_vocab must be a whole number >= 1, None (all) or 'auto', got {draft_vocab!r}."
+            )
         self.draft = model if isinstance(model, LoadedModel) else load_model(model, dtype=dtype)
         self.model = self.draft.model
         self.tree_width = tree_width
@@ -107,6 +111,8 @@ class ModelDrafter(Drafter):
         self.cache = KVCache(self.model)
         self.cached_ids: list[int] = []
         self.vocab_size = output_vocab_size(self.model)
+        if draft_vocab == "auto":
+            draft_vocab = 32768 if self.vocab_size > 65536 and self.draft.device.type == "cpu" else None
         self.draft_vocab = draft_vocab
         self.head: PrunedHead | None = None
         self.drafted_depth = 0
