@@ -35,7 +35,7 @@ def noisy(target):
     generator = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for param in model.parameters():
-            param.add_(torch.randn(param.shape, generator=generator) * param.std() * 0.3)
+            param.add_(torch.randn(param.shape, generator=generator) * param.std() * 0.1)
     return replace(target, model=model, name="smollm2-noisy")
 
 
