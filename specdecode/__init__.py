@@ -15,7 +15,7 @@ import importlib
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from . import drafters, verifiers
+    from . import bench, drafters, pipelines, retrieval, verifiers
     from .engine import SpeculativeGenerator
     from .errors import IncompatibleDrafterError, ModelLoadError, SpecDecodeError
     from .models import LoadedModel, load_model
@@ -34,9 +34,12 @@ _EXPORTS = {  # public name -> the module (relative to this package) that define
     "SamplingParams": ".sampling",
     "SpecDecodeError": ".errors",
     "SpeculativeGenerator": ".engine",
-    "drafters": None,  # subpackages
+    "bench": None,  # subpackages
+    "drafters": None,
     "first_divergence": ".outputs",
     "load_model": ".models",
+    "pipelines": None,
+    "retrieval": None,
     "verifiers": None,
 }
 

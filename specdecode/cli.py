@@ -7,6 +7,7 @@ stderr and exit code 1; `main()` does the same for anything that escapes a comma
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from collections.abc import Callable
 from typing import Optional, TypeVar
 
@@ -23,6 +24,8 @@ app = typer.Typer(
 )
 models_app = typer.Typer(help="The offline model zoo: list and pull models.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
+index_app = typer.Typer(help="Datastores for RAG: build and inspect.", no_args_is_help=True)
+app.add_typer(index_app, name="index")
 
 
 def run_command(body: Callable[[], T]) -> T:
@@ -68,7 +71,7 @@ def generate(
     model: str = typer.Option(..., "--model", "-m",
                               help="Target model: zoo name, model folder, .gguf file or hub id."),
     drafter: str = typer.Option("lookup", "--drafter", "-d",
-                                help="none | lookup | model:NAME (NAME: any --model spec)."),
+                                help="none | lookup | retrieval | model:NAME (NAME: any --model spec); A+B merges two drafters."),
     k: Optional[int] = typer.Option(None, "--k", help="Draft length (depth); omitted = adaptive."),
     tree: int = typer.Option(1, "--tree", help="Tree width: lookup branches or model top-w (1 = a chain)."),
     max_new_tokens: int = typer.Option(128, "--max-new-tokens", "-n", help="At most this many new tokens."),
@@ -101,6 +104,131 @@ def generate(
                      err=lambda text: typer.echo(text, nl=False, err=True))
 
     run_command(body)
+
+
+@index_app.command("build")
+def index_build(
+    paths: list[str] = typer.Argument(..., help="Files and folders to index (text files: .txt, .md, .rst, .py, ...)."),
+    out: Path = typer.Option(..., "--out", "-o", help="The datastore folder to write."),
+    embedder: Optional[str] = typer.Option(None, "--embedder",
+                                           help="sentence-transformers name or folder (default all-MiniLM-L6-v2)."),
+    chunk_tokens: int = typer.Option(200, "--chunk-tokens", help="Passage size in embedder tokens."),
+    overlap: int = typer.Option(32, "--overlap", help="Tokens shared by consecutive passages."),
+    index: str = typer.Option("flat", "--index", help="flat (exact) | hnsw | ivf."),
+    nlist: Optional[int] = typer.Option(None, "--nlist", help="ivf: number of lists (default sqrt of passages)."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+) -> None:
+    """Index documents into a FAISS datastore (saved atomically)."""
+    from .cli_rag import run_index_build
+
+    run_command(lambda: run_index_build(paths, out, embedder=embedder, chunk_tokens=chunk_tokens, overlap=overlap,
+                                        index=index, nlist=nlist, progress=not quiet, write=echo))
+
+
+@index_app.command("pydoc")
+def index_pydoc(
+    out: Path = typer.Option(..., "--out", "-o", help="The datastore folder to write."),
+    chunk_tokens: int = typer.Option(200, "--chunk-tokens", help="Passage size in embedder tokens."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+) -> None:
+    """Index the Python standard library's documentation (rendered by pydoc): a corpus every machine has."""
+    from .cli_rag import run_index_build
+    from .retrieval.corpora import write_python_docs
+
+    def body() -> None:
+        texts = out.parent / (out.name + "-texts")
+        files = write_python_docs(texts)
+        echo(f"rendered the pydoc text of {len(files)} standard-library modules into {texts}\n")
+        run_index_build([str(texts)], out, embedder=None, chunk_tokens=chunk_tokens, overlap=32, index="flat",
+                        nlist=None, progress=not quiet, write=echo)
+
+    run_command(body)
+
+
+@index_app.command("info")
+def index_info(store: Path = typer.Argument(..., help="A datastore folder.")) -> None:
+    """Show a datastore's manifest."""
+    from .cli_rag import run_index_info
+
+    run_command(lambda: run_index_info(store, write=echo))
+
+
+@app.command("ask")
+def ask(
+    question: str = typer.Argument(..., help="The question, or - to read it from standard input."),
+    store: Path = typer.Option(..., "--store", "-s", help="A datastore folder (`specdecode index build`)."),
+    model: str = typer.Option(..., "--model", "-m", help="Target model: zoo name, folder, .gguf file or hub id."),
+    drafter: str = typer.Option("auto", "--drafter", "-d",
+                                help="auto (retrieval drafting) | none | any drafter name, e.g. retrieval+model:NAME."),
+    draft_model: Optional[str] = typer.Option(None, "--draft-model",
+                                              help="With --drafter auto: also draft with this small model."),
+    k: int = typer.Option(4, "--k", help="Passages to retrieve."),
+    max_new_tokens: int = typer.Option(256, "--max-new-tokens", "-n"),
+    dtype: str = typer.Option("auto", "--dtype", help="auto | bf16 | fp32."),
+    compare: bool = typer.Option(False, "--compare", help="Also answer with plain decoding: speedup, identical."),
+) -> None:
+    """Answer a question from a datastore with speculative decoding; print the sources."""
+    from .cli_rag import AskConfig, run_ask
+
+    config = AskConfig(store=store, model=model, question=read_prompt(question), drafter=drafter,
+                       draft_model=draft_model, k=k, max_new_tokens=max_new_tokens, dtype=dtype, compare=compare)
+    run_command(lambda: run_ask(config, write=echo))
+
+
+def echo(text: str) -> None:
+    typer.echo(text, nl=False)
+
+
+@app.command("bench")
+def bench(
+    questions: Path = typer.Option(..., "--questions", "-q", help="A Spec-Bench question.jsonl file."),
+    model: str = typer.Option(..., "--model", "-m", help="Target model: zoo name, folder, .gguf file or hub id."),
+    out: Path = typer.Option(..., "--out", "-o", help="Results folder (rerun with the same folder to resume)."),
+    methods: str = typer.Option("plain,lookup", "--methods",
+                                help="Comma-separated: plain, lookup, model:NAME, hf-plain, hf-assisted:NAME, "
+                                     "hf-lookup (plain is always measured: speedups are relative to it)."),
+    categories: Optional[str] = typer.Option(None, "--categories", help="Comma-separated categories (default all)."),
+    limit_per_category: Optional[int] = typer.Option(None, "--limit-per-category",
+                                                     help="The first N questions of each category."),
+    max_new_tokens: int = typer.Option(128, "--max-new-tokens", "-n", help="Per turn (Spec-Bench uses 1024)."),
+    dtype: str = typer.Option("auto", "--dtype", help="Target dtype: auto | bf16 | fp32."),
+    drafter_dtype: str = typer.Option("fast-decode", "--drafter-dtype",
+                                      help="Dtype of drafter and assistant models (fast-decode | auto | bf16 | fp32)."),
+    k: Optional[int] = typer.Option(None, "--k", help="Draft length of our drafters (omitted = adaptive)."),
+    tree: int = typer.Option(1, "--tree", help="Tree width of our drafters (1 = a chain)."),
+    warmup: int = typer.Option(1, "--warmup", help="Untimed warm-up generations per method."),
+    fresh: bool = typer.Option(False, "--fresh", help="Delete the results already in --out first."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+) -> None:
+    """Benchmark methods on Spec-Bench questions: speedup, tau, exactness; reports and plots in --out."""
+
+    def body() -> None:
+        from .bench import BenchConfig, run_benchmark
+        from .bench.metrics import OVERALL, summarize
+        from .bench.report import table_lines
+
+        config = BenchConfig(
+            questions=questions, model=model, out=out, methods=methods,
+            categories=tuple(c.strip() for c in (categories or "").split(",") if c.strip()),
+            limit_per_category=limit_per_category, max_new_tokens=max_new_tokens, dtype=dtype,
+            drafter_dtype=drafter_dtype, k=k, tree=tree, warmup=warmup, fresh=fresh,
+        )
+        run = run_benchmark(config, progress=None if quiet else progress_bar)
+        rows = summarize(run.folder.records, list(dict.fromkeys(r["method"] for r in run.folder.records)))
+        typer.echo("\n".join(table_lines(rows.get(OVERALL, []))))
+        typer.echo(f"\n{run.measured} runs measured now; reports in {out}/ (report.md, summary.json, "
+                   "results.jsonl, speedup.png, acceptance.png)")
+        if run.interrupted:
+            typer.echo("interrupted: rerun the same command to resume where it stopped.", err=True)
+            raise typer.Exit(code=130)
+
+    run_command(body)
+
+
+def progress_bar(total: int):
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="run", desc="bench", dynamic_ncols=True)
 
 
 def read_prompt(prompt: str) -> str:

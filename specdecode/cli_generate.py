@@ -11,7 +11,7 @@ import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
-from .drafters import Drafter, LookupDrafter, ModelDrafter
+from .drafters.registry import DrafterOptions, make_drafter, parse_drafters
 from .engine import SpeculativeGenerator
 from .errors import SpecDecodeError
 from .models import LoadedModel, load_model
@@ -20,31 +20,7 @@ from .sampling import SamplingParams
 
 NEAR_TIE = 0.1  # a top-2 logit margin below this at a divergence is a floating-point near-tie
 WARMUP_TOKENS = 4  # the untimed generation before a comparison, so no timing includes a cold start
-DRAFTER_KINDS = "none, lookup or model:NAME (NAME: a zoo name, model folder, .gguf file or hub id)"
-
 Write = Callable[[str], None]
-
-
-@dataclass(frozen=True)
-class DrafterSpec:
-    """A parsed `--drafter` value."""
-
-    kind: str  # "none" | "lookup" | "model"
-    model: str | None = None  # the drafter model's spec, for kind "model"
-
-    @classmethod
-    def parse(cls, text: str) -> DrafterSpec:
-        value = text.strip()
-        if value in ("none", "lookup"):
-            return cls(value)
-        if value.startswith("model:"):
-            name = value[len("model:") :].strip()
-            if not name:
-                raise SpecDecodeError(
-                    "--drafter model: needs a model after the colon, e.g. model:qwen2.5-coder-0.5b-instruct."
-                )
-            return cls("model", name)
-        raise SpecDecodeError(f"unknown drafter {text!r}; use {DRAFTER_KINDS}.")
 
 
 @dataclass(frozen=True)
@@ -113,11 +89,11 @@ class Comparison:
 
 def run_generate(config: GenerateConfig, prompt_text: str, out: Write, err: Write) -> None:
     """Run `specdecode generate`: results on `out`, the stats line on `err`."""
-    spec = DrafterSpec.parse(config.drafter)
-    check_config(config, spec)
+    plain = parse_drafters(config.drafter)[0].kind == "none"
+    options = check_config(config, plain)
     hide_loading_bars()
     target = load_model(config.model, dtype=config.dtype)
-    gen = SpeculativeGenerator(target, drafter=build_drafter(spec, config, target))
+    gen = SpeculativeGenerator(target, drafter=make_drafter(config.drafter, target, options))
     prompt = format_prompt(target.tokenizer, prompt_text, raw=config.raw)
 
     if config.compare:
@@ -143,22 +119,22 @@ def run_generate(config: GenerateConfig, prompt_text: str, out: Write, err: Writ
     err(stats_line(result, config) + "\n")
 
 
-def check_config(config: GenerateConfig, spec: DrafterSpec) -> None:
-    """Fail on bad options before any model is loaded."""
+def check_config(config: GenerateConfig, plain: bool) -> DrafterOptions:
+    """Fail on bad options before any model is loaded; return the drafter's options."""
     if config.max_new_tokens < 1:
         raise SpecDecodeError(f"--max-new-tokens must be >= 1, got {config.max_new_tokens}.")
     SamplingParams(temperature=config.temperature, top_p=config.top_p, top_k=config.top_k)  # raises if bad
-    if spec.kind == "none":
+    if plain:
         if config.k is not None or config.tree != 1:
             raise SpecDecodeError("--k and --tree shape a drafter's drafts; --drafter none decodes plainly.")
         if config.compare:
             raise SpecDecodeError(
                 "--compare compares plain decoding with a drafter; pass --drafter lookup or --drafter model:NAME."
             )
-    if config.k is not None and config.k < 1:
-        raise SpecDecodeError(f"--k must be >= 1 (omit it for an adaptive draft length), got {config.k}.")
-    if config.tree < 1:
-        raise SpecDecodeError(f"--tree must be >= 1 (1 = a chain), got {config.tree}.")
+    try:
+        return DrafterOptions(k=config.k, tree=config.tree, drafter_dtype=config.drafter_dtype)
+    except SpecDecodeError as e:
+        raise SpecDecodeError(f"--{e}") from None
 
 
 def hide_loading_bars() -> None:
@@ -166,16 +142,6 @@ def hide_loading_bars() -> None:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
-
-
-def build_drafter(spec: DrafterSpec, config: GenerateConfig, target: LoadedModel) -> Drafter | None:
-    """The drafter a `--drafter` value names; a model drafter loads on the target's device, in --drafter-dtype."""
-    if spec.kind == "none":
-        return None
-    if spec.kind == "lookup":
-        return LookupDrafter(k=config.k, branches=config.tree)
-    draft = load_model(spec.model, dtype=config.drafter_dtype, device=target.device)
-    return ModelDrafter(draft, k=config.k, tree_width=config.tree)
 
 
 def format_prompt(tokenizer, text: str, *, raw: bool):

@@ -228,7 +228,8 @@ class SpeculativeGenerator:
             token_ids=run.generated,
             prompt_ids=request.prompt_ids,
             stop_reason=run.stop_reason,
-            stats=GenerationStats.from_tally(run.tally, len(run.generated)),
+            stats=GenerationStats.from_tally(run.tally, len(run.generated),
+                                             self.drafter.report() if request.speculative and self.drafter else None),
             top2_margins=run.margins,
         )
 

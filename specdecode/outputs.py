@@ -44,9 +44,10 @@ class GenerationStats:
     verify_s: float
     wall_s: float  # prefill + every step (prompt tokenisation and text decoding excluded)
     tokens_per_s: float
+    drafters: dict = field(default_factory=dict)  # per-drafter counts from Drafter.report() (e.g. a mixture's)
 
     @classmethod
-    def from_tally(cls, tally: Tally, new_tokens: int) -> GenerationStats:
+    def from_tally(cls, tally: Tally, new_tokens: int, drafters: dict | None = None) -> GenerationStats:
         return cls(
             new_tokens=new_tokens,
             steps=tally.steps,
@@ -61,6 +62,7 @@ class GenerationStats:
             verify_s=tally.verify_s,
             wall_s=tally.wall_s,
             tokens_per_s=new_tokens / tally.wall_s if tally.wall_s > 0 else 0.0,
+            drafters=drafters or {},
         )
 
 

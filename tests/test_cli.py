@@ -12,7 +12,7 @@ from tiny import tiny_model, tiny_tokenizer
 from typer.testing import CliRunner
 
 from specdecode.cli import app
-from specdecode.cli_generate import DrafterSpec
+from specdecode.drafters.registry import DrafterName
 from specdecode.errors import SpecDecodeError
 
 PROMPT = "w5 w6 w7 w5 w6 w7 w5"
@@ -97,7 +97,7 @@ def test_raw_skips_the_chat_template(model_dir):
         (["   "], "the prompt is empty"),
         (["--max-new-tokens", "0", PROMPT], "--max-new-tokens must be >= 1"),
         (["--temperature", "-1", PROMPT], "temperature must be >= 0"),
-        (["--drafter", "foo", PROMPT], "use none, lookup or model:NAME"),
+        (["--drafter", "foo", PROMPT], "use none, lookup, retrieval, model:NAME"),
         (["--drafter", "model:", PROMPT], "needs a model after the colon"),
         (["--drafter", "none", "--compare", PROMPT], "--compare compares plain decoding with a drafter"),
         (["--k", "0", PROMPT], "--k must be >= 1"),
@@ -118,10 +118,14 @@ def test_unknown_zoo_name_is_one_clear_error():
 
 
 def test_drafter_spec_parsing():
-    assert DrafterSpec.parse("lookup") == DrafterSpec("lookup")
-    assert DrafterSpec.parse("model:some/folder") == DrafterSpec("model", "some/folder")
-    with pytest.raises(SpecDecodeError, match="none, lookup or model:NAME"):
-        DrafterSpec.parse("model")
+    assert DrafterName.parse("lookup") == DrafterName("lookup")
+    assert DrafterName.parse("model:some/folder") == DrafterName("model", "some/folder")
+    with pytest.raises(SpecDecodeError, match="needs a model after the colon"):
+        DrafterName.parse("model")
+    with pytest.raises(SpecDecodeError, match="none, lookup, retrieval, model:NAME"):
+        DrafterName.parse("medusa")
+    with pytest.raises(SpecDecodeError, match="takes no model"):
+        DrafterName.parse("lookup:x")
 
 
 def test_help_does_not_import_torch():

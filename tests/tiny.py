@@ -113,3 +113,14 @@ def tiny_tokenizer(vocab: int = VOCAB):
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<eos>", unk_token="w0")
     tokenizer.chat_template = "{% for m in messages %}w2 {{ m['content'] }} w3 {% endfor %}w4"
     return tokenizer
+
+
+def first_token_total_variation(gen, model: torch.nn.Module, prompt: list[int], samples: int = 4000) -> float:
+    """Total variation between the first token `gen` samples (temperature 1, seeds 0..samples-1)
+    and the target model's softmax after `prompt`."""
+    with torch.no_grad():
+        target = model(torch.tensor([prompt])).logits[0, -1].softmax(-1)  # [vocab]
+    counts = torch.zeros_like(target)
+    for seed in range(samples):
+        counts[gen.generate(prompt, max_new_tokens=2, temperature=1.0, seed=seed).token_ids[0]] += 1
+    return 0.5 * float((counts / counts.sum() - target).abs().sum())

@@ -24,6 +24,7 @@ class Drafter:
       from its row, independently of its earlier siblings.
     - `accept(token_ids)`: the tokens committed by the last step (accepted draft tokens + the
       target's next token); update adaptive state here.
+    - `report() -> dict` (optional): statistics of the last generation, shown in the stats.
     """
 
     name = "custom"
@@ -43,6 +44,10 @@ class Drafter:
 
     def accept(self, token_ids: Sequence[int]) -> None:
         return None
+
+    def report(self) -> dict:
+        """Extra statistics of the last generation for GenerationStats.drafters (default: none)."""
+        return {}
 
     def check_target(self, target) -> None:
         """Raise IncompatibleDrafterError if this drafter cannot draft for `target` (a LoadedModel)."""

@@ -1,0 +1,171 @@
+"""Benchmark methods: a name a user types, and what runs one turn of one question.
+
+Ours: `plain` (our plain decoding) and every drafter name of `drafters.registry` (`lookup`,
+`model:NAME`, ...), all through one SpeculativeGenerator per method on the same loaded target.
+Peers, on the same loaded target: `hf-plain` (`model.generate`, greedy), `hf-assisted:NAME`
+(`assistant_model=`), `hf-lookup` (`prompt_lookup_num_tokens=10`). A peer's target forwards are
+counted with a forward hook on the target module (the assistant is another module).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+
+from ..drafters.registry import (DRAFTER_PATTERNS, MIXTURE_HELP, MODEL_SPEC_HELP, DrafterOptions, make_drafter,
+                                 parse_drafters)
+from ..engine import SpeculativeGenerator
+from ..errors import SpecDecodeError
+from ..models import LoadedModel, load_model
+from ..prompts import eos_token_ids
+
+PEERS = ("hf-plain", "hf-assisted", "hf-lookup")
+METHOD_NAMES = (f"plain, {', '.join(DRAFTER_PATTERNS)}, hf-plain, hf-assisted:NAME, hf-lookup "
+                f"({MIXTURE_HELP}; {MODEL_SPEC_HELP})")
+HF_LOOKUP_TOKENS = 10  # prompt_lookup_num_tokens, as in transformers' documentation
+
+
+@dataclass(frozen=True)
+class TurnResult:
+    """One generation of one method: what a results line is built from."""
+
+    token_ids: tuple[int, ...]
+    text: str
+    wall_s: float  # prefill + drafting + verification (no prompt tokenising, no text decoding)
+    target_forwards: int | None  # forwards of the target that produced tokens (None: not counted)
+    accept_histogram: tuple[int, ...] | None  # [a] = target forwards that accepted a draft tokens
+    top2_margins: tuple[float, ...] | None  # greedy: target top-1 minus top-2 logit per token (ours)
+
+
+class Method(Protocol):
+    name: str
+
+    def run(self, prompt_ids: list[int], max_new_tokens: int) -> TurnResult: ...
+
+
+@dataclass(frozen=True)
+class MethodName:
+    """A parsed method: `plain`, a drafter name, or a peer (`hf-assisted` takes a model)."""
+
+    text: str
+    peer: str | None = None  # one of PEERS, or None for ours (then `text` is a drafter name, "none" for plain)
+
+    @classmethod
+    def parse(cls, text: str) -> MethodName:
+        value = text.strip()
+        kind, colon, model = value.partition(":")
+        if value == "plain":
+            return cls(value)
+        if kind in PEERS:
+            if (kind == "hf-assisted") != bool(model.strip()):
+                need = "needs a model after the colon, e.g. hf-assisted:qwen2.5-coder-0.5b-instruct" \
+                    if kind == "hf-assisted" else "takes no model"
+                raise SpecDecodeError(f"method {value!r}: {kind} {need}.")
+            return cls(value, peer=kind)
+        try:
+            parts = parse_drafters(value)
+        except SpecDecodeError:
+            raise SpecDecodeError(f"unknown method {text!r}; valid methods: {METHOD_NAMES}.") from None
+        if parts[0].kind == "none":
+            raise SpecDecodeError(f"unknown method {text!r} (plain decoding is `plain`); valid methods: {METHOD_NAMES}.")
+        return cls("+".join(str(part) for part in parts))
+
+    @property
+    def assistant(self) -> str:
+        """hf-assisted's assistant model."""
+        return self.text.partition(":")[2].strip()
+
+
+def parse_methods(text: str | Sequence[str]) -> list[MethodName]:
+    """Comma-separated method names -> parsed, `plain` first (added if missing: speedups need it)."""
+    items = text.split(",") if isinstance(text, str) else list(text)
+    names = [MethodName.parse(item) for item in items if item.strip()]
+    if not names:
+        raise SpecDecodeError(f"--methods is empty; valid methods: {METHOD_NAMES}.")
+    texts = [n.text for n in names]
+    duplicates = sorted({t for t in texts if texts.count(t) > 1})
+    if duplicates:
+        raise SpecDecodeError(f"method {', '.join(duplicates)} is listed twice in --methods.")
+    plain = [n for n in names if n.text == "plain"] or [MethodName.parse("plain")]
+    return plain + [n for n in names if n.text != "plain"]
+
+
+class DraftModels:
+    """Second models (drafters, assistants) loaded once per benchmark and shared between methods."""
+
+    def __init__(self, dtype: str, load: Callable[..., LoadedModel] = load_model):
+        self.dtype = dtype
+        self.load = load
+        self.loaded: dict[str, LoadedModel] = {}
+
+    def __call__(self, spec: str, target: LoadedModel) -> LoadedModel:
+        if spec not in self.loaded:
+            self.loaded[spec] = self.load(spec, dtype=self.dtype, device=target.device)
+        return self.loaded[spec]
+
+
+class OurMethod:
+    """Plain or speculative decoding through a SpeculativeGenerator."""
+
+    def __init__(self, name: str, generator: SpeculativeGenerator, speculative: bool):
+        self.name, self.generator, self.speculative = name, generator, speculative
+
+    def run(self, prompt_ids: list[int], max_new_tokens: int) -> TurnResult:
+        out = self.generator.generate(prompt_ids, max_new_tokens, speculative=self.speculative)
+        return TurnResult(tuple(out.token_ids), out.text, out.stats.wall_s, out.stats.steps,
+                          out.stats.accept_histogram, tuple(out.top2_margins))
+
+
+class HFMethod:
+    """transformers' own `model.generate` (greedy), with extra keyword arguments for a peer method."""
+
+    def __init__(self, name: str, target: LoadedModel, **generate_kwargs):
+        from transformers import GenerationConfig
+
+        self.name, self.target, self.generate_kwargs = name, target, generate_kwargs
+        eos = sorted(eos_token_ids(target.model, target.tokenizer))
+        pad = target.tokenizer.pad_token_id if target.tokenizer.pad_token_id is not None else eos[0]
+        # A fresh config: no sampling or repetition penalty inherited from the model's generation_config.
+        self.config_kwargs = dict(do_sample=False, eos_token_id=eos, pad_token_id=pad)
+        self.config_class = GenerationConfig
+
+    def run(self, prompt_ids: list[int], max_new_tokens: int) -> TurnResult:
+        model = self.target.model
+        input_ids = torch.tensor([prompt_ids], device=self.target.device)  # [1, prompt]
+        config = self.config_class(max_new_tokens=max_new_tokens, **self.config_kwargs)
+        forwards = []
+        hook = model.register_forward_hook(lambda *_: forwards.append(1))
+        try:
+            start = time.perf_counter()
+            with torch.inference_mode():
+                output = model.generate(input_ids, attention_mask=torch.ones_like(input_ids),
+                                        generation_config=config, **self.generate_kwargs)
+            wall_s = time.perf_counter() - start
+        finally:
+            hook.remove()
+        token_ids = tuple(output[0, len(prompt_ids):].tolist())
+        text = self.target.tokenizer.decode(token_ids, skip_special_tokens=True)
+        return TurnResult(token_ids, text, wall_s, len(forwards), None, None)
+
+
+def build_methods(names: Sequence[MethodName], target: LoadedModel, options: DrafterOptions,
+                  draft_models: DraftModels) -> list[Method]:
+    """The runnable methods, in order, all on `target`."""
+    methods: list[Method] = []
+    for name in names:
+        if name.peer == "hf-plain":
+            methods.append(HFMethod(name.text, target))
+        elif name.peer == "hf-lookup":
+            methods.append(HFMethod(name.text, target, prompt_lookup_num_tokens=HF_LOOKUP_TOKENS))
+        elif name.peer == "hf-assisted":
+            assistant = draft_models(name.assistant, target)
+            methods.append(HFMethod(name.text, target, assistant_model=assistant.model))
+        else:
+            drafter = make_drafter("none" if name.text == "plain" else name.text, target, options, draft_models)
+            methods.append(OurMethod(name.text, SpeculativeGenerator(target, drafter=drafter),
+                                     speculative=drafter is not None))
+    return methods

@@ -1,0 +1,140 @@
+"""The benchmark's reports: summary.json, report.md, speedup.png and acceptance.png."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+
+from .metrics import OVERALL, MethodSummary, summarize
+from .results import ResultsFolder
+
+HEADER = ("method", "questions", "speedup", "median speedup", "tau", "tokens/s", "identical")
+
+
+def write_reports(folder: ResultsFolder, methods: Sequence[str], environment: dict) -> dict:
+    """Write every report from the folder's records; return the summary document."""
+    order = list(dict.fromkeys([*methods, *(r["method"] for r in folder.records)]))
+    table = summarize(folder.records, order)
+    dtypes = sorted({r.get("dtype", "?") for r in folder.records})
+    document = {
+        "settings": folder.settings,
+        "environment": {**environment, "target_dtype": ", ".join(dtypes) or None},
+        "methods": order,
+        "summary": {category: [asdict(row) for row in rows] for category, rows in table.items()},
+        "divergences": [
+            {"question_id": r["question_id"], "method": r["method"], **r["divergence"]}
+            for r in folder.records if r.get("divergence")
+        ],
+    }
+    folder.write_text("summary.json", json.dumps(document, indent=2))
+    folder.write_text("report.md", markdown_report(document, table))
+    if folder.records:
+        plot_speedups(table, folder.path / "speedup.png")
+        plot_acceptance(table.get(OVERALL, []), folder.path / "acceptance.png")
+    return document
+
+
+def _fmt(value: float | None, pattern: str) -> str:
+    return "-" if value is None else pattern.format(value)
+
+
+def table_lines(rows: Sequence[MethodSummary]) -> list[str]:
+    lines = ["| " + " | ".join(HEADER) + " |", "|" + " --- |" * len(HEADER)]
+    for row in rows:
+        cells = (row.method, str(row.questions), _fmt(row.speedup, "{:.2f}x"), _fmt(row.median_speedup, "{:.2f}x"),
+                 _fmt(row.tau, "{:.2f}"), f"{row.tokens_per_s:.2f}", _fmt(row.identical, "{:.0%}"))
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def markdown_report(document: dict, table: dict[str, list[MethodSummary]]) -> str:
+    settings, env = document["settings"], document["environment"]
+    lines = [
+        "# specdecode bench report",
+        "",
+        f"- model: `{settings['model']}` (dtype {settings['dtype']} → {env['target_dtype']}), "
+        f"drafter dtype {settings['drafter_dtype']}, max_new_tokens {settings['max_new_tokens']}, "
+        f"k {settings['k'] if settings['k'] is not None else 'adaptive'}, tree {settings['tree']}",
+        f"- machine: {env['cpu']}; {env['cores']} cores, {env['torch_threads']} torch threads"
+        + (f"; GPU {env['gpu']}" if env.get("gpu") else ""),
+        f"- CPU flags: {', '.join(env['cpu_flags']) or 'none of interest'}",
+        f"- python {env['python']}, torch {env['torch']}, transformers {env['transformers']}; reported {env['date']}",
+        "",
+        "speedup = a method's mean tokens/s over the questions / plain's over the same questions; median "
+        "speedup = median of the per-question ratios; tau = new tokens per target forward (bonus included); "
+        "identical = token ids equal to plain decoding's. Methods ran interleaved per question.",
+        "",
+    ]
+    for category, rows in table.items():
+        lines += [f"## {category}", "", *table_lines(rows), ""]
+    if document["divergences"]:
+        lines += ["## outputs that differ from plain decoding", ""]
+        for d in document["divergences"]:
+            margin = "unknown" if d["plain_margin"] is None else f"{d['plain_margin']:.4f}"
+            lines.append(f"- question {d['question_id']}, {d['method']}: turn {d['turn'] + 1}, token {d['position']} "
+                         f"(plain {d['plain_token']}, this {d['token']}); plain's top-2 logit margin there {margin}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _save(figure, path: Path) -> None:
+    tmp = path.with_name(path.stem + ".tmp" + path.suffix)
+    figure.savefig(tmp, dpi=120, bbox_inches="tight")
+    os.replace(tmp, path)
+
+
+def plot_speedups(table: dict[str, list[MethodSummary]], path: Path) -> None:
+    """Grouped bars: speedup over plain by category (and overall) for every method but plain."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    categories = [c for c in table if c != OVERALL] + [OVERALL]
+    methods = list(dict.fromkeys(r.method for rows in table.values() for r in rows if r.method != "plain"))
+    figure, axes = plt.subplots(figsize=(max(6.0, 0.9 * len(categories) * max(1, len(methods)) / 2 + 2), 4.2))
+    width = 0.8 / max(1, len(methods))
+    for i, method in enumerate(methods):
+        values = []
+        for category in categories:
+            row = next((r for r in table[category] if r.method == method), None)
+            values.append(row.speedup if row and row.speedup is not None else 0.0)
+        axes.bar([c + (i - (len(methods) - 1) / 2) * width for c in range(len(categories))], values, width,
+                 label=method)
+    axes.axhline(1.0, color="black", linewidth=1, linestyle="--")
+    axes.set_xticks(range(len(categories)), categories, rotation=30, ha="right")
+    axes.set_ylabel("speedup over plain decoding (x)")
+    axes.set_title("speedup by category")
+    if methods:
+        axes.legend(fontsize=8)
+    _save(figure, path)
+    plt.close(figure)
+
+
+def plot_acceptance(rows: Sequence[MethodSummary], path: Path) -> None:
+    """Per method with drafts: the share of target forwards that accepted a = 0, 1, 2, ... draft tokens."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    drafted = [r for r in rows if r.method != "plain" and r.accept_histogram and len(r.accept_histogram) > 1]
+    figure, axes = plt.subplots(figsize=(7, 4))
+    width = 0.8 / max(1, len(drafted))
+    for i, row in enumerate(drafted):
+        total = sum(row.accept_histogram)
+        shares = [count / total for count in row.accept_histogram]
+        axes.bar([a + (i - (len(drafted) - 1) / 2) * width for a in range(len(shares))], shares, width,
+                 label=f"{row.method} (tau {row.tau:.2f})" if row.tau else row.method)
+    axes.set_xlabel("draft tokens accepted in one target forward")
+    axes.set_ylabel("share of target forwards")
+    axes.set_title("acceptance lengths (our methods; peers do not expose theirs)")
+    if drafted:
+        axes.legend(fontsize=8)
+    else:
+        axes.text(0.5, 0.5, "no speculative method of ours in these results", ha="center", transform=axes.transAxes)
+    _save(figure, path)
+    plt.close(figure)

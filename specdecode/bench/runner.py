@@ -1,0 +1,181 @@
+"""`specdecode bench`: Spec-Bench's protocol on one loaded target, methods interleaved per question.
+
+For each question, every method in turn (plain first): each turn's prompt is the chat so far,
+including the method's own previous answers; new tokens and wall time are summed over the turns;
+the token ids are compared with plain's. Each finished (question, method) is appended to
+results.jsonl at once, so an interrupted run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..drafters.registry import DrafterOptions
+from ..errors import SpecDecodeError
+from ..models import LoadedModel, load_model
+from ..prompts import encode_prompt
+from .environment import environment, machine_key
+from .methods import DraftModels, Method, MethodName, TurnResult, build_methods, parse_methods
+from .metrics import add_histograms
+from .questions import Question, read_questions, select_questions
+from .report import write_reports
+from .results import ResultsFolder, file_sha256, ids_hash
+
+WARMUP_TOKENS = 16  # length of each untimed warm-up generation
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    questions: Path
+    model: str
+    out: Path
+    methods: str = "plain,lookup"
+    categories: tuple[str, ...] = ()
+    limit_per_category: int | None = None
+    max_new_tokens: int = 128
+    dtype: str = "auto"
+    drafter_dtype: str = "fast-decode"
+    k: int | None = None
+    tree: int = 1
+    warmup: int = 1  # untimed generations per method before the first question
+    fresh: bool = False  # delete the results already in `out`
+
+    def settings(self, questions_file_sha256: str) -> dict:
+        """What results in one folder must share (resuming with other settings is refused)."""
+        return {"model": self.model, "dtype": self.dtype, "drafter_dtype": self.drafter_dtype,
+                "max_new_tokens": self.max_new_tokens, "k": self.k, "tree": self.tree,
+                "questions_sha256": questions_file_sha256, "machine": machine_key()}
+
+
+@dataclass(frozen=True)
+class BenchRun:
+    folder: ResultsFolder
+    measured: int  # (question, method) pairs measured by this call
+    interrupted: bool
+
+
+Progress = Callable[[int], "ProgressBar"]
+
+
+class ProgressBar:
+    """What the runner needs of a progress display (tqdm has it)."""
+
+    def update(self, n: int = 1) -> None: ...
+    def set_postfix_str(self, text: str) -> None: ...
+    def close(self) -> None: ...
+
+
+def run_benchmark(config: BenchConfig, *, target: LoadedModel | None = None,
+                  load: Callable[..., LoadedModel] = load_model, progress: Progress | None = None) -> BenchRun:
+    """Measure every pending (question, method) pair of `config` and write the reports.
+
+    `target`: an already loaded target (else `load(config.model, dtype=config.dtype)`); `load` also
+    loads drafter and assistant models. `progress(total)` returns a progress bar (None: silent)."""
+    # 1. Check every input before loading anything.
+    if config.max_new_tokens < 1:
+        raise SpecDecodeError(f"--max-new-tokens must be >= 1, got {config.max_new_tokens}.")
+    if config.warmup < 0:
+        raise SpecDecodeError(f"--warmup must be >= 0, got {config.warmup}.")
+    questions = select_questions(read_questions(config.questions), config.categories, config.limit_per_category)
+    names = parse_methods(config.methods)
+    options = DrafterOptions(k=config.k, tree=config.tree, drafter_dtype=config.drafter_dtype)
+    folder = ResultsFolder.open(config.out, config.settings(file_sha256(config.questions)), fresh=config.fresh)
+    done = folder.done()
+    pending = [(q, n) for q in questions for n in names if (q.key, n.text) not in done]
+
+    measured, interrupted = 0, False
+    if pending:
+        # 2. Load the target and the methods' models; warm every method up (untimed, not recorded).
+        target = target or load(config.model, dtype=config.dtype)
+        if not getattr(target.tokenizer, "chat_template", None):
+            raise SpecDecodeError(f"{target.name} has no chat template; Spec-Bench questions are chat turns, "
+                                  "so benchmark an instruction-tuned (chat) model.")
+        methods = build_methods(names, target, options, DraftModels(config.drafter_dtype, load))
+        warm_up(methods, target, pending[0][0], config.warmup, min(WARMUP_TOKENS, config.max_new_tokens))
+        # 3. Questions in order; per question every pending method in order (plain first).
+        by_name = {m.name: m for m in methods}
+        bar = progress(len(pending)) if progress else None
+        try:
+            for question, name in pending:
+                if bar:
+                    bar.set_postfix_str(f"{question.category} {question.key}: {name.text}")
+                turns = run_turns(by_name[name.text], question, target, config.max_new_tokens)
+                folder.append(make_record(question, name, turns, str(target.dtype).removeprefix("torch."),
+                                          folder.find(question.key, "plain")))
+                measured += 1
+                if bar:
+                    bar.update(1)
+        except KeyboardInterrupt:
+            interrupted = True  # every appended line is whole; the reports below cover what finished
+        finally:
+            if bar:
+                bar.close()
+    # 4. Reports over everything in the folder (this run and earlier ones).
+    write_reports(folder, [n.text for n in names], environment())
+    return BenchRun(folder, measured, interrupted)
+
+
+def warm_up(methods: Sequence[Method], target: LoadedModel, question: Question, count: int, tokens: int) -> None:
+    prompt_ids = encode_prompt(target.tokenizer, [{"role": "user", "content": question.turns[0]}])
+    for method in methods:
+        for _ in range(count):
+            method.run(prompt_ids, tokens)
+
+
+def run_turns(method: Method, question: Question, target: LoadedModel, max_new_tokens: int) -> list[TurnResult]:
+    """Every turn of a question; turn n's prompt carries the method's own answers to turns < n."""
+    messages: list[dict] = []
+    results = []
+    for turn in question.turns:
+        messages.append({"role": "user", "content": turn})
+        result = method.run(encode_prompt(target.tokenizer, messages), max_new_tokens)
+        messages.append({"role": "assistant", "content": result.text})
+        results.append(result)
+    return results
+
+
+def make_record(question: Question, name: MethodName, turns: Sequence[TurnResult], dtype: str,
+                plain: dict | None) -> dict:
+    """One results line; `plain` is plain's record for the question (None when it is plain's own)."""
+    token_ids = [list(t.token_ids) for t in turns]
+    forwards = [t.target_forwards for t in turns]
+    record = {
+        "question_id": question.key,
+        "category": question.category,
+        "method": name.text,
+        "turns": len(turns),
+        "new_tokens": sum(len(ids) for ids in token_ids),
+        "wall_s": sum(t.wall_s for t in turns),
+        "target_forwards": None if None in forwards else sum(forwards),
+        "accept_histogram": add_histograms(t.accept_histogram for t in turns),
+        "dtype": dtype,
+        "ids_hash": ids_hash(token_ids),
+        "token_ids": token_ids,
+        "identical": None,
+        "divergence": None,
+    }
+    if name.text == "plain":
+        record["identical"] = True
+        record["top2_margins"] = [[round(m, 4) for m in t.top2_margins or ()] for t in turns]
+    elif plain is not None:
+        record["identical"] = token_ids == plain["token_ids"]
+        record["divergence"] = None if record["identical"] else divergence(plain, token_ids)
+    return record
+
+
+def divergence(plain: dict, token_ids: list[list[int]]) -> dict:
+    """The first turn and position where `token_ids` leave plain's, with plain's top-2 margin there."""
+    for turn, (ref, other) in enumerate(zip(plain["token_ids"], token_ids)):
+        if ref != other:
+            position = next((i for i, (a, b) in enumerate(zip(ref, other)) if a != b), min(len(ref), len(other)))
+            margins = plain.get("top2_margins", [])
+            margin = margins[turn][position] if turn < len(margins) and position < len(margins[turn]) else None
+            return {"turn": turn, "position": position,
+                    "plain_token": ref[position] if position < len(ref) else None,
+                    "token": other[position] if position < len(other) else None,
+                    "plain_margin": margin}
+    return {"turn": min(len(plain["token_ids"]), len(token_ids)), "position": 0, "plain_token": None,
+            "token": None, "plain_margin": None}
+

@@ -1,0 +1,101 @@
+"""Drafters by name: the one place where a name a user types (`lookup`, `retrieval`, `model:NAME`,
+or several joined with `+` for a MixtureDrafter, e.g. `retrieval+model:NAME`) becomes a drafter.
+The CLI's `--drafter` and the benchmark's `--methods` both read it, so a drafter added here is
+usable from both.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ..errors import SpecDecodeError
+from ..models import LoadedModel, load_model
+from .base import Drafter
+from .lookup import LookupDrafter
+from .mixture import MixtureDrafter
+from .model import ModelDrafter
+from .retrieval import RetrievalDrafter
+
+DRAFTER_PATTERNS = ("lookup", "retrieval", "model:NAME")  # what a user types for each drafter
+MODEL_SPEC_HELP = "NAME: a zoo name, model folder, .gguf file or hub id"
+MIXTURE_HELP = "A+B merges the drafts of A and B into one tree"
+DRAFTER_NAMES = f"none, {', '.join(DRAFTER_PATTERNS)} ({MIXTURE_HELP}; {MODEL_SPEC_HELP})"
+KINDS_WITH_MODEL = ("model",)  # kinds written KIND:MODEL
+KINDS = ("none", "lookup", "retrieval", *KINDS_WITH_MODEL)
+
+LoadDraft = Callable[[str, LoadedModel], LoadedModel]  # (model spec, target) -> the drafter's model
+
+
+@dataclass(frozen=True)
+class DrafterName:
+    """A parsed drafter name: `kind` or `kind:model`."""
+
+    kind: str  # one of KINDS
+    model: str | None = None  # the drafter model's spec, for kinds in KINDS_WITH_MODEL
+
+    @classmethod
+    def parse(cls, text: str) -> DrafterName:
+        value = text.strip()
+        kind, colon, model = value.partition(":")
+        kind, model = kind.strip(), model.strip()
+        if kind not in KINDS:
+            raise SpecDecodeError(f"unknown drafter {text!r}; use {DRAFTER_NAMES}.")
+        if kind in KINDS_WITH_MODEL and not model:
+            raise SpecDecodeError(
+                f"drafter {kind}: needs a model after the colon, e.g. {kind}:qwen2.5-coder-0.5b-instruct."
+            )
+        if kind not in KINDS_WITH_MODEL and colon:
+            raise SpecDecodeError(f"drafter {kind!r} takes no model; use {DRAFTER_NAMES}.")
+        return cls(kind, model or None)
+
+    def __str__(self) -> str:
+        return f"{self.kind}:{self.model}" if self.model else self.kind
+
+
+@dataclass(frozen=True)
+class DrafterOptions:
+    """How to shape the drafts of a named drafter."""
+
+    k: int | None = None  # draft depth; None adapts it from acceptance
+    tree: int = 1  # lookup branches / model-drafter tree width; 1 = a chain
+    drafter_dtype: str = "fast-decode"  # drafts never change the output, so a model drafter may use its own
+
+    def __post_init__(self):
+        if self.k is not None and self.k < 1:
+            raise SpecDecodeError(f"k must be >= 1 (omit it for an adaptive draft length), got {self.k}.")
+        if self.tree < 1:
+            raise SpecDecodeError(f"tree must be >= 1 (1 = a chain), got {self.tree}.")
+
+
+def default_load_draft(spec: str, target: LoadedModel, dtype: str) -> LoadedModel:
+    """Load a drafter model on the target's device."""
+    return load_model(spec, dtype=dtype, device=target.device)
+
+
+def parse_drafters(text: str) -> tuple[DrafterName, ...]:
+    """`A+B+...` -> the parsed parts (one part for a single drafter)."""
+    parts = tuple(DrafterName.parse(part) for part in text.split("+"))
+    if len(parts) > 1 and any(p.kind == "none" for p in parts):
+        raise SpecDecodeError(f"drafter {text!r}: `none` cannot be part of a mixture.")
+    return parts
+
+
+def make_drafter(name: DrafterName | str, target: LoadedModel, options: DrafterOptions = DrafterOptions(),
+                 load_draft: LoadDraft | None = None) -> Drafter | None:
+    """The drafter `name` denotes (None for `none`; a MixtureDrafter for `A+B`). `load_draft(spec,
+    target)` loads a drafter model (default: load_model in options.drafter_dtype on the target's
+    device); pass a caching loader to share one loaded drafter between several uses."""
+    if isinstance(name, str):
+        parts = parse_drafters(name)
+        if len(parts) > 1:
+            return MixtureDrafter([make_drafter(part, target, options, load_draft) for part in parts])
+        name = parts[0]
+    if name.kind == "none":
+        return None
+    if name.kind == "lookup":
+        return LookupDrafter(k=options.k, branches=options.tree)
+    if name.kind == "retrieval":
+        return RetrievalDrafter(k=options.k)
+    draft = (load_draft or (lambda spec, t: default_load_draft(spec, t, options.drafter_dtype)))(name.model, target)
+    return ModelDrafter(draft, k=options.k, tree_width=options.tree)

@@ -1,0 +1,59 @@
+"""Pipelines: a `Stage` reads and fills a `PipelineState`; a `Pipeline` runs stages in order.
+
+    pipeline = Pipeline([Retrieve(store, k=4), BuildPrompt(tokenizer), Generate(generator)])
+    state = pipeline(PipelineState(question="How do I ...?"))
+    state.output.text, state.passages, state.notes
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from ..errors import SpecDecodeError
+from ..outputs import GenerationOutput
+
+
+@dataclass
+class PipelineState:
+    """What flows through a pipeline; each stage reads some fields and fills others."""
+
+    question: str = ""
+    passages: list = field(default_factory=list)  # retrieval.Passage, best first
+    prompt: Any = None  # what the generator receives: chat messages, text or token ids
+    output: GenerationOutput | None = None
+    options: dict = field(default_factory=dict)  # generation options (max_new_tokens, temperature, ...)
+    notes: list[str] = field(default_factory=list)  # what stages want the user to know (e.g. trimmed passages)
+
+
+class Stage(Protocol):
+    """One step of a pipeline. `run` fills the state; `stream` (optional) yields text pieces while
+    it runs; a stage without `stream` runs silently."""
+
+    def run(self, state: PipelineState) -> None: ...
+
+
+class Pipeline:
+    """Stages run in order over one PipelineState."""
+
+    def __init__(self, stages: Sequence[Stage]):
+        stages = list(stages)
+        if not stages or not all(callable(getattr(s, "run", None)) for s in stages):
+            raise SpecDecodeError("Pipeline needs a non-empty list of stages, each with a run(state) method.")
+        self.stages = stages
+
+    def __call__(self, state: PipelineState) -> PipelineState:
+        for stage in self.stages:
+            stage.run(state)
+        return state
+
+    def stream(self, state: PipelineState) -> Generator[str, None, PipelineState]:
+        """Run the stages; yield the text pieces of those that stream. Returns the state."""
+        for stage in self.stages:
+            streaming = getattr(stage, "stream", None)
+            if streaming is None:
+                stage.run(state)
+            else:
+                yield from streaming(state)
+        return state

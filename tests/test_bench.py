@@ -1,0 +1,270 @@
+"""`specdecode bench`: Spec-Bench protocol, arithmetic, output schema, resume, exactness flags and bad
+input, on tiny models (no timed assertions)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from tiny import tiny_model, tiny_tokenizer
+from typer.testing import CliRunner
+
+from specdecode.bench import BenchConfig, TurnResult, read_questions, run_benchmark, select_questions, summarize
+from specdecode.bench import runner as bench_runner
+from specdecode.bench.metrics import OVERALL
+from specdecode.cli import app
+from specdecode.errors import SpecDecodeError
+from specdecode.models import LoadedModel
+from specdecode.prompts import encode_prompt
+
+SPEC_BENCH = Path(__file__).resolve().parents[2] / "shared" / "data" / "spec_bench" / "question.jsonl"
+QUESTIONS = [
+    {"question_id": 1, "category": "copy", "turns": ["w5 w6 w7 w8 w5 w6 w7 w8 w5 w6"]},
+    {"question_id": 2, "category": "chat", "turns": ["w9 w10 w11 w9 w10", "w12 w13 w12 w13"]},
+    {"question_id": 3, "category": "copy", "turns": ["w20 w21 w22 w20 w21 w22"]},
+]
+
+
+def tiny_loaded(seed: int, name: str) -> LoadedModel:
+    model = tiny_model("llama", seed=seed)
+    model.generation_config.eos_token_id = 1  # "<eos>" of the tiny tokenizer
+    return LoadedModel(model=model, tokenizer=tiny_tokenizer(), name=name, dtype=model.dtype, device=model.device)
+
+
+@pytest.fixture(scope="module")
+def target():
+    return tiny_loaded(0, "tiny-target")
+
+
+@pytest.fixture(scope="module")
+def zoo(target):
+    """What `load` returns by name in these tests: the target itself and an independent drafter."""
+    return {"tiny-target": target, "tiny-draft": tiny_loaded(1, "tiny-draft")}
+
+
+@pytest.fixture
+def questions_file(tmp_path):
+    path = tmp_path / "question.jsonl"
+    path.write_text("".join(json.dumps(q) + "\n" for q in QUESTIONS))
+    return path
+
+
+def config(questions_file, out, **changes) -> BenchConfig:
+    return BenchConfig(**{"questions": questions_file, "model": "tiny-target", "out": out, "max_new_tokens": 10,
+                          **changes})
+
+
+def run(cfg: BenchConfig, zoo: dict):
+    return run_benchmark(cfg, target=zoo[cfg.model], load=lambda spec, **_: zoo[spec])
+
+
+def results(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+
+
+# ----------------------------------------------------------------------------- real methods end to end
+def test_every_method_on_a_tiny_model_writes_identical_results_and_reports(questions_file, tmp_path, zoo):
+    out = tmp_path / "out"
+    methods = "lookup,model:tiny-draft,model:tiny-target,hf-plain,hf-lookup,hf-assisted:tiny-draft"
+    bench = run(config(questions_file, out, methods=methods), zoo)
+    assert bench.measured == 3 * 7 and not bench.interrupted
+    records = results(out)
+    assert [r["method"] for r in records[:7]] == ["plain", *methods.split(",")]  # plain first, then in order
+    for r in records:
+        assert set(r) >= {"question_id", "category", "method", "turns", "new_tokens", "wall_s", "target_forwards",
+                          "accept_histogram", "ids_hash", "token_ids", "identical", "divergence"}
+        assert r["identical"] is True, r  # fp32: every method, the peers included, equals our plain decoding
+        assert r["new_tokens"] == sum(len(t) for t in r["token_ids"]) > 0
+        assert r["turns"] == (2 if r["question_id"] == "2" else 1)
+        assert r["target_forwards"] >= 1
+    by_method = {r["method"]: r for r in records if r["question_id"] == "1"}
+    assert by_method["plain"]["target_forwards"] == by_method["plain"]["new_tokens"]  # tau 1
+    assert by_method["model:tiny-target"]["target_forwards"] < by_method["plain"]["target_forwards"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["methods"][0] == "plain" and set(summary["summary"]) == {OVERALL, "copy", "chat"}
+    assert summary["summary"][OVERALL][0]["speedup"] == pytest.approx(1.0)
+    report = (out / "report.md").read_text()
+    assert "## copy" in report and "| model:tiny-target |" in report and "torch" in report
+    for plot in ("speedup.png", "acceptance.png"):
+        assert (out / plot).read_bytes()[:4] == b"\x89PNG"
+
+
+# ----------------------------------------------------------------------------- protocol with spy methods
+class SpyMethod:
+    """Records its calls; answers `answer` (token ids w30.. by default) with made-up timings."""
+
+    def __init__(self, name: str, log: list, tokenizer, answers: dict | None = None, fail_at: int | None = None):
+        self.name, self.log, self.tokenizer = name, log, tokenizer
+        self.answers = answers or {}
+        self.fail_at = fail_at
+
+    def run(self, prompt_ids, max_new_tokens):
+        self.log.append((self.name, list(prompt_ids), max_new_tokens))
+        if self.fail_at is not None and len(self.log) == self.fail_at:
+            raise KeyboardInterrupt
+        ids = self.answers.get(tuple(prompt_ids), (30, 31, 32))
+        return TurnResult(tuple(ids), self.tokenizer.decode(ids), 0.5, 2, (1, 0, 1), (1.0, 0.5, 0.05))
+
+
+@pytest.fixture
+def spy(monkeypatch, zoo):
+    state = {"log": [], "answers": {}, "fail_at": None}
+
+    def build(names, target, options, draft_models):
+        return [SpyMethod(n.text, state["log"], target.tokenizer, state["answers"].get(n.text), state["fail_at"])
+                for n in names]
+
+    monkeypatch.setattr(bench_runner, "build_methods", build)
+    return state
+
+
+def test_warmup_is_not_counted_and_methods_interleave_per_question(questions_file, tmp_path, zoo, spy):
+    out = tmp_path / "out"
+    run(config(questions_file, out, methods="lookup,hf-plain", warmup=2, max_new_tokens=24), zoo)
+    log = spy["log"]
+    warmups = [entry for entry in log if entry[2] == bench_runner.WARMUP_TOKENS]
+    assert [name for name, _, _ in warmups] == ["plain", "plain", "lookup", "lookup", "hf-plain", "hf-plain"]
+    measured = [name for name, _, tokens in log if tokens == 24]
+    # question 1 (1 turn), question 2 (2 turns, each method carries its own conversation), question 3
+    assert measured == ["plain", "lookup", "hf-plain"] + ["plain"] * 2 + ["lookup"] * 2 + ["hf-plain"] * 2 + \
+        ["plain", "lookup", "hf-plain"]
+    assert [r["method"] for r in results(out)] == ["plain", "lookup", "hf-plain"] * 3  # warm-ups not recorded
+
+
+def test_second_turn_carries_the_first_answer(questions_file, tmp_path, zoo, spy):
+    run(config(questions_file, tmp_path / "out", methods="lookup", max_new_tokens=24), zoo)
+    tokenizer = zoo["tiny-target"].tokenizer
+    turn1, turn2 = QUESTIONS[1]["turns"]
+    expected = encode_prompt(tokenizer, [{"role": "user", "content": turn1},
+                                         {"role": "assistant", "content": "w30 w31 w32"},
+                                         {"role": "user", "content": turn2}])
+    second_turns = [prompt for name, prompt, tokens in spy["log"] if tokens == 24 and prompt == expected]
+    assert len(second_turns) == 2  # plain and lookup
+
+
+def test_identical_flag_catches_a_planted_mismatch(questions_file, tmp_path, zoo, spy):
+    tokenizer = zoo["tiny-target"].tokenizer
+    prompt3 = tuple(encode_prompt(tokenizer, [{"role": "user", "content": QUESTIONS[2]["turns"][0]}]))
+    spy["answers"]["lookup"] = {prompt3: (30, 31, 40)}  # differs from plain at token 2 of question 3
+    out = tmp_path / "out"
+    run(config(questions_file, out, methods="lookup"), zoo)
+    flags = {(r["question_id"], r["method"]): r for r in results(out)}
+    assert flags[("1", "lookup")]["identical"] and flags[("2", "lookup")]["identical"]
+    bad = flags[("3", "lookup")]
+    assert bad["identical"] is False
+    assert bad["divergence"] == {"turn": 0, "position": 2, "plain_token": 32, "token": 40, "plain_margin": 0.05}
+    assert "question 3, lookup: turn 1, token 2" in (out / "report.md").read_text()
+    overall = {row["method"]: row for row in json.loads((out / "summary.json").read_text())["summary"][OVERALL]}
+    assert overall["lookup"]["identical"] == pytest.approx(2 / 3)
+
+
+def test_interrupted_run_resumes_without_repeating_finished_pairs(questions_file, tmp_path, zoo, spy):
+    out = tmp_path / "out"
+    spy["fail_at"] = 3 + 3  # 3 warm-ups, then the third measured call: q1 plain and lookup finish
+    bench = run(config(questions_file, out, methods="lookup,hf-lookup"), zoo)
+    assert bench.interrupted and bench.measured == 2
+    assert [(r["question_id"], r["method"]) for r in results(out)] == [("1", "plain"), ("1", "lookup")]
+    with (out / "results.jsonl").open("a") as f:
+        f.write('{"question_id": "1", "meth')  # a line cut short by a killed process
+    spy["fail_at"], spy["log"][:] = None, []
+    bench = run(config(questions_file, out, methods="lookup,hf-lookup"), zoo)
+    assert bench.measured == 7 and not bench.interrupted
+    pairs = [(r["question_id"], r["method"]) for r in results(out)]
+    assert len(pairs) == len(set(pairs)) == 9
+    assert run(config(questions_file, out, methods="lookup,hf-lookup"), zoo).measured == 0
+
+
+# ----------------------------------------------------------------------------- arithmetic
+def record(qid, method, tokens, seconds, forwards=None, identical=True, category="c"):
+    return {"question_id": qid, "category": category, "method": method, "new_tokens": tokens, "wall_s": seconds,
+            "target_forwards": forwards, "identical": identical, "accept_histogram": None}
+
+
+def test_speedup_and_tau_arithmetic_on_hand_made_timings():
+    records = [
+        record("a", "plain", 100, 10.0, 100), record("a", "fast", 100, 5.0, 40),  # 10 vs 20 tok/s
+        record("b", "plain", 50, 10.0, 50), record("b", "fast", 50, 2.5, 10, identical=False),  # 5 vs 20 tok/s
+        record("c", "fast", 10, 1.0, 5, identical=None, category="d"),  # no plain run: not paired
+    ]
+    table = summarize(records, ["plain", "fast"])
+    plain, fast = table[OVERALL]
+    assert plain.speedup == pytest.approx(1.0) and plain.tau == pytest.approx(1.0)
+    assert plain.tokens_per_s == pytest.approx(7.5)
+    assert fast.speedup == pytest.approx(20.0 / 7.5)  # mean tok/s 20 over the paired questions / 7.5
+    assert fast.median_speedup == pytest.approx(3.0)  # median of 2x and 4x
+    assert fast.tau == pytest.approx(160 / 55)
+    assert fast.identical == pytest.approx(1 / 2) and fast.questions == 3
+    only_d = table["d"]
+    assert [row.method for row in only_d] == ["fast"] and only_d[0].speedup is None
+
+
+# ----------------------------------------------------------------------------- bad input
+def test_question_file_errors(tmp_path):
+    with pytest.raises(SpecDecodeError, match="does not exist"):
+        read_questions(tmp_path / "missing.jsonl")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps(QUESTIONS[0]) + "\n{not json\n")
+    with pytest.raises(SpecDecodeError, match="line 2 is not valid JSON"):
+        read_questions(bad)
+    bad.write_text(json.dumps({"question_id": 1, "category": "x"}) + "\n")
+    with pytest.raises(SpecDecodeError, match="line 1: the record lacks turns"):
+        read_questions(bad)
+
+
+def test_selection_errors(questions_file):
+    questions = read_questions(questions_file)
+    with pytest.raises(SpecDecodeError, match="unknown category poetry; this question file has: copy, chat"):
+        select_questions(questions, ["poetry"])
+    with pytest.raises(SpecDecodeError, match="--limit-per-category must be >= 1"):
+        select_questions(questions, None, 0)
+    assert [q.key for q in select_questions(questions, ["copy"], 1)] == ["1"]
+
+
+@pytest.mark.parametrize("methods, message", [
+    ("lookup,medusa", "unknown method 'medusa'; valid methods: plain, lookup, retrieval, model:NAME"),
+    ("hf-assisted", "hf-assisted needs a model after the colon"),
+    ("lookup,lookup", "listed twice"),
+])
+def test_method_errors(questions_file, tmp_path, zoo, methods, message):
+    with pytest.raises(SpecDecodeError, match=message):
+        run(config(questions_file, tmp_path / "out", methods=methods), zoo)
+    assert not (tmp_path / "out").exists()  # nothing measured, nothing written
+
+
+def test_out_folder_of_other_settings_is_refused_until_fresh(questions_file, tmp_path, zoo, spy):
+    out = tmp_path / "out"
+    run(config(questions_file, out), zoo)
+    with pytest.raises(SpecDecodeError, match=r"other settings \(max_new_tokens: 10 there, 12 now\).*--fresh"):
+        run(config(questions_file, out, max_new_tokens=12), zoo)
+    assert len(results(out)) == 6  # untouched
+    bench = run(config(questions_file, out, max_new_tokens=12, fresh=True), zoo)
+    assert bench.measured == 6 and {len(r["token_ids"][0]) for r in results(out)} == {3}
+
+
+def test_spec_bench_development_subset_reads():
+    if not SPEC_BENCH.exists():
+        pytest.skip(f"the Spec-Bench development subset is not beside this checkout ({SPEC_BENCH})")
+    questions = read_questions(SPEC_BENCH)
+    assert len(questions) == 66
+    two_each = select_questions(questions, None, 2)
+    assert len(two_each) == 26 and sum(len(q.turns) == 2 for q in two_each) == 16
+
+
+# ----------------------------------------------------------------------------- CLI
+def test_cli_bench_runs_and_reports_bad_input(questions_file, tmp_path):
+    folder = tmp_path / "model"
+    model = tiny_model("llama", seed=0)
+    model.generation_config.eos_token_id = 1
+    model.save_pretrained(folder)
+    tiny_tokenizer().save_pretrained(folder)
+    out = tmp_path / "out"
+    args = ["bench", "--questions", str(questions_file), "--model", str(folder), "--out", str(out),
+            "--methods", "lookup,hf-plain", "-n", "6", "--quiet"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "| lookup |" in result.stdout and "report.md" in result.stdout
+    assert len(results(out)) == 9
+    bad = CliRunner().invoke(app, [*args[:-1], "--categories", "poetry"])
+    assert bad.exit_code == 1 and bad.stderr.startswith("error: unknown category poetry")
+    assert "Traceback" not in bad.output
