@@ -33,6 +33,12 @@ class KVCache:
     def reset(self) -> None:
         self.hf.reset()
 
+    def cast(self, dtype: torch.dtype) -> None:
+        """Convert every stored key and value to `dtype` (e.g. after a prefill in another precision)."""
+        for layer in self.hf.layers:
+            if getattr(layer, "is_initialized", False):
+                layer.keys, layer.values = layer.keys.to(dtype), layer.values.to(dtype)
+
     def crop(self, length: int) -> None:
         """Keep the first `length` entries."""
         excess = self.length - length

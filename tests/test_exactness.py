@@ -3,6 +3,8 @@ for every drafter and tree shape, on tiny random Llama and Qwen2 models in fp32.
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from tiny import OracleDrafter, RandomDrafter, hf_greedy, loaded, random_prompt, repetitive_prompt, tiny_model
@@ -153,3 +155,16 @@ def test_padding_verification_to_cheaper_sizes_is_lossless(target, other, refere
             assert out.token_ids == references[tuple(prompt)]
             padding += out.stats.fed_tokens - out.stats.drafted_tokens - out.stats.steps
     assert padding > 0  # padding tokens were really fed
+
+
+def test_bf16_drafter_prefilled_by_its_fp32_twin_is_lossless(target):
+    """A bf16 drafter on a CPU without native bf16 prefills long prompts through an fp32 twin; its
+    cache then holds bf16 entries and drafting goes on in bf16."""
+    drafter = ModelDrafter(loaded(copy.deepcopy(target.model).to(torch.bfloat16)), k=3, confidence=0,
+                           prefill_twin=True)
+    prompt = random_prompt(9, length=48)
+    out = SpeculativeGenerator(target, drafter=drafter).generate(prompt, max_new_tokens=NEW_TOKENS)
+    assert out.token_ids == hf_greedy(target.model, prompt, NEW_TOKENS)
+    assert next(drafter.twin.parameters()).dtype == torch.float32
+    assert drafter.cache.hf.layers[0].keys.dtype == torch.bfloat16
+    assert out.stats.acceptance_rate > 0.5  # a bf16 copy of the target drafts well

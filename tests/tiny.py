@@ -48,7 +48,9 @@ def repetitive_prompt(seed: int, vocab: int = VOCAB) -> list[int]:
 
 def hf_greedy(model: torch.nn.Module, prompt: list[int], max_new_tokens: int, eos: int | None = None) -> list[int]:
     """transformers' own greedy decoding: the reference every drafter must match."""
-    out = model.generate(torch.tensor([prompt]), max_new_tokens=max_new_tokens, do_sample=False,
+    ids = torch.tensor([prompt])
+    # An explicit all-ones mask: without it transformers masks every prompt token equal to pad_token_id.
+    out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens, do_sample=False,
                          eos_token_id=eos, pad_token_id=0 if eos is None else eos)
     return out[0, len(prompt):].tolist()
 

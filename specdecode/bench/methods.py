@@ -3,7 +3,7 @@
 Ours: `plain` (our plain decoding) and every drafter name of `drafters.registry` (`lookup`,
 `model:NAME`, ...), all through one SpeculativeGenerator per method on the same loaded target.
 Peers, on the same loaded target: `hf-plain` (`model.generate`, greedy), `hf-assisted:NAME`
-(`assistant_model=`), `hf-lookup` (`prompt_lookup_num_tokens=10`). A peer's target forwards are
+(`assistant_model=` NAME loaded in the target's dtype), `hf-lookup` (`prompt_lookup_num_tokens=10`). A peer's target forwards are
 counted with a forward hook on the target module (the assistant is another module).
 """
 
@@ -100,12 +100,14 @@ class DraftModels:
     def __init__(self, dtype: str, load: Callable[..., LoadedModel] = load_model):
         self.dtype = dtype
         self.load = load
-        self.loaded: dict[str, LoadedModel] = {}
+        self.loaded: dict[tuple[str, str], LoadedModel] = {}
 
-    def __call__(self, spec: str, target: LoadedModel) -> LoadedModel:
-        if spec not in self.loaded:
-            self.loaded[spec] = self.load(spec, dtype=self.dtype, device=target.device)
-        return self.loaded[spec]
+    def __call__(self, spec: str, target: LoadedModel, dtype=None) -> LoadedModel:
+        dtype = self.dtype if dtype is None else dtype
+        key = (spec, str(dtype))
+        if key not in self.loaded:
+            self.loaded[key] = self.load(spec, dtype=dtype, device=target.device)
+        return self.loaded[key]
 
 
 class OurMethod:
@@ -162,7 +164,9 @@ def build_methods(names: Sequence[MethodName], target: LoadedModel, options: Dra
         elif name.peer == "hf-lookup":
             methods.append(HFMethod(name.text, target, prompt_lookup_num_tokens=HF_LOOKUP_TOKENS))
         elif name.peer == "hf-assisted":
-            assistant = draft_models(name.assistant, target)
+            # HF's assistant in the target's dtype, as its documentation loads it (a bf16 assistant on a
+            # CPU without native bf16 would prefill ~5x slower, which is not HF's fault).
+            assistant = draft_models(name.assistant, target, dtype=target.dtype)
             methods.append(HFMethod(name.text, target, assistant_model=assistant.model))
         else:
             drafter = make_drafter("none" if name.text == "plain" else name.text, target, options, draft_models)
