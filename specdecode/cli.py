@@ -81,6 +81,7 @@ def generate(
     seed: Optional[int] = typer.Option(None, "--seed", help="Random seed for sampling."),
     stop: Optional[list[str]] = typer.Option(None, "--stop", help="Stop string (repeatable)."),
     dtype: str = typer.Option("auto", "--dtype", help="auto | bf16 | fp32 (auto: bf16 where the CPU has it)."),
+    quantize: Optional[str] = typer.Option(None, "--quantize", help="Weight-only int8 | int4 target (CPU kernels)."),
     drafter_dtype: str = typer.Option("fast-decode", "--drafter-dtype",
                                       help="Model drafter dtype: fast-decode (measured fastest one-token "
                                            "forward here) | auto | bf16 | fp32."),
@@ -96,7 +97,7 @@ def generate(
         config = GenerateConfig(
             model=model, drafter=drafter, k=k, tree=tree, max_new_tokens=max_new_tokens,
             temperature=temperature, top_p=top_p, top_k=top_k, seed=seed, stop=tuple(stop or ()),
-            dtype=dtype, drafter_dtype=drafter_dtype, raw=raw, compare=compare,
+            dtype=dtype, quantize=quantize, drafter_dtype=drafter_dtype, raw=raw, compare=compare,
             stream=stream and not compare and not as_json,
             as_json=as_json,
         )
@@ -192,8 +193,10 @@ def bench(
                                                      help="The first N questions of each category."),
     max_new_tokens: int = typer.Option(128, "--max-new-tokens", "-n", help="Per turn (Spec-Bench uses 1024)."),
     dtype: str = typer.Option("auto", "--dtype", help="Target dtype: auto | bf16 | fp32."),
+    quantize: Optional[str] = typer.Option(None, "--quantize", help="Weight-only int8 | int4 target (CPU)."),
     drafter_dtype: str = typer.Option("fast-decode", "--drafter-dtype",
-                                      help="Dtype of drafter and assistant models (fast-decode | auto | bf16 | fp32)."),
+                                      help="Dtype of our drafter models (fast-decode | auto | bf16 | fp32); "
+                                           "hf-assisted loads its assistant in the target's dtype."),
     k: Optional[int] = typer.Option(None, "--k", help="Draft length of our drafters (omitted = adaptive)."),
     tree: int = typer.Option(1, "--tree", help="Tree width of our drafters (1 = a chain)."),
     warmup: int = typer.Option(1, "--warmup", help="Untimed warm-up generations per method."),
@@ -204,15 +207,17 @@ def bench(
 
     def body() -> None:
         from .bench import BenchConfig, run_benchmark
+        from .cli_generate import hide_loading_bars
         from .bench.metrics import OVERALL, summarize
         from .bench.report import table_lines
 
         config = BenchConfig(
             questions=questions, model=model, out=out, methods=methods,
             categories=tuple(c.strip() for c in (categories or "").split(",") if c.strip()),
-            limit_per_category=limit_per_category, max_new_tokens=max_new_tokens, dtype=dtype,
+            limit_per_category=limit_per_category, max_new_tokens=max_new_tokens, dtype=dtype, quantize=quantize,
             drafter_dtype=drafter_dtype, k=k, tree=tree, warmup=warmup, fresh=fresh,
         )
+        hide_loading_bars()
         run = run_benchmark(config, progress=None if quiet else progress_bar)
         rows = summarize(run.folder.records, list(dict.fromkeys(r["method"] for r in run.folder.records)))
         typer.echo("\n".join(table_lines(rows.get(OVERALL, []))))

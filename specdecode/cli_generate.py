@@ -16,6 +16,7 @@ from .engine import SpeculativeGenerator
 from .errors import SpecDecodeError
 from .models import LoadedModel, load_model
 from .outputs import Divergence, GenerationOutput, first_divergence
+from .quantize import check_mode
 from .sampling import SamplingParams
 
 NEAR_TIE = 0.1  # a top-2 logit margin below this at a divergence is a floating-point near-tie
@@ -38,6 +39,7 @@ class GenerateConfig:
     seed: int | None = None
     stop: tuple[str, ...] = ()
     dtype: str = "auto"
+    quantize: str | None = None  # "int8" | "int4" weight-only target
     drafter_dtype: str = "fast-decode"  # drafts never change the output, so the drafter may use its own
     raw: bool = False  # tokenise the prompt as is, no chat template
     compare: bool = False
@@ -92,7 +94,7 @@ def run_generate(config: GenerateConfig, prompt_text: str, out: Write, err: Writ
     plain = parse_drafters(config.drafter)[0].kind == "none"
     options = check_config(config, plain)
     hide_loading_bars()
-    target = load_model(config.model, dtype=config.dtype)
+    target = load_model(config.model, dtype=config.dtype, quantize=config.quantize)
     gen = SpeculativeGenerator(target, drafter=make_drafter(config.drafter, target, options))
     prompt = format_prompt(target.tokenizer, prompt_text, raw=config.raw)
 
@@ -124,6 +126,7 @@ def check_config(config: GenerateConfig, plain: bool) -> DrafterOptions:
     if config.max_new_tokens < 1:
         raise SpecDecodeError(f"--max-new-tokens must be >= 1, got {config.max_new_tokens}.")
     SamplingParams(temperature=config.temperature, top_p=config.top_p, top_k=config.top_k)  # raises if bad
+    check_mode(config.quantize)
     if plain:
         if config.k is not None or config.tree != 1:
             raise SpecDecodeError("--k and --tree shape a drafter's drafts; --drafter none decodes plainly.")

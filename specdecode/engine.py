@@ -20,7 +20,7 @@ from .cache import KVCache
 from .drafters.base import Drafter
 from .errors import SpecDecodeError
 from .kernels import padded_sizes
-from .models import load_model
+from .models import load_model, output_vocab_size
 from .outputs import GenerationOutput, GenerationStats, Tally
 from .prompts import StopChecker, encode_prompt, eos_token_ids
 from .sampling import SamplingParams
@@ -77,7 +77,7 @@ class SpeculativeGenerator:
         if drafter is not None:
             drafter.check_target(self.target)
         self.eos_ids = eos_token_ids(self.model, self.tokenizer)
-        self.vocab_size = self.model.get_output_embeddings().weight.shape[0]
+        self.vocab_size = output_vocab_size(self.model)
         self.max_positions = getattr(self.model.config, "max_position_embeddings", None)
         self.pad_verification = bool(pad_verification)
         self._padded = None if isinstance(pad_verification, bool) else list(pad_verification)

@@ -17,6 +17,7 @@ import torch
 from . import zoo
 from .errors import ModelLoadError, SpecDecodeError
 from .kernels import fastest_decode_dtype, tune_linear_layers
+from .quantize import quantize_model
 
 if TYPE_CHECKING:
     import transformers
@@ -40,6 +41,13 @@ class LoadedModel:
     dtype: torch.dtype
     device: torch.device
     linear_kernel: str = "standard"  # CPU matmul orientation of the linear layers (see kernels.py)
+    quantization: str | None = None  # "int8" | "int4" weight-only linear layers (quantize.py), or None
+
+
+def output_vocab_size(model: torch.nn.Module) -> int:
+    """Rows of the model's output layer (a quantized layer has no .weight, but out_features)."""
+    head = model.get_output_embeddings()
+    return int(getattr(head, "out_features", None) or head.weight.shape[0])
 
 
 # ----------------------------------------------------------------------------- dtype and device
@@ -127,6 +135,8 @@ def load_model(
     dtype: str | torch.dtype = "auto",
     device: str | torch.device = "auto",
     cpu_kernels: str = "auto",
+    quantize: str | None = None,
+    group_size: int = 128,
 ) -> LoadedModel:
     """Load a causal LM with its tokenizer.
 
@@ -136,13 +146,16 @@ def load_model(
     folder / hub id to load one from. For your own model, dtype/device "auto" keep what it has.
     `cpu_kernels`: on CPU, "auto" times the two matmul orientations of the linear layers for few-token
     forwards on this machine and keeps the faster (kernels.py); "standard" leaves transformers' own.
+    `quantize`: "int8" or "int4" replaces every linear layer by a weight-only quantized one running on
+    PyTorch's CPU kernels (quantize.py; int4 in groups of `group_size` input channels). Speculative
+    output then equals plain decoding of the quantized model.
     """
     from transformers import PreTrainedModel
 
     if isinstance(spec, LoadedModel):
         return spec
     if isinstance(spec, PreTrainedModel):
-        return _wrap_instance(spec, tokenizer, dtype, device, cpu_kernels)
+        return _wrap_instance(spec, tokenizer, dtype, device, cpu_kernels, quantize, group_size)
     if isinstance(spec, os.PathLike):
         spec = os.fspath(spec)
     if not isinstance(spec, str) or not spec.strip():
@@ -155,7 +168,7 @@ def load_model(
     folder, name, from_hub = _resolve_source(spec)
     model = _from_pretrained(folder, target_dtype, spec if from_hub else None)
     tok = _load_tokenizer(tokenizer if tokenizer is not None else folder)
-    return _finish(model.to(target_device), tok, name, cpu_kernels)
+    return _finish(model.to(target_device), tok, name, cpu_kernels, quantize, group_size)
 
 
 def _resolve_source(spec: str) -> tuple[str, str, bool]:
@@ -247,7 +260,8 @@ def _load_tokenizer(tokenizer: Any) -> "transformers.PreTrainedTokenizerBase":
         ) from e
 
 
-def _wrap_instance(model, tokenizer, dtype, device, cpu_kernels: str) -> LoadedModel:
+def _wrap_instance(model, tokenizer, dtype, device, cpu_kernels: str, quantize: str | None,
+                   group_size: int) -> LoadedModel:
     """A user's own model: check the tokenizer, cast/move only where asked, switch to SDPA."""
     if tokenizer is None:
         raise ModelLoadError(
@@ -268,10 +282,11 @@ def _wrap_instance(model, tokenizer, dtype, device, cpu_kernels: str) -> LoadedM
                 "needs it for tree-attention masks. Use a model class that supports SDPA."
             ) from e
     name = getattr(model.config, "name_or_path", "") or type(model).__name__
-    return _finish(model, tok, name, cpu_kernels)
+    return _finish(model, tok, name, cpu_kernels, quantize, group_size)
 
 
-def _finish(model, tokenizer, name: str, cpu_kernels: str) -> LoadedModel:
+def _finish(model, tokenizer, name: str, cpu_kernels: str, quantize: str | None = None,
+            group_size: int = 128) -> LoadedModel:
     vocab = model.get_input_embeddings().num_embeddings
     if len(tokenizer) > vocab:
         raise ModelLoadError(
@@ -280,8 +295,11 @@ def _finish(model, tokenizer, name: str, cpu_kernels: str) -> LoadedModel:
         )
     model.eval()
     model.requires_grad_(False)
+    if quantize is not None:
+        quantize_model(model, quantize, group_size)
     kernel = tune_linear_layers(model, cpu_kernels)
-    return LoadedModel(model, tokenizer, name=name, dtype=model.dtype, device=model.device, linear_kernel=kernel)
+    return LoadedModel(model, tokenizer, name=name, dtype=model.dtype, device=model.device, linear_kernel=kernel,
+                       quantization=quantize)
 
 
 def _first_line(e: BaseException) -> str:

@@ -125,14 +125,14 @@ class OurMethod:
 class HFMethod:
     """transformers' own `model.generate` (greedy), with extra keyword arguments for a peer method."""
 
-    def __init__(self, name: str, target: LoadedModel, **generate_kwargs):
+    def __init__(self, name: str, target: LoadedModel, config: dict | None = None, **generate_kwargs):
         from transformers import GenerationConfig
 
         self.name, self.target, self.generate_kwargs = name, target, generate_kwargs
         eos = sorted(eos_token_ids(target.model, target.tokenizer))
         pad = target.tokenizer.pad_token_id if target.tokenizer.pad_token_id is not None else eos[0]
         # A fresh config: no sampling or repetition penalty inherited from the model's generation_config.
-        self.config_kwargs = dict(do_sample=False, eos_token_id=eos, pad_token_id=pad)
+        self.config_kwargs = dict(do_sample=False, eos_token_id=eos, pad_token_id=pad, **(config or {}))
         self.config_class = GenerationConfig
 
     def run(self, prompt_ids: list[int], max_new_tokens: int) -> TurnResult:
@@ -162,7 +162,7 @@ def build_methods(names: Sequence[MethodName], target: LoadedModel, options: Dra
         if name.peer == "hf-plain":
             methods.append(HFMethod(name.text, target))
         elif name.peer == "hf-lookup":
-            methods.append(HFMethod(name.text, target, prompt_lookup_num_tokens=HF_LOOKUP_TOKENS))
+            methods.append(HFMethod(name.text, target, {"prompt_lookup_num_tokens": HF_LOOKUP_TOKENS}))
         elif name.peer == "hf-assisted":
             # HF's assistant in the target's dtype, as its documentation loads it (a bf16 assistant on a
             # CPU without native bf16 would prefill ~5x slower, which is not HF's fault).

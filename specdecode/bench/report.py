@@ -55,7 +55,8 @@ def markdown_report(document: dict, table: dict[str, list[MethodSummary]]) -> st
     lines = [
         "# specdecode bench report",
         "",
-        f"- model: `{settings['model']}` (dtype {settings['dtype']} → {env['target_dtype']}), "
+        f"- model: `{settings['model']}` (dtype {settings['dtype']} → {env['target_dtype']}"
+        f"{', weights ' + settings['quantize'] if settings.get('quantize') else ''}), "
         f"drafter dtype {settings['drafter_dtype']}, max_new_tokens {settings['max_new_tokens']}, "
         f"k {settings['k'] if settings['k'] is not None else 'adaptive'}, tree {settings['tree']}",
         f"- machine: {env['cpu']}; {env['cores']} cores, {env['torch_threads']} torch threads"

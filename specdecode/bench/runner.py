@@ -16,6 +16,7 @@ from ..drafters.registry import DrafterOptions
 from ..errors import SpecDecodeError
 from ..models import LoadedModel, load_model
 from ..prompts import encode_prompt
+from ..quantize import check_mode
 from .environment import environment, machine_key
 from .methods import DraftModels, Method, MethodName, TurnResult, build_methods, parse_methods
 from .metrics import add_histograms
@@ -36,6 +37,7 @@ class BenchConfig:
     limit_per_category: int | None = None
     max_new_tokens: int = 128
     dtype: str = "auto"
+    quantize: str | None = None  # "int8" | "int4": weight-only quantized target (quantize.py)
     drafter_dtype: str = "fast-decode"
     k: int | None = None
     tree: int = 1
@@ -44,7 +46,7 @@ class BenchConfig:
 
     def settings(self, questions_file_sha256: str) -> dict:
         """What results in one folder must share (resuming with other settings is refused)."""
-        return {"model": self.model, "dtype": self.dtype, "drafter_dtype": self.drafter_dtype,
+        return {"model": self.model, "dtype": self.dtype, "quantize": self.quantize, "drafter_dtype": self.drafter_dtype,
                 "max_new_tokens": self.max_new_tokens, "k": self.k, "tree": self.tree,
                 "questions_sha256": questions_file_sha256, "machine": machine_key()}
 
@@ -71,11 +73,12 @@ def run_benchmark(config: BenchConfig, *, target: LoadedModel | None = None,
                   load: Callable[..., LoadedModel] = load_model, progress: Progress | None = None) -> BenchRun:
     """Measure every pending (question, method) pair of `config` and write the reports.
 
-    `target`: an already loaded target (else `load(config.model, dtype=config.dtype)`); `load` also
+    `target`: an already loaded target (else `load(config.model, dtype=..., quantize=...)`); `load` also
     loads drafter and assistant models. `progress(total)` returns a progress bar (None: silent)."""
     # 1. Check every input before loading anything.
     if config.max_new_tokens < 1:
         raise SpecDecodeError(f"--max-new-tokens must be >= 1, got {config.max_new_tokens}.")
+    check_mode(config.quantize)
     if config.warmup < 0:
         raise SpecDecodeError(f"--warmup must be >= 0, got {config.warmup}.")
     questions = select_questions(read_questions(config.questions), config.categories, config.limit_per_category)
@@ -88,7 +91,7 @@ def run_benchmark(config: BenchConfig, *, target: LoadedModel | None = None,
     measured, interrupted = 0, False
     if pending:
         # 2. Load the target and the methods' models; warm every method up (untimed, not recorded).
-        target = target or load(config.model, dtype=config.dtype)
+        target = target or load(config.model, dtype=config.dtype, quantize=config.quantize)
         if not getattr(target.tokenizer, "chat_template", None):
             raise SpecDecodeError(f"{target.name} has no chat template; Spec-Bench questions are chat turns, "
                                   "so benchmark an instruction-tuned (chat) model.")

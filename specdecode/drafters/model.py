@@ -27,17 +27,13 @@ import torch
 from ..attention import AttentionBackend, select_backend
 from ..cache import KVCache
 from ..errors import IncompatibleDrafterError, SpecDecodeError
-from ..models import LoadedModel, cpu_supports_bf16, load_model
+from ..models import LoadedModel, cpu_supports_bf16, load_model, output_vocab_size
 from ..sampling import GREEDY, warp_probs
 from ..tree import DraftTree
 from .base import AdaptiveLength, Drafter
 
 
 TWIN_MIN_TOKENS = 32  # feeds at least this long go through the fp32 prefill twin
-
-
-def output_vocab_size(model: torch.nn.Module) -> int:
-    return model.get_output_embeddings().weight.shape[0]
 
 
 class PrunedHead:
@@ -123,8 +119,12 @@ class ModelDrafter(Drafter):
         self.cache = KVCache(self.model)
         self.cached_ids: list[int] = []
         self.vocab_size = output_vocab_size(self.model)
+        prunable = isinstance(self.model.get_output_embeddings(), torch.nn.Linear)  # not a quantized layer
         if draft_vocab == "auto":
-            draft_vocab = 32768 if self.vocab_size > 65536 and self.draft.device.type == "cpu" else None
+            draft_vocab = 32768 if self.vocab_size > 65536 and self.draft.device.type == "cpu" and prunable else None
+        elif draft_vocab is not None and not prunable:
+            raise SpecDecodeError("draft_vocab prunes a floating-point output layer; this drafter's output layer "
+                                  "is quantized. Pass draft_vocab=None (or 'auto').")
         self.draft_vocab = draft_vocab
         self.head: PrunedHead | None = None
         self.drafted_depth = 0

@@ -66,9 +66,10 @@ class Datastore:
         settings = StoreSettings(model.name, model.dimension, index, min(chunk_tokens, model.max_tokens - 2), overlap,
                                  nlist, nprobe)
         passages, skipped = cls._passages(docs, model, settings)
-        vectors = model.embed([p.text for p in passages], progress=progress)  # [n, dimension]
         if index == "ivf":
             settings = replace(settings, nlist=nlist or max(1, int(math.sqrt(len(passages)))))
+            _check_ivf_training(settings, len(passages))  # before the (slow) embedding
+        vectors = model.embed([p.text for p in passages], progress=progress)  # [n, dimension]
         faiss_index = _new_index(settings, vectors)
         faiss_index.add(vectors)
         store = cls(model, settings, faiss_index, [p.to_record(i) for i, p in enumerate(passages)], skipped=skipped)
@@ -197,16 +198,20 @@ def _new_index(settings: StoreSettings, vectors: np.ndarray):
         return faiss.IndexFlatIP(dimension)
     if settings.index == "hnsw":
         return faiss.IndexHNSWFlat(dimension, HNSW_NEIGHBOURS, faiss.METRIC_INNER_PRODUCT)
-    needed = IVF_POINTS_PER_LIST * settings.nlist
-    if len(vectors) < needed:
-        raise SpecDecodeError(
-            f"an IVF index with nlist={settings.nlist} needs at least {needed} passages to train "
-            f"({IVF_POINTS_PER_LIST} per list); these documents give {len(vectors)}. Use index='flat' (exact, "
-            f"fast up to ~100k passages) or nlist <= {max(1, len(vectors) // IVF_POINTS_PER_LIST)}."
-        )
+    _check_ivf_training(settings, len(vectors))
     index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dimension), dimension, settings.nlist, faiss.METRIC_INNER_PRODUCT)
     index.train(vectors)
     return index
+
+
+def _check_ivf_training(settings: StoreSettings, passages: int) -> None:
+    needed = IVF_POINTS_PER_LIST * settings.nlist
+    if passages < needed:
+        raise SpecDecodeError(
+            f"an IVF index with nlist={settings.nlist} needs at least {needed} passages to train "
+            f"({IVF_POINTS_PER_LIST} per list); these documents give {passages}. Use index='flat' (exact, "
+            f"fast up to ~100k passages) or nlist <= {max(1, passages // IVF_POINTS_PER_LIST)}."
+        )
 
 
 def _tune_search(index, settings: StoreSettings) -> None:

@@ -1,0 +1,169 @@
+"""Weight-only int8 / int4 linear layers on PyTorch's own CPU kernels.
+
+A one-token forward of a small LM on a CPU is bound by the bytes of weights it reads; int8 weights
+read 4x fewer bytes than fp32, int4 8x fewer. PyTorch ships the kernels:
+`torch._weight_int8pack_mm` (int8 weights, one scale per output channel) and
+`aten._weight_int4pack_mm_for_cpu` (4-bit weights, a scale and a zero point per group of
+`group_size` input channels). Activations stay in the model's dtype (fp32 or bf16).
+
+Lossless stays defined relative to the model actually loaded: plain and speculative decoding both
+run these layers, so speculative output equals plain decoding of the quantized model.
+
+    int8: w ~= q * scale[out]                         q in [-127, 127]
+    int4: w ~= (q - 8) * scale[g, out] + zero[g, out]  q in [0, 15], g = in_index // group_size
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .errors import SpecDecodeError
+
+MODES = ("int8", "int4")
+INT4_GROUP_SIZES = (32, 64, 128, 256)
+
+
+class Int8Linear(torch.nn.Module):
+    """y = x @ (q * scale)^T + bias with int8 q [out, in] and a scale per output channel."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype):
+        super().__init__()
+        self.in_features, self.out_features = weight.shape[1], weight.shape[0]
+        weight = weight.detach().float()
+        scale = weight.abs().amax(dim=1).clamp(min=1e-12) / 127.0  # [out]
+        self.register_buffer("weight_int8", torch.round(weight / scale[:, None]).clamp(-127, 127).to(torch.int8))
+        self.register_buffer("scale", scale.to(dtype))  # [out]
+        self.register_buffer("bias", None if bias is None else bias.detach().to(dtype))
+
+    def dequantized(self) -> torch.Tensor:
+        """The weight these layers compute with, [out, in] in fp32 (for tests and checks)."""
+        return self.weight_int8.float() * self.scale.float()[:, None]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.reshape(-1, self.in_features)  # [rows, in]
+        if flat.dtype != self.scale.dtype:
+            flat = flat.to(self.scale.dtype)
+        out = torch._weight_int8pack_mm(flat, self.weight_int8, self.scale)  # [rows, out]
+        if self.bias is not None:
+            out = out + self.bias
+        return out.reshape(*x.shape[:-1], self.out_features)
+
+
+class Int4Linear(torch.nn.Module):
+    """y = x @ w^T + bias with w's 4-bit codes packed for the CPU kernel, asymmetric per group."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype, group_size: int = 128):
+        super().__init__()
+        out_features, in_features = weight.shape
+        check_int4_shape(in_features, group_size)
+        self.in_features, self.out_features, self.group_size = in_features, out_features, group_size
+        codes, scale, zero = quantize_int4(weight.detach().float(), group_size)
+        self._store(codes, scale, zero, bias, dtype)
+
+    @classmethod
+    def from_codes(cls, codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bias: torch.Tensor | None,
+                   dtype: torch.dtype, group_size: int) -> Int4Linear:
+        """From existing 4-bit codes [out, in] (0..15) with w = (q - 8) * scale + zero, scale and zero
+        [out, in / group_size] (e.g. a GGUF's own blocks)."""
+        layer = cls.__new__(cls)
+        torch.nn.Module.__init__(layer)
+        layer.out_features, layer.in_features = codes.shape
+        check_int4_shape(layer.in_features, group_size)
+        layer.group_size = group_size
+        layer._store(codes, scale, zero, bias, dtype)
+        return layer
+
+    def _store(self, codes, scale, zero, bias, dtype) -> None:
+        packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes.to(torch.int32).contiguous(), 1)
+        scales_and_zeros = torch.stack([scale.t(), zero.t()], dim=-1).to(dtype).contiguous()  # [groups, out, 2]
+        self.register_buffer("weight_int4", packed)  # [out, in / 2] uint8
+        self.register_buffer("scales_and_zeros", scales_and_zeros)
+        self.register_buffer("bias", None if bias is None else bias.detach().to(dtype))
+
+    def dequantized(self) -> torch.Tensor:
+        """The weight this layer computes with, [out, in] in fp32: the kernel applied to the identity."""
+        eye = torch.eye(self.in_features, dtype=self.scales_and_zeros.dtype)
+        return torch.ops.aten._weight_int4pack_mm_for_cpu(eye, self.weight_int4, self.group_size,
+                                                          self.scales_and_zeros).t().float()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.reshape(-1, self.in_features)  # [rows, in]
+        if flat.dtype != self.scales_and_zeros.dtype:
+            flat = flat.to(self.scales_and_zeros.dtype)
+        out = torch.ops.aten._weight_int4pack_mm_for_cpu(flat, self.weight_int4, self.group_size,
+                                                         self.scales_and_zeros)  # [rows, out]
+        if self.bias is not None:
+            out = out + self.bias
+        return out.reshape(*x.shape[:-1], self.out_features)
+
+
+def check_mode(mode: str | None) -> None:
+    """Fail before loading anything when `mode` is not a quantization this module provides."""
+    if mode is not None and mode not in MODES:
+        raise SpecDecodeError(f"unknown quantization {mode!r}; use one of {', '.join(MODES)} (or None).")
+
+
+def quantize_int4(weight: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """weight [out, in] -> codes [out, in] in 0..15, scale and zero [out, in / group_size], with
+    w ~= (q - 8) * scale + zero (each group's min..max range in 15 steps)."""
+    out_features, in_features = weight.shape
+    groups = weight.reshape(out_features, in_features // group_size, group_size)  # [out, g, size]
+    low, high = groups.amin(dim=-1), groups.amax(dim=-1)  # [out, g]
+    scale = ((high - low) / 15).clamp(min=1e-12)
+    codes = torch.round((groups - low[..., None]) / scale[..., None]).clamp(0, 15)
+    zero = low + 8 * scale
+    return codes.reshape(out_features, in_features).to(torch.int32), scale, zero
+
+
+def check_int4_shape(in_features: int, group_size: int) -> None:
+    if group_size not in INT4_GROUP_SIZES:
+        raise SpecDecodeError(f"int4 group size must be one of {INT4_GROUP_SIZES}, got {group_size}.")
+    if in_features % group_size:
+        raise SpecDecodeError(f"int4 group size {group_size} does not divide the layer width {in_features}; "
+                              f"choose a group size that divides it (one of {INT4_GROUP_SIZES}) or use int8.")
+
+
+def int4_kernel_available() -> bool:
+    try:
+        codes = torch.zeros(16, 32, dtype=torch.int32)
+        torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes, 1)
+        return True
+    except (RuntimeError, AttributeError):
+        return False
+
+
+def quantize_model(model: torch.nn.Module, mode: str, group_size: int = 128) -> int:
+    """Replace the model's linear layers (the output layer included) by Int8Linear / Int4Linear in
+    place; returns how many were replaced. CPU only: on CUDA use the GPU's own quantization."""
+    check_mode(mode)
+    parameter = next(model.parameters(), None)
+    if parameter is None:
+        raise SpecDecodeError("the model has no parameters to quantize.")
+    if parameter.device.type != "cpu":
+        raise SpecDecodeError(f"weight-only {mode} uses PyTorch's CPU kernels; this model is on "
+                              f"{parameter.device.type}. Load it on the CPU, or quantize=None on a GPU.")
+    dtype = parameter.dtype
+    if dtype not in (torch.float32, torch.bfloat16):
+        raise SpecDecodeError(f"quantization needs an fp32 or bf16 model (activations in that dtype), not {dtype}.")
+    if mode == "int4" and not int4_kernel_available():
+        raise SpecDecodeError("this PyTorch build has no CPU int4 kernel (_weight_int4pack_mm_for_cpu); "
+                              "use quantize='int8'.")
+    targets = [(name, module) for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)]
+    if not targets:
+        raise SpecDecodeError(f"{type(model).__name__} has no linear layers to quantize.")
+    if mode == "int4":
+        if group_size not in INT4_GROUP_SIZES:
+            raise SpecDecodeError(f"int4 group size must be one of {INT4_GROUP_SIZES}, got {group_size}.")
+        for name, module in targets:
+            if module.in_features % group_size:
+                raise SpecDecodeError(f"int4 group size {group_size} does not divide {name}'s width "
+                                      f"{module.in_features}; pick a group size dividing it, or use int8.")
+    for name, module in targets:
+        with torch.no_grad():
+            if mode == "int8":
+                layer = Int8Linear(module.weight, module.bias, dtype)
+            else:
+                layer = Int4Linear(module.weight, module.bias, dtype, group_size)
+        parent_name, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent_name) if parent_name else model, child, layer)
+    return len(targets)

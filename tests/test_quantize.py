@@ -1,0 +1,119 @@
+"""Weight-only int8 / int4 linear layers: kernels vs a reference dequantised matmul, the loader,
+speculative exactness on quantized tiny models, and bad input."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from tiny import RandomDrafter, hf_greedy, loaded, random_prompt, repetitive_prompt, tiny_model, tiny_tokenizer
+
+from specdecode import SpeculativeGenerator, load_model
+from specdecode.drafters import LookupDrafter, ModelDrafter, RetrievalDrafter
+from specdecode.errors import SpecDecodeError
+from specdecode import quantize as quantize_module
+from specdecode.quantize import Int4Linear, Int8Linear, quantize_int4, quantize_model
+
+GROUP = 32  # the tiny models are 64 wide
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_int8_layer_equals_its_dequantized_matmul(dtype):
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(256, 96)
+    layer = Int8Linear(linear.weight, linear.bias, dtype)
+    x = torch.randn(3, 5, 256)
+    reference = x @ (layer.weight_int8.float() * layer.scale.float()[:, None]).t() + linear.bias.to(dtype).float()
+    tolerance = 1e-4 if dtype == torch.float32 else 0.1
+    assert torch.allclose(layer(x.to(dtype)).float(), reference, atol=tolerance)
+    if dtype == torch.float32:  # one scale per row: within half a step of the float weights
+        assert (layer.dequantized() - linear.weight).abs().max() <= layer.scale.max() / 2 + 1e-6
+
+
+@pytest.mark.parametrize("group_size", [32, 128])
+def test_int4_layer_equals_its_dequantized_matmul(group_size):
+    torch.manual_seed(1)
+    linear = torch.nn.Linear(256, 64, bias=False)
+    layer = Int4Linear(linear.weight, None, torch.float32, group_size)
+    codes, scale, zero = quantize_int4(linear.weight.float(), group_size)
+    expected = ((codes.float() - 8).reshape(64, -1, group_size) * scale[..., None] + zero[..., None]).reshape(64, 256)
+    assert torch.allclose(layer.dequantized(), expected, atol=1e-5)
+    x = torch.randn(7, 256)
+    assert torch.allclose(layer(x), x @ expected.t(), atol=1e-4)
+    step = scale.max()
+    assert (expected - linear.weight).abs().max() <= step / 2 + 1e-5
+
+
+def test_int4_from_existing_codes_keeps_them():
+    codes = torch.randint(0, 16, (32, 64), dtype=torch.int32)
+    scale, zero = torch.rand(32, 2) * 0.1, torch.randn(32, 2) * 0.1
+    layer = Int4Linear.from_codes(codes, scale, zero, None, torch.float32, group_size=32)
+    expected = ((codes.float() - 8).reshape(32, 2, 32) * scale[..., None] + zero[..., None]).reshape(32, 64)
+    assert torch.allclose(layer.dequantized(), expected, atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny")
+    model = tiny_model("llama", seed=0)
+    model.save_pretrained(folder)
+    tiny_tokenizer().save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize("mode", ["int8", "int4"])
+def test_loader_quantizes_every_linear_layer(model_dir, mode):
+    target = load_model(model_dir, dtype="fp32", quantize=mode, group_size=GROUP)
+    assert target.quantization == mode
+    layers = [m for m in target.model.modules() if isinstance(m, (Int8Linear, Int4Linear))]
+    assert len(layers) == 2 * 7 + 1  # 7 per decoder layer, plus the output layer
+    assert not any(type(m) is torch.nn.Linear for m in target.model.modules())
+    reference = tiny_model("llama", seed=0)
+    quantize_model(reference, mode, GROUP)
+    prompt = random_prompt(4)
+    ours = SpeculativeGenerator(target).generate(prompt, max_new_tokens=12).token_ids
+    assert ours == hf_greedy(reference, prompt, 12)
+
+
+@pytest.mark.parametrize("mode", ["int8", "int4"])
+def test_speculative_decoding_of_a_quantized_model_equals_its_plain_decoding(mode):
+    target_model = tiny_model("llama", seed=0)
+    quantize_model(target_model, mode, GROUP)
+    target = loaded(target_model)
+    drafter_model = tiny_model("llama", seed=0)
+    quantize_model(drafter_model, "int8" if mode == "int4" else "int4", GROUP)  # close to, not equal to, the target
+    other = tiny_model("llama", seed=1)
+    quantize_model(other, mode, GROUP)
+    drafters = [ModelDrafter(loaded(drafter_model), k=4, confidence=0),
+                ModelDrafter(loaded(other), k=3, tree_width=2),
+                LookupDrafter(), RetrievalDrafter(min_ngram=1), RandomDrafter(3)]
+    for prompt in (random_prompt(5), repetitive_prompt(6)):
+        reference = hf_greedy(target_model, prompt, 30)
+        for drafter in drafters:
+            out = SpeculativeGenerator(target, drafter=drafter).generate(prompt, max_new_tokens=30)
+            assert out.token_ids == reference, f"{drafter.name} changed the output of the {mode} model"
+
+
+def test_bad_input(monkeypatch):
+    with pytest.raises(SpecDecodeError, match="unknown quantization 'int3'"):
+        quantize_model(tiny_model(), "int3")
+    with pytest.raises(SpecDecodeError, match="group size 128 does not divide"):
+        quantize_model(tiny_model(), "int4", group_size=128)
+    with pytest.raises(SpecDecodeError, match="int4 group size must be one of"):
+        quantize_model(tiny_model(), "int4", group_size=48)
+    with pytest.raises(SpecDecodeError, match="fp32 or bf16"):
+        quantize_model(tiny_model().half(), "int8")
+    with pytest.raises(SpecDecodeError, match="no linear layers"):
+        quantize_model(torch.nn.Sequential(torch.nn.Embedding(4, 4)), "int8")
+    monkeypatch.setattr(quantize_module, "int4_kernel_available", lambda: False)
+    with pytest.raises(SpecDecodeError, match="no CPU int4 kernel.*use quantize='int8'"):
+        quantize_model(tiny_model(), "int4", GROUP)
+    quantized = tiny_model()
+    quantize_model(quantized, "int8")
+    with pytest.raises(SpecDecodeError, match="output layer is quantized"):
+        ModelDrafter(loaded(quantized), draft_vocab=40)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: checks the refusal on a GPU model")
+def test_quantization_refuses_a_gpu_model():
+    with pytest.raises(SpecDecodeError, match="CPU kernels"):
+        quantize_model(tiny_model().cuda(), "int8")
