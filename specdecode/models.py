@@ -17,7 +17,8 @@ import torch
 from . import zoo
 from .errors import ModelLoadError, SpecDecodeError
 from .kernels import fastest_decode_dtype, tune_linear_layers
-from .quantize import quantize_model
+from .gguf_int4 import import_gguf_int4
+from .quantize import check_mode, quantize_model
 
 if TYPE_CHECKING:
     import transformers
@@ -147,8 +148,9 @@ def load_model(
     `cpu_kernels`: on CPU, "auto" times the two matmul orientations of the linear layers for few-token
     forwards on this machine and keeps the faster (kernels.py); "standard" leaves transformers' own.
     `quantize`: "int8" or "int4" replaces every linear layer by a weight-only quantized one running on
-    PyTorch's CPU kernels (quantize.py; int4 in groups of `group_size` input channels). Speculative
-    output then equals plain decoding of the quantized model.
+    PyTorch's CPU kernels (quantize.py; int4 in groups of `group_size` input channels). For a zoo model
+    or a .gguf file, int4 keeps the GGUF's own 4-bit blocks (Q4_0/Q4_1/Q4_K, groups of 32) and puts
+    its other layers in int8 (gguf_int4.py). Speculative output equals plain decoding of the quantized model.
     """
     from transformers import PreTrainedModel
 
@@ -165,10 +167,12 @@ def load_model(
         )
     target_device = resolve_device(device)
     target_dtype = resolve_dtype(dtype, target_device)
+    check_mode(quantize)
     folder, name, from_hub = _resolve_source(spec)
     model = _from_pretrained(folder, target_dtype, spec if from_hub else None)
     tok = _load_tokenizer(tokenizer if tokenizer is not None else folder)
-    return _finish(model.to(target_device), tok, name, cpu_kernels, quantize, group_size)
+    gguf = _gguf_origin(spec) if quantize == "int4" else None
+    return _finish(model.to(target_device), tok, name, cpu_kernels, quantize, group_size, gguf)
 
 
 def _resolve_source(spec: str) -> tuple[str, str, bool]:
@@ -195,6 +199,14 @@ def _resolve_source(spec: str) -> tuple[str, str, bool]:
             f"Known zoo models: {', '.join(zoo.ZOO)}."
         )
     return spec, spec, True
+
+
+def _gguf_origin(spec: str) -> Path | None:
+    """The GGUF file a zoo name or a .gguf path was converted from (None for other sources)."""
+    if spec in zoo.ZOO:
+        return zoo.source_gguf(spec)
+    path = Path(spec).expanduser()
+    return path if path.is_file() and path.suffix.lower() == ".gguf" else None
 
 
 def _looks_like_path(spec: str) -> bool:
@@ -286,7 +298,7 @@ def _wrap_instance(model, tokenizer, dtype, device, cpu_kernels: str, quantize: 
 
 
 def _finish(model, tokenizer, name: str, cpu_kernels: str, quantize: str | None = None,
-            group_size: int = 128) -> LoadedModel:
+            group_size: int = 128, gguf: Path | None = None) -> LoadedModel:
     vocab = model.get_input_embeddings().num_embeddings
     if len(tokenizer) > vocab:
         raise ModelLoadError(
@@ -295,7 +307,9 @@ def _finish(model, tokenizer, name: str, cpu_kernels: str, quantize: str | None 
         )
     model.eval()
     model.requires_grad_(False)
-    if quantize is not None:
+    if quantize == "int4" and gguf is not None and model.device.type == "cpu":
+        import_gguf_int4(model, gguf)  # the GGUF's own 4-bit blocks; other layers int8
+    elif quantize is not None:
         quantize_model(model, quantize, group_size)
     kernel = tune_linear_layers(model, cpu_kernels)
     return LoadedModel(model, tokenizer, name=name, dtype=model.dtype, device=model.device, linear_kernel=kernel,

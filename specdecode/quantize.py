@@ -158,6 +158,9 @@ def quantize_model(model: torch.nn.Module, mode: str, group_size: int = 128) -> 
             if module.in_features % group_size:
                 raise SpecDecodeError(f"int4 group size {group_size} does not divide {name}'s width "
                                       f"{module.in_features}; pick a group size dividing it, or use int8.")
+            if module.out_features % 16:
+                raise SpecDecodeError(f"the CPU int4 kernel packs output rows in sets of 16; {name} has "
+                                      f"{module.out_features}. Use int8 for this model.")
     for name, module in targets:
         with torch.no_grad():
             if mode == "int8":

