@@ -106,6 +106,16 @@ class DraftTree:
             children.setdefault(i, [])
         return children
 
+    def matched_depth(self, token_ids: Sequence[int]) -> int:
+        """How many leading `token_ids` follow one root-to-node path of this tree."""
+        node, depth, children = -1, 0, self.children
+        for token in token_ids:
+            node = next((c for c in children[node] if self.token_list[c] == token), None)
+            if node is None:
+                break
+            depth += 1
+        return depth
+
     @cached_property
     def ancestor_mask(self) -> torch.Tensor:
         """[n, n] bool: mask[i, j] is True when node j is node i or one of its ancestors."""

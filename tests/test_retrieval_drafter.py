@@ -107,3 +107,16 @@ def test_sampling_with_retrieval_drafts_keeps_the_target_distribution():
                               ModelDrafter(loaded(tiny_model("llama", seed=3, vocab=16)), k=2, confidence=0)])
     gen = SpeculativeGenerator(loaded(model), drafter=drafter)
     assert first_token_total_variation(gen, model, prompt) < 0.05  # expected TV ~0.02
+
+
+def test_each_drafter_in_a_mixture_adapts_to_its_own_acceptance(models):
+    target, _ = models
+    prompt = PROMPTS[0]
+    reference = hf_greedy(target.model, prompt, NEW_TOKENS)
+    right = RetrievalDrafter(passages=[prompt[-2:] + reference], initial_k=4)
+    noise = [random_prompt(s, length=40) for s in range(20, 30)]  # matches often, continues wrongly
+    wrong = RetrievalDrafter(passages=noise, min_ngram=1, initial_k=4)
+    out = SpeculativeGenerator(target, drafter=MixtureDrafter([right, wrong])).generate(prompt, NEW_TOKENS)
+    assert out.token_ids == reference
+    assert right.length.current > wrong.length.current  # the right one grew, the wrong one shrank
+    assert wrong.length.current <= 2

@@ -83,3 +83,11 @@ def test_empty_and_degenerate_merges():
 def test_invalid_trees_are_refused(tokens, parents, probs, message):
     with pytest.raises(SpecDecodeError, match=message):
         DraftTree(tokens, parents, probs)
+
+
+def test_matched_depth_follows_one_path():
+    tree = DraftTree([5, 6, 7, 8], [-1, 0, 0, 2])  # 5 -> {6, 7 -> 8}
+    assert tree.matched_depth([5, 7, 8, 9]) == 3
+    assert tree.matched_depth([5, 6, 8]) == 2
+    assert tree.matched_depth([4]) == 0
+    assert DraftTree.empty().matched_depth([1, 2]) == 0

@@ -59,14 +59,27 @@ class AdaptiveLength:
 
     After each verification: if every drafted level was accepted, the length grows by 2; otherwise it
     shrinks by 1; always within [minimum, maximum]. With `adaptive=False` it stays at `initial`.
+    A drafter reports its tree with `drafted(tree)` and the committed tokens with `committed(ids)`;
+    only tokens along its OWN tree count as accepted, so inside a MixtureDrafter each drafter adapts
+    to its own acceptance.
     """
 
     def __init__(self, initial: int, minimum: int = 1, maximum: int = 16, adaptive: bool = True):
         self.initial, self.minimum, self.maximum, self.adaptive = initial, minimum, max(maximum, initial), adaptive
         self.current = initial
+        self.tree = DraftTree.empty()
 
     def reset(self) -> None:
         self.current = self.initial
+        self.tree = DraftTree.empty()
+
+    def drafted(self, tree: DraftTree) -> None:
+        self.tree = tree
+
+    def committed(self, token_ids: Sequence[int]) -> None:
+        """The step's committed tokens (accepted draft tokens + the target's own)."""
+        drafted_depth = int(self.tree.depths.max()) + 1 if len(self.tree) else 0
+        self.update(drafted_depth, self.tree.matched_depth(token_ids[:-1]))
 
     def update(self, drafted_depth: int, accepted_depth: int) -> None:
         if not self.adaptive or drafted_depth == 0:

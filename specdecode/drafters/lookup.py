@@ -87,21 +87,19 @@ class LookupDrafter(Drafter):
         self.branches = branches
         self.max_nodes = max_nodes
         self.length = AdaptiveLength(initial=k or initial_k, maximum=k or max_k, adaptive=k is None)
-        self.drafted_depth = 0
 
     def begin(self, prompt_ids, *, sampling=GREEDY, generator=None) -> None:
         super().begin(prompt_ids, sampling=sampling, generator=generator)
         self.index.reset()
         self.length.reset()
-        self.drafted_depth = 0
 
     def propose(self, context_ids: Sequence[int], budget: int) -> DraftTree:
         self.index.extend(context_ids)
         length = min(self.length.current, budget)
         chains = self.index.continuations(context_ids, length, self.branches) if length > 0 else []
         tree = DraftTree.merge([DraftTree.chain(chain) for chain in chains]).truncated(min(budget, self.max_nodes))
-        self.drafted_depth = int(tree.depths.max()) + 1 if len(tree) else 0
+        self.length.drafted(tree)
         return tree
 
     def accept(self, token_ids: Sequence[int]) -> None:
-        self.length.update(self.drafted_depth, len(token_ids) - 1)
+        self.length.committed(token_ids)

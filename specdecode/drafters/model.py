@@ -127,7 +127,6 @@ class ModelDrafter(Drafter):
                                   "is quantized. Pass draft_vocab=None (or 'auto').")
         self.draft_vocab = draft_vocab
         self.head: PrunedHead | None = None
-        self.drafted_depth = 0
         if prefill_twin == "auto":
             prefill_twin = (self.draft.device.type == "cpu" and self.model.dtype in (torch.bfloat16, torch.float16)
                             and not cpu_supports_bf16())
@@ -156,25 +155,24 @@ class ModelDrafter(Drafter):
         self.cache.reset()
         self.cached_ids = []
         self.length.reset()
-        self.drafted_depth = 0
         if self.draft_vocab is not None:
             self.head = PrunedHead(self.model.get_output_embeddings(), self.draft_vocab, prompt_ids)
 
     def propose(self, context_ids: Sequence[int], budget: int) -> DraftTree:
         depth = min(self.length.current, budget)
         if depth <= 0:
-            self.drafted_depth = 0
+            self.length.drafted(DraftTree.empty())
             return DraftTree.empty()
         last_logits = self._catch_up(context_ids)  # [vocab]
         if self.tree_width == 1:
             tree = self._draft_chain(last_logits, len(context_ids), depth)
         else:
             tree = self._draft_tree(last_logits, len(context_ids), depth, min(budget, self.max_nodes))
-        self.drafted_depth = int(tree.depths.max()) + 1 if len(tree) else 0
+        self.length.drafted(tree)
         return tree
 
     def accept(self, token_ids: Sequence[int]) -> None:
-        self.length.update(self.drafted_depth, len(token_ids) - 1)
+        self.length.committed(token_ids)
 
     # ------------------------------------------------------------------ drafting
     def _forward(self, token_ids: Sequence[int], start: int, tree_mask=None, depths=None,

@@ -61,7 +61,6 @@ class RetrievalDrafter(Drafter):
         self.set_passages(passages)
         self.context_index: SuffixIndex | None = None
         self.context_size = -1
-        self.drafted_depth = 0
 
     def set_passages(self, passages: Sequence[Sequence[int]]) -> None:
         """The token ids of the passages retrieved for the next generation."""
@@ -71,17 +70,16 @@ class RetrievalDrafter(Drafter):
         super().begin(prompt_ids, sampling=sampling, generator=generator)
         self.length.reset()
         self.context_index, self.context_size = None, -1
-        self.drafted_depth = 0
 
     def propose(self, context_ids: Sequence[int], budget: int) -> DraftTree:
         depth = min(self.length.current, budget)
         weighted = self.continuations(context_ids, depth) if depth > 0 else []
         tree = frequency_tree(weighted, min(budget, self.max_nodes))
-        self.drafted_depth = int(tree.depths.max()) + 1 if len(tree) else 0
+        self.length.drafted(tree)
         return tree
 
     def accept(self, token_ids: Sequence[int]) -> None:
-        self.length.update(self.drafted_depth, len(token_ids) - 1)
+        self.length.committed(token_ids)
 
     def continuations(self, context_ids: Sequence[int], depth: int) -> list[tuple[list[int], float]]:
         """(continuation, weight) pairs for the longest context suffix found in any source."""
