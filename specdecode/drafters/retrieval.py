@@ -18,6 +18,7 @@ from ..errors import SpecDecodeError
 from ..sampling import GREEDY
 from ..tree import DraftTree
 from .base import AdaptiveLength, Drafter
+from .lookup import NgramIndex
 from .suffix import SuffixIndex, frequency_tree
 
 
@@ -59,8 +60,7 @@ class RetrievalDrafter(Drafter):
         self.length = AdaptiveLength(initial=k or initial_k, maximum=k or max_k, adaptive=k is None)
         self.passage_index = SuffixIndex([], key_tokens=max_ngram)
         self.set_passages(passages)
-        self.context_index: SuffixIndex | None = None
-        self.context_size = -1
+        self.context_index = NgramIndex(min_ngram, max_ngram)  # the prompt + generated tokens, grown per step
 
     def set_passages(self, passages: Sequence[Sequence[int]]) -> None:
         """The token ids of the passages retrieved for the next generation."""
@@ -69,7 +69,7 @@ class RetrievalDrafter(Drafter):
     def begin(self, prompt_ids, *, sampling=GREEDY, generator=None) -> None:
         super().begin(prompt_ids, sampling=sampling, generator=generator)
         self.length.reset()
-        self.context_index, self.context_size = None, -1
+        self.context_index.reset()
 
     def propose(self, context_ids: Sequence[int], budget: int) -> DraftTree:
         depth = min(self.length.current, budget)
@@ -84,26 +84,18 @@ class RetrievalDrafter(Drafter):
     def continuations(self, context_ids: Sequence[int], depth: int) -> list[tuple[list[int], float]]:
         """(continuation, weight) pairs for the longest context suffix found in any source."""
         context = list(context_ids)
-        searched = context[:-1]  # an occurrence must be followed by at least one token
-        if self.context_index is None or len(searched) != self.context_size:
-            self.context_index, self.context_size = SuffixIndex([searched], key_tokens=self.sizes[0]), len(searched)
-        sources = [(self.context_index, self.weights.context, context), (self.passage_index, self.weights.passages, None),
-                   (self.corpus, self.weights.corpus, None)]
+        self.context_index.extend(context)  # incremental: only the newly committed tokens are indexed
+        last = len(context) - 1
         for n in self.sizes:
             if n > len(context):
                 continue
             suffix = context[-n:]
-            weighted = []
-            for index, weight, tokens in sources:
-                if index is None:
-                    continue
-                if tokens is None:
+            ends = self.context_index.positions[n].get(tuple(suffix), [])  # earlier occurrences, by last token
+            weighted = [(context[end + 1 : end + 1 + depth], self.weights.context)
+                        for end in reversed(ends) if end < last][: self.max_matches]
+            for index, weight in ((self.passage_index, self.weights.passages), (self.corpus, self.weights.corpus)):
+                if index is not None:
                     weighted += [(c, weight) for c in index.continuations(suffix, depth, self.max_matches)]
-                else:  # the context: read continuations from the full context (they may run into the suffix)
-                    for position in index.positions(suffix)[: self.max_matches].tolist():
-                        follow = tokens[position + n : position + n + depth]
-                        if follow:
-                            weighted.append((follow, weight))
             if weighted:
                 return weighted
         return []
