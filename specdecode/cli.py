@@ -201,6 +201,10 @@ def bench(
     tree: int = typer.Option(1, "--tree", help="Tree width of our drafters (1 = a chain)."),
     warmup: int = typer.Option(1, "--warmup", help="Untimed warm-up generations per method."),
     fresh: bool = typer.Option(False, "--fresh", help="Delete the results already in --out first."),
+    store: Optional[Path] = typer.Option(None, "--store",
+                                         help="Ask each question over this datastore (`index build`): RAG prompts "
+                                              "as `ask` builds them, passages handed to the drafters."),
+    rag_k: int = typer.Option(4, "--rag-k", help="Passages retrieved per question with --store."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ) -> None:
     """Benchmark methods on Spec-Bench questions: speedup, tau, exactness; reports and plots in --out."""
@@ -215,7 +219,7 @@ def bench(
             questions=questions, model=model, out=out, methods=methods,
             categories=tuple(c.strip() for c in (categories or "").split(",") if c.strip()),
             limit_per_category=limit_per_category, max_new_tokens=max_new_tokens, dtype=dtype, quantize=quantize,
-            drafter_dtype=drafter_dtype, k=k, tree=tree, warmup=warmup, fresh=fresh,
+            drafter_dtype=drafter_dtype, k=k, tree=tree, warmup=warmup, fresh=fresh, store=store, rag_k=rag_k,
         )
         hide_loading_bars()
         run = run_benchmark(config, progress=None if quiet else progress_bar)

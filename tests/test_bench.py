@@ -90,6 +90,36 @@ def test_every_method_on_a_tiny_model_writes_identical_results_and_reports(quest
         assert (out / plot).read_bytes()[:4] == b"\x89PNG"
 
 
+def test_store_asks_each_turn_over_the_datastore_and_hands_passages_to_retrieval(tmp_path, zoo, monkeypatch):
+    from specdecode.drafters import RetrievalDrafter
+    from specdecode.retrieval import Datastore
+
+    docs = ["w40 w41 w42 w43 w44 w45 w46 w47 w48 w49 w50 w51", "w60 w61 w62 w63 w64 w65 w66 w67 w68 w69"]
+    Datastore.build(docs, chunk_tokens=32, overlap=0).save(tmp_path / "store")
+    questions = tmp_path / "q.jsonl"
+    questions.write_text(json.dumps({"question_id": 7, "category": "docs", "turns": ["w40 w41 w42", "w60 w61"]}) + "\n")
+    handed = []
+    original = RetrievalDrafter.set_passages
+    monkeypatch.setattr(RetrievalDrafter, "set_passages",
+                        lambda self, passages: (handed.append([list(p) for p in passages]), original(self, passages)))
+    out = tmp_path / "out"
+    run(config(questions, out, methods="retrieval,retrieval+model:tiny-draft,hf-plain", store=tmp_path / "store",
+               rag_k=1, warmup=0), zoo)
+    rows = results(out)
+    assert [r["method"] for r in rows] == ["plain", "retrieval", "retrieval+model:tiny-draft", "hf-plain"]
+    assert all(r["identical"] for r in rows) and all(r["turns"] == 2 for r in rows)
+    tokenizer = zoo["tiny-target"].tokenizer
+    first = tokenizer.encode(docs[0], add_special_tokens=False)
+    handed = [h for h in handed if h]  # (drafters start with no passages)
+    assert handed[0] == [first] and len(handed) == 4  # 2 methods x 2 turns, each turn its own passages
+    settings = json.loads((out / "run.json").read_text())["settings"]
+    assert settings["store"].endswith("k=1")
+    with pytest.raises(SpecDecodeError, match="other settings"):  # another k is another benchmark
+        run(config(questions, out, methods="retrieval", store=tmp_path / "store", rag_k=2), zoo)
+    with pytest.raises(SpecDecodeError, match="--rag-k"):
+        run(config(questions, tmp_path / "o2", store=tmp_path / "store", rag_k=0), zoo)
+
+
 # ----------------------------------------------------------------------------- protocol with spy methods
 class SpyMethod:
     """Records its calls; answers `answer` (token ids w30.. by default) with made-up timings."""
@@ -99,7 +129,7 @@ class SpyMethod:
         self.answers = answers or {}
         self.fail_at = fail_at
 
-    def run(self, prompt_ids, max_new_tokens):
+    def run(self, prompt_ids, max_new_tokens, passages=()):
         self.log.append((self.name, list(prompt_ids), max_new_tokens))
         if self.fail_at is not None and len(self.log) == self.fail_at:
             raise KeyboardInterrupt

@@ -21,6 +21,7 @@ from ..drafters.registry import (DRAFTER_PATTERNS, MIXTURE_HELP, MODEL_SPEC_HELP
 from ..engine import SpeculativeGenerator
 from ..errors import SpecDecodeError
 from ..models import LoadedModel, load_model
+from ..pipelines.rag import hand_passages
 from ..prompts import eos_token_ids
 
 PEERS = ("hf-plain", "hf-assisted", "hf-lookup")
@@ -44,7 +45,9 @@ class TurnResult:
 class Method(Protocol):
     name: str
 
-    def run(self, prompt_ids: list[int], max_new_tokens: int) -> TurnResult: ...
+    def run(self, prompt_ids: list[int], max_new_tokens: int, passages: Sequence = ()) -> TurnResult:
+        """One generation; `passages` (retrieval.Passage, with --store) go to drafters that copy from them."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -116,7 +119,8 @@ class OurMethod:
     def __init__(self, name: str, generator: SpeculativeGenerator, speculative: bool):
         self.name, self.generator, self.speculative = name, generator, speculative
 
-    def run(self, prompt_ids: list[int], max_new_tokens: int) -> TurnResult:
+    def run(self, prompt_ids: list[int], max_new_tokens: int, passages: Sequence = ()) -> TurnResult:
+        hand_passages(self.generator.drafter, self.generator.tokenizer, passages)
         out = self.generator.generate(prompt_ids, max_new_tokens, speculative=self.speculative)
         return TurnResult(tuple(out.token_ids), out.text, out.stats.wall_s, out.stats.steps,
                           out.stats.accept_histogram, tuple(out.top2_margins))
@@ -135,8 +139,8 @@ class HFMethod:
         self.config_kwargs = dict(do_sample=False, eos_token_id=eos, pad_token_id=pad, **(config or {}))
         self.config_class = GenerationConfig
 
-    def run(self, prompt_ids: list[int], max_new_tokens: int) -> TurnResult:
-        model = self.target.model
+    def run(self, prompt_ids: list[int], max_new_tokens: int, passages: Sequence = ()) -> TurnResult:
+        model = self.target.model  # transformers has no use for passages beyond the prompt
         input_ids = torch.tensor([prompt_ids], device=self.target.device)  # [1, prompt]
         config = self.config_class(max_new_tokens=max_new_tokens, **self.config_kwargs)
         forwards = []

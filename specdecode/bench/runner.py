@@ -9,7 +9,7 @@ results.jsonl at once, so an interrupted run resumes where it stopped.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..drafters.registry import DrafterOptions
@@ -20,6 +20,7 @@ from ..quantize import check_mode
 from .environment import environment, machine_key
 from .methods import DraftModels, Method, MethodName, TurnResult, build_methods, parse_methods
 from .metrics import add_histograms
+from .rag import RagPrompts, RagTurn, store_fingerprint
 from .questions import Question, read_questions, select_questions
 from .report import write_reports
 from .results import ResultsFolder, file_sha256, ids_hash
@@ -43,12 +44,15 @@ class BenchConfig:
     tree: int = 1
     warmup: int = 1  # untimed generations per method before the first question
     fresh: bool = False  # delete the results already in `out`
+    store: Path | None = None  # ask every turn over this datastore (RAG prompts; passages to the drafters)
+    rag_k: int = 4  # passages retrieved per turn with `store`
 
     def settings(self, questions_file_sha256: str) -> dict:
         """What results in one folder must share (resuming with other settings is refused)."""
         return {"model": self.model, "dtype": self.dtype, "quantize": self.quantize, "drafter_dtype": self.drafter_dtype,
                 "max_new_tokens": self.max_new_tokens, "k": self.k, "tree": self.tree,
-                "questions_sha256": questions_file_sha256, "machine": machine_key()}
+                "questions_sha256": questions_file_sha256, "machine": machine_key(),
+                "store": store_fingerprint(self.store, self.rag_k) if self.store is not None else None}
 
 
 @dataclass(frozen=True)
@@ -81,6 +85,8 @@ def run_benchmark(config: BenchConfig, *, target: LoadedModel | None = None,
     check_mode(config.quantize)
     if config.warmup < 0:
         raise SpecDecodeError(f"--warmup must be >= 0, got {config.warmup}.")
+    if config.rag_k < 1:
+        raise SpecDecodeError(f"--rag-k must be >= 1, got {config.rag_k}.")
     questions = select_questions(read_questions(config.questions), config.categories, config.limit_per_category)
     names = parse_methods(config.methods)
     options = DrafterOptions(k=config.k, tree=config.tree, drafter_dtype=config.drafter_dtype)
@@ -95,8 +101,11 @@ def run_benchmark(config: BenchConfig, *, target: LoadedModel | None = None,
         if not getattr(target.tokenizer, "chat_template", None):
             raise SpecDecodeError(f"{target.name} has no chat template; Spec-Bench questions are chat turns, "
                                   "so benchmark an instruction-tuned (chat) model.")
+        rag = None
+        if config.store is not None:
+            rag, options = rag_setup(config, target, names, options)
         methods = build_methods(names, target, options, DraftModels(config.drafter_dtype, load))
-        warm_up(methods, target, pending[0][0], config.warmup, min(WARMUP_TOKENS, config.max_new_tokens))
+        warm_up(methods, target, pending[0][0], config.warmup, min(WARMUP_TOKENS, config.max_new_tokens), rag)
         # 3. Questions in order; per question every pending method in order (plain first).
         by_name = {m.name: m for m in methods}
         bar = progress(len(pending)) if progress else None
@@ -104,7 +113,7 @@ def run_benchmark(config: BenchConfig, *, target: LoadedModel | None = None,
             for question, name in pending:
                 if bar:
                     bar.set_postfix_str(f"{question.category} {question.key}: {name.text}")
-                turns = run_turns(by_name[name.text], question, target, config.max_new_tokens)
+                turns = run_turns(by_name[name.text], question, target, config.max_new_tokens, rag)
                 folder.append(make_record(question, name, turns, str(target.dtype).removeprefix("torch."),
                                           folder.find(question.key, "plain")))
                 measured += 1
@@ -120,20 +129,40 @@ def run_benchmark(config: BenchConfig, *, target: LoadedModel | None = None,
     return BenchRun(folder, measured, interrupted)
 
 
-def warm_up(methods: Sequence[Method], target: LoadedModel, question: Question, count: int, tokens: int) -> None:
-    prompt_ids = encode_prompt(target.tokenizer, [{"role": "user", "content": question.turns[0]}])
+def rag_setup(config: BenchConfig, target: LoadedModel, names: Sequence[MethodName],
+              options: DrafterOptions) -> tuple[RagPrompts, DrafterOptions]:
+    """With --store: the RAG prompts, and the store's span index for methods that use `retrieval`."""
+    from ..retrieval import Datastore
+    from ..retrieval.span_index import span_index
+
+    store = Datastore.load(config.store)
+    context = getattr(target.model.config, "max_position_embeddings", None)
+    rag = RagPrompts(store, target.tokenizer, config.rag_k, context_tokens=context,
+                     max_new_tokens=config.max_new_tokens)
+    if any("retrieval" in n.text.split("+") for n in names if n.peer is None):
+        options = replace(options, corpus=span_index(store, target.tokenizer))
+    return rag, options
+
+
+def warm_up(methods: Sequence[Method], target: LoadedModel, question: Question, count: int, tokens: int,
+            rag: RagPrompts | None = None) -> None:
+    turn = rag(question.turns[0]) if rag else RagTurn(question.turns[0], ())
+    prompt_ids = encode_prompt(target.tokenizer, [{"role": "user", "content": turn.content}])
     for method in methods:
         for _ in range(count):
-            method.run(prompt_ids, tokens)
+            method.run(prompt_ids, tokens, turn.passages)
 
 
-def run_turns(method: Method, question: Question, target: LoadedModel, max_new_tokens: int) -> list[TurnResult]:
-    """Every turn of a question; turn n's prompt carries the method's own answers to turns < n."""
+def run_turns(method: Method, question: Question, target: LoadedModel, max_new_tokens: int,
+              rag: RagPrompts | None = None) -> list[TurnResult]:
+    """Every turn of a question; turn n's prompt carries the method's own answers to turns < n.
+    With `rag`, each turn's question is asked over the datastore (its passages go to the drafters)."""
     messages: list[dict] = []
     results = []
-    for turn in question.turns:
-        messages.append({"role": "user", "content": turn})
-        result = method.run(encode_prompt(target.tokenizer, messages), max_new_tokens)
+    for text in question.turns:
+        turn = rag(text) if rag else RagTurn(text, ())
+        messages.append({"role": "user", "content": turn.content})
+        result = method.run(encode_prompt(target.tokenizer, messages), max_new_tokens, turn.passages)
         messages.append({"role": "assistant", "content": result.text})
         results.append(result)
     return results

@@ -7,7 +7,7 @@ usable from both.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..errors import SpecDecodeError
 from ..models import LoadedModel, load_model
@@ -16,6 +16,7 @@ from .lookup import LookupDrafter
 from .mixture import MixtureDrafter
 from .model import ModelDrafter
 from .retrieval import RetrievalDrafter
+from .suffix import SuffixIndex
 
 DRAFTER_PATTERNS = ("lookup", "retrieval", "model:NAME")  # what a user types for each drafter
 MODEL_SPEC_HELP = "NAME: a zoo name, model folder, .gguf file or hub id"
@@ -60,6 +61,7 @@ class DrafterOptions:
     k: int | None = None  # draft depth; None adapts it from acceptance
     tree: int = 1  # lookup branches / model-drafter tree width; 1 = a chain
     drafter_dtype: str = "fast-decode"  # drafts never change the output, so a model drafter may use its own
+    corpus: SuffixIndex | None = field(default=None, compare=False)  # `retrieval` also copies from this corpus
 
     def __post_init__(self):
         if self.k is not None and self.k < 1:
@@ -96,6 +98,6 @@ def make_drafter(name: DrafterName | str, target: LoadedModel, options: DrafterO
     if name.kind == "lookup":
         return LookupDrafter(k=options.k, branches=options.tree)
     if name.kind == "retrieval":
-        return RetrievalDrafter(k=options.k)
+        return RetrievalDrafter(options.corpus, k=options.k)
     draft = (load_draft or (lambda spec, t: default_load_draft(spec, t, options.drafter_dtype)))(name.model, target)
     return ModelDrafter(draft, k=options.k, tree_width=options.tree)

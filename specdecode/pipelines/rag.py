@@ -13,7 +13,7 @@ from collections.abc import Generator
 from dataclasses import dataclass, replace
 
 from ..drafters import Drafter, MixtureDrafter, ModelDrafter, RetrievalDrafter, SuffixIndex
-from ..drafters.registry import make_drafter
+from ..drafters.registry import DrafterOptions, make_drafter
 from ..engine import SpeculativeGenerator
 from ..errors import SpecDecodeError
 from ..models import load_model
@@ -104,6 +104,12 @@ class BuildPrompt:
         return len(encode_prompt(self.tokenizer, prompt))
 
 
+def hand_passages(drafter: Drafter | None, tokenizer, passages) -> None:
+    """Give the drafters that copy from passages (`set_passages`) these ones, in the target's tokens."""
+    if drafter is not None and hasattr(drafter, "set_passages"):
+        drafter.set_passages([tokenizer.encode(p.text, add_special_tokens=False) for p in passages])
+
+
 class Generate:
     """state.prompt -> state.output, with the passages handed to drafters that copy from them."""
 
@@ -112,9 +118,7 @@ class Generate:
 
     def _options(self, state: PipelineState) -> dict:
         options = {"max_new_tokens": self.max_new_tokens, **state.options}
-        drafter, tokenizer = self.generator.drafter, self.generator.tokenizer
-        if drafter is not None and hasattr(drafter, "set_passages"):
-            drafter.set_passages([tokenizer.encode(p.text, add_special_tokens=False) for p in state.passages])
+        hand_passages(self.generator.drafter, self.generator.tokenizer, state.passages)
         return options
 
     def run(self, state: PipelineState) -> None:
@@ -131,7 +135,8 @@ class RAGPipeline:
 
     drafter: "auto" (a RetrievalDrafter over the prompt, the retrieved passages and, with
     `corpus_index`, the whole store; merged with a ModelDrafter when `draft_model` is given), a
-    drafter name ("lookup", "retrieval+model:NAME", ...), a Drafter, or None for plain decoding only.
+    drafter name ("lookup", "retrieval+model:NAME", ...; `retrieval` copies from the store too), a
+    Drafter, or None for plain decoding only.
     corpus_index: True builds (once, cached in the store's folder) the store's token span index in
     the target's tokenizer; a SuffixIndex is used as is; False leaves the corpus out.
     """
@@ -141,14 +146,16 @@ class RAGPipeline:
                  max_new_tokens: int = 256, max_prompt_tokens: int | None = None):
         self.target = load_model(target)
         self.datastore = datastore
+        uses_corpus = drafter == "auto" or (isinstance(drafter, str) and "retrieval" in drafter)
+        if corpus_index is True and uses_corpus:
+            corpus_index = span_index(datastore, self.target.tokenizer)
+        corpus = corpus_index if isinstance(corpus_index, SuffixIndex) else None
         if drafter == "auto":
-            if corpus_index is True:
-                corpus_index = span_index(datastore, self.target.tokenizer)
-            drafter = RetrievalDrafter(corpus_index or None)
+            drafter = RetrievalDrafter(corpus)
             if draft_model is not None:
                 drafter = MixtureDrafter([drafter, ModelDrafter(load_model(draft_model, device=self.target.device))])
         elif isinstance(drafter, str):
-            drafter = make_drafter(drafter, self.target)
+            drafter = make_drafter(drafter, self.target, DrafterOptions(corpus=corpus))
         self.generator = SpeculativeGenerator(self.target, drafter=drafter)
         self.max_new_tokens = max_new_tokens
         build_prompt = BuildPrompt(self.target.tokenizer, template, context_tokens=self.generator.max_positions,
