@@ -15,7 +15,7 @@ import importlib
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from . import bench, drafters, pipelines, retrieval, verifiers
+    from . import bench, costs, drafters, pipelines, retrieval, verifiers
     from .engine import SpeculativeGenerator
     from .errors import IncompatibleDrafterError, ModelLoadError, SpecDecodeError
     from .models import LoadedModel, load_model
@@ -34,7 +34,8 @@ _EXPORTS = {  # public name -> the module (relative to this package) that define
     "SamplingParams": ".sampling",
     "SpecDecodeError": ".errors",
     "SpeculativeGenerator": ".engine",
-    "bench": None,  # subpackages
+    "bench": None,  # subpackages and modules
+    "costs": None,
     "drafters": None,
     "first_divergence": ".outputs",
     "load_model": ".models",

@@ -186,8 +186,9 @@ def bench(
     model: str = typer.Option(..., "--model", "-m", help="Target model: zoo name, folder, .gguf file or hub id."),
     out: Path = typer.Option(..., "--out", "-o", help="Results folder (rerun with the same folder to resume)."),
     methods: str = typer.Option("plain,lookup", "--methods",
-                                help="Comma-separated: plain, lookup, model:NAME, hf-plain, hf-assisted:NAME, "
-                                     "hf-lookup (plain is always measured: speedups are relative to it)."),
+                                help="Comma-separated: plain, lookup, retrieval, model:NAME, A+B mixtures, hf-plain, "
+                                     "hf-assisted:NAME, hf-lookup, llama-cpp (plain is always measured: "
+                                     "speedups are relative to it)."),
     categories: Optional[str] = typer.Option(None, "--categories", help="Comma-separated categories (default all)."),
     limit_per_category: Optional[int] = typer.Option(None, "--limit-per-category",
                                                      help="The first N questions of each category."),
@@ -205,6 +206,9 @@ def bench(
                                          help="Ask each question over this datastore (`index build`): RAG prompts "
                                               "as `ask` builds them, passages handed to the drafters."),
     rag_k: int = typer.Option(4, "--rag-k", help="Passages retrieved per question with --store."),
+    cost_model: bool = typer.Option(True, "--cost-model/--no-cost-model",
+                                    help="Size our drafts with the measured cost model (default) or let the "
+                                         "drafters alone decide."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ) -> None:
     """Benchmark methods on Spec-Bench questions: speedup, tau, exactness; reports and plots in --out."""
@@ -220,6 +224,7 @@ def bench(
             categories=tuple(c.strip() for c in (categories or "").split(",") if c.strip()),
             limit_per_category=limit_per_category, max_new_tokens=max_new_tokens, dtype=dtype, quantize=quantize,
             drafter_dtype=drafter_dtype, k=k, tree=tree, warmup=warmup, fresh=fresh, store=store, rag_k=rag_k,
+            cost_model=cost_model,
         )
         hide_loading_bars()
         run = run_benchmark(config, progress=None if quiet else progress_bar)

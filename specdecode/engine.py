@@ -17,6 +17,7 @@ import torch
 
 from .attention import pad_inputs, select_backend
 from .cache import KVCache
+from .costs import DraftSizer, ForwardCosts, forward_costs
 from .drafters.base import Drafter
 from .errors import SpecDecodeError
 from .kernels import padded_sizes
@@ -49,6 +50,7 @@ class _Run:
     stop_reason: str = "max_new_tokens"
     tally: Tally = field(default_factory=Tally)
     cache: KVCache | None = None  # the target's cache: every committed token but the last
+    sizer: DraftSizer | None = None  # the cost model's draft sizes (speculative runs with a cost model)
 
 
 class SpeculativeGenerator:
@@ -62,10 +64,14 @@ class SpeculativeGenerator:
     pad_verification: on CPU, pad a verification forward with a few ignored tokens up to a row count
         that this machine's matmuls run measurably faster (kernels.padded_sizes); the output is unchanged.
         False turns it off; a list gives the table itself (padded row count for each count, by index).
+    cost_model: "auto" sizes each draft from the target's forward costs on this machine (measured once,
+        cached; see costs.py) and the acceptance seen so far, drafting nothing where no draft pays;
+        a ForwardCosts gives the timings; None lets the drafter alone decide (up to max_draft_tokens).
     """
 
     def __init__(self, target, drafter: Drafter | None = None, *, tokenizer=None, max_draft_tokens: int = 64,
-                 attention: str = "auto", pad_verification: bool | Sequence[int] = True):
+                 attention: str = "auto", pad_verification: bool | Sequence[int] = True,
+                 cost_model: str | ForwardCosts | None = "auto"):
         self.target = load_model(target, tokenizer=tokenizer)
         self.model = self.target.model
         self.tokenizer = self.target.tokenizer
@@ -81,6 +87,9 @@ class SpeculativeGenerator:
         self.max_positions = getattr(self.model.config, "max_position_embeddings", None)
         self.pad_verification = bool(pad_verification)
         self._padded = None if isinstance(pad_verification, bool) else list(pad_verification)
+        if not (cost_model in ("auto", None) or isinstance(cost_model, ForwardCosts)):
+            raise SpecDecodeError(f"cost_model must be 'auto', None or a ForwardCosts, got {cost_model!r}.")
+        self.cost_model = cost_model
 
     # ------------------------------------------------------------------ public API
     def generate(self, prompt, max_new_tokens: int = 128, **options) -> GenerationOutput:
@@ -130,16 +139,21 @@ class SpeculativeGenerator:
         tally.prefill_s = time.perf_counter() - started
         if drafter is not None:
             drafter.begin(request.prompt_ids, sampling=request.sampling, generator=generator)
+            run.sizer = self._sizer()
 
         while True:
             remaining = request.max_new_tokens - len(run.generated)
-            # 2. Draft: a tree of at most `budget` nodes after the committed tokens.
+            # 2. Draft: a tree of at most `budget` nodes after the committed tokens; the cost model
+            #    picks the size with the most expected tokens per second (0: a plain step).
             budget = min(self.max_draft_tokens, remaining - 1)
-            tree = DraftTree.empty()
+            if run.sizer is not None and budget > 0:
+                budget = run.sizer.budget(budget)
+            tree, draft_s = DraftTree.empty(), 0.0
             if drafter is not None and budget > 0:
                 tick = time.perf_counter()
                 tree = self._checked(drafter.propose(committed, budget), drafter).truncated(budget)
-                tally.draft_s += time.perf_counter() - tick
+                draft_s = time.perf_counter() - tick
+                tally.draft_s += draft_s
 
             # 3. Verify: one target forward over [pending] + tree (tree attention, depth positions),
             #    padded to a row count this machine's matmuls run faster.
@@ -169,6 +183,9 @@ class SpeculativeGenerator:
             committed.extend(new_tokens)
             run.generated.extend(new_tokens)
             tally.record_step(drafted=len(tree), accepted=len(acceptance.accepted), fed=size)
+            if run.sizer is not None:
+                run.sizer.observe(len(tree), tree.depth, len(acceptance.accepted), draft_s,
+                                  first=tally.drafted_tokens == len(tree))
             if drafter is not None:
                 drafter.accept(new_tokens)
             tally.wall_s = time.perf_counter() - started
@@ -178,6 +195,13 @@ class SpeculativeGenerator:
                 return
 
     # ------------------------------------------------------------------ helpers
+    def _sizer(self) -> DraftSizer | None:
+        if self.cost_model is None:
+            return None
+        if self.cost_model == "auto":
+            self.cost_model = forward_costs(self.model, getattr(self.target, "quantization", None))
+        return DraftSizer(self.cost_model)
+
     def _padded_size(self, fed: int) -> int:
         """The cheapest row count >= fed for a verification forward (measured once, on first use)."""
         if fed == 1 or not self.pad_verification:
@@ -229,7 +253,8 @@ class SpeculativeGenerator:
             prompt_ids=request.prompt_ids,
             stop_reason=run.stop_reason,
             stats=GenerationStats.from_tally(run.tally, len(run.generated),
-                                             self.drafter.report() if request.speculative and self.drafter else None),
+                                             self.drafter.report() if request.speculative and self.drafter else None,
+                                             run.sizer.report() if run.sizer is not None else None),
             top2_margins=run.margins,
         )
 

@@ -45,9 +45,11 @@ class GenerationStats:
     wall_s: float  # prefill + every step (prompt tokenisation and text decoding excluded)
     tokens_per_s: float
     drafters: dict = field(default_factory=dict)  # per-drafter counts from Drafter.report() (e.g. a mixture's)
+    cost_model: dict = field(default_factory=dict)  # the draft-size rule's inputs and choices (costs.DraftSizer)
 
     @classmethod
-    def from_tally(cls, tally: Tally, new_tokens: int, drafters: dict | None = None) -> GenerationStats:
+    def from_tally(cls, tally: Tally, new_tokens: int, drafters: dict | None = None,
+                   cost_model: dict | None = None) -> GenerationStats:
         return cls(
             new_tokens=new_tokens,
             steps=tally.steps,
@@ -63,6 +65,7 @@ class GenerationStats:
             wall_s=tally.wall_s,
             tokens_per_s=new_tokens / tally.wall_s if tally.wall_s > 0 else 0.0,
             drafters=drafters or {},
+            cost_model=cost_model or {},
         )
 
 

@@ -94,6 +94,11 @@ class DraftTree:
         return torch.tensor(depths, dtype=torch.long)
 
     @cached_property
+    def depth(self) -> int:
+        """Levels of the tree: the longest root-to-node path (0 for an empty tree)."""
+        return int(self.depths.max()) + 1 if len(self) else 0
+
+    @cached_property
     def is_chain(self) -> bool:
         return self.parent_list == list(range(-1, len(self) - 1))
 

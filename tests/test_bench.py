@@ -67,7 +67,7 @@ def results(out: Path) -> list[dict]:
 def test_every_method_on_a_tiny_model_writes_identical_results_and_reports(questions_file, tmp_path, zoo):
     out = tmp_path / "out"
     methods = "lookup,model:tiny-draft,model:tiny-target,hf-plain,hf-lookup,hf-assisted:tiny-draft"
-    bench = run(config(questions_file, out, methods=methods), zoo)
+    bench = run(config(questions_file, out, methods=methods, cost_model=False), zoo)  # every drafter drafts
     assert bench.measured == 3 * 7 and not bench.interrupted
     records = results(out)
     assert [r["method"] for r in records[:7]] == ["plain", *methods.split(",")]  # plain first, then in order
@@ -141,7 +141,7 @@ class SpyMethod:
 def spy(monkeypatch, zoo):
     state = {"log": [], "answers": {}, "fail_at": None}
 
-    def build(names, target, options, draft_models):
+    def build(names, target, options, draft_models, *args, **kwargs):
         return [SpyMethod(n.text, state["log"], target.tokenizer, state["answers"].get(n.text), state["fail_at"])
                 for n in names]
 
@@ -298,3 +298,39 @@ def test_cli_bench_runs_and_reports_bad_input(questions_file, tmp_path):
     bad = CliRunner().invoke(app, [*args[:-1], "--categories", "poetry"])
     assert bad.exit_code == 1 and bad.stderr.startswith("error: unknown category poetry")
     assert "Traceback" not in bad.output
+
+
+def test_llama_cpp_peer_runs_the_gguf_or_says_how_to_install(questions_file, tmp_path, zoo, monkeypatch):
+    import sys
+    import types
+
+    from tiny import hf_greedy
+
+    gguf = tmp_path / "tiny.gguf"
+    gguf.write_bytes(b"GGUF")
+    monkeypatch.setitem(sys.modules, "llama_cpp", None)  # not installed
+    with pytest.raises(SpecDecodeError, match="pip install llama-cpp-python"):
+        run(config(questions_file, tmp_path / "a", methods="llama-cpp", model="tiny-target"), zoo)
+    assert not (tmp_path / "a").exists()  # refused before anything was loaded or written
+
+    target = zoo["tiny-target"]
+    opened = []
+
+    class FakeLlama:  # llama.cpp's greedy decoding of the same model, as llama-cpp-python exposes it
+        def __init__(self, model_path, **options):
+            opened.append((model_path, options["n_threads"]))
+
+        def generate(self, tokens, **sampling):
+            assert sampling["temp"] == 0.0 and sampling["top_k"] == 1
+            yield from hf_greedy(target.model, list(tokens), 64)
+
+    fake = types.ModuleType("llama_cpp")
+    fake.Llama = FakeLlama
+    monkeypatch.setitem(sys.modules, "llama_cpp", fake)
+    out = tmp_path / "b"
+    run_benchmark(config(questions_file, out, methods="llama-cpp", model=str(gguf)), target=target,
+                  load=lambda spec, **_: zoo[spec])
+    rows = [r for r in results(out) if r["method"] == "llama-cpp"]
+    assert len(rows) == 3 and all(r["identical"] for r in rows) and opened[0][0] == str(gguf)
+    with pytest.raises(SpecDecodeError, match="neither a zoo model nor a .gguf"):
+        run(config(questions_file, tmp_path / "c", methods="llama-cpp"), zoo)

@@ -1,5 +1,8 @@
 """The engine around the loop: prompts, stopping, streaming, stats, cache invariants, bad input."""
 
+# cost_model=None: these tests verify every draft the drafters make; the cost model (test_costs.py)
+# would rightly skip drafts of drafters as slow as these small targets.
+
 from __future__ import annotations
 
 import pytest
@@ -23,7 +26,7 @@ def target():
 
 @pytest.fixture(scope="module")
 def gen(target):
-    return SpeculativeGenerator(target, drafter=LookupDrafter(branches=2))
+    return SpeculativeGenerator(target, drafter=LookupDrafter(branches=2), cost_model=None)
 
 
 # ------------------------------------------------------------------------------ prompts
@@ -61,7 +64,7 @@ def test_eos_stops_generation(target):
     eos = reference[6]
     target.model.generation_config.eos_token_id = eos
     try:
-        gen = SpeculativeGenerator(target, drafter=ModelDrafter(target, k=5, confidence=0))
+        gen = SpeculativeGenerator(target, drafter=ModelDrafter(target, k=5, confidence=0), cost_model=None)
         out = gen.generate(prompt, max_new_tokens=30)
         assert out.stop_reason == "eos" and out.token_ids[-1] == eos
         assert eos not in out.token_ids[:-1]
@@ -90,7 +93,7 @@ def test_stream_never_shows_a_stop_string(gen):
 # ------------------------------------------------------------------------------ stats
 def test_stats_add_up(target):
     prompt = random_prompt(5)
-    out = SpeculativeGenerator(target, drafter=ModelDrafter(target, k=3, confidence=0)).generate(
+    out = SpeculativeGenerator(target, drafter=ModelDrafter(target, k=3, confidence=0), cost_model=None).generate(
         prompt, max_new_tokens=20)
     stats = out.stats
     assert stats.new_tokens == len(out.token_ids) == 20
@@ -118,7 +121,7 @@ def test_sampled_first_token_follows_the_target_distribution():
     drafter_model = tiny_model("llama", seed=3, vocab=16)
     prompt = random_prompt(7, vocab=16)
     gen = SpeculativeGenerator(loaded(model), drafter=ModelDrafter(loaded(drafter_model), k=2, confidence=0,
-                                                                   draft_vocab=10))
+                                                                   draft_vocab=10), cost_model=None)
     assert first_token_total_variation(gen, model, prompt) < 0.05  # expected TV ~0.02
 
 
@@ -127,7 +130,8 @@ def test_cache_equals_a_fresh_prefill_after_every_tree_step():
     target = loaded(tiny_model("llama", seed=0))  # no tokenizer: no end-of-sequence token
     prompt = random_prompt(8)
     truth = hf_greedy(target.model, prompt, 30)
-    gen = SpeculativeGenerator(target, drafter=OracleDrafter(prompt, truth, seed=1), max_draft_tokens=10)
+    gen = SpeculativeGenerator(target, drafter=OracleDrafter(prompt, truth, seed=1), max_draft_tokens=10,
+                               cost_model=None)
     request = gen._request(prompt, 30)
     run = _Run()
     for _ in gen._decode(request, run):
@@ -179,7 +183,7 @@ def test_drafter_with_another_vocabulary_is_refused_at_construction():
     target = loaded(tiny_model("llama", vocab=96))
     drafter = ModelDrafter(loaded(tiny_model("llama", vocab=80)))
     with pytest.raises(IncompatibleDrafterError, match="vocabulary"):
-        SpeculativeGenerator(target, drafter=drafter)
+        SpeculativeGenerator(target, drafter=drafter, cost_model=None)
 
 
 def test_drafter_proposing_out_of_vocabulary_ids_is_named(target):
@@ -193,7 +197,7 @@ def test_drafter_proposing_out_of_vocabulary_ids_is_named(target):
             return DraftTree.chain([5, 10_000])
 
     with pytest.raises(SpecDecodeError, match="broken.*outside the target's vocabulary"):
-        SpeculativeGenerator(target, drafter=Broken()).generate([5, 6], max_new_tokens=4)
+        SpeculativeGenerator(target, drafter=Broken(), cost_model=None).generate([5, 6], max_new_tokens=4)
 
 
 def test_stream_returns_the_generation_output(gen):

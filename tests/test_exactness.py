@@ -1,6 +1,9 @@
 """Greedy speculative output is token-identical to plain decoding and to transformers' generate,
 for every drafter and tree shape, on tiny random Llama and Qwen2 models in fp32."""
 
+# cost_model=None: these tests verify every draft the drafters make; the cost model (test_costs.py)
+# would rightly skip drafts of drafters as slow as these small targets.
+
 from __future__ import annotations
 
 import copy
@@ -69,7 +72,7 @@ def test_plain_decoding_equals_transformers_generate(target, references):
 
 def test_every_drafter_is_lossless(target, other, references):
     for name, drafter in drafters(target, other):
-        gen = SpeculativeGenerator(target, drafter=drafter)
+        gen = SpeculativeGenerator(target, drafter=drafter, cost_model=None)
         for prompt in PROMPTS:
             out = gen.generate(prompt, max_new_tokens=NEW_TOKENS)
             assert out.token_ids == references[tuple(prompt)], f"{name} changed the output for {prompt}"
@@ -78,7 +81,7 @@ def test_every_drafter_is_lossless(target, other, references):
 
 
 def test_drafter_equal_to_target_accepts_everything(target, references):
-    gen = SpeculativeGenerator(target, drafter=ModelDrafter(target, k=4, confidence=0))
+    gen = SpeculativeGenerator(target, drafter=ModelDrafter(target, k=4, confidence=0), cost_model=None)
     out = gen.generate(PROMPTS[0], max_new_tokens=NEW_TOKENS)
     assert out.token_ids == references[tuple(PROMPTS[0])]
     assert out.stats.acceptance_rate == 1.0
@@ -87,7 +90,7 @@ def test_drafter_equal_to_target_accepts_everything(target, references):
 
 
 def test_independent_drafter_is_mostly_rejected_yet_lossless(target, other, references):
-    gen = SpeculativeGenerator(target, drafter=ModelDrafter(other, k=4, confidence=0))
+    gen = SpeculativeGenerator(target, drafter=ModelDrafter(other, k=4, confidence=0), cost_model=None)
     out = gen.generate(PROMPTS[1], max_new_tokens=NEW_TOKENS)
     assert out.token_ids == references[tuple(PROMPTS[1])]
     assert out.stats.acceptance_rate < 0.5
@@ -98,7 +101,8 @@ def test_deep_trees_with_decoys_are_lossless(target, references):
     for seed in range(4):
         prompt = PROMPTS[seed % len(PROMPTS)]
         truth = references[tuple(prompt)]
-        gen = SpeculativeGenerator(target, drafter=OracleDrafter(prompt, truth, seed=seed), max_draft_tokens=12)
+        gen = SpeculativeGenerator(target, drafter=OracleDrafter(prompt, truth, seed=seed), max_draft_tokens=12,
+                                   cost_model=None)
         out = gen.generate(prompt, max_new_tokens=NEW_TOKENS)
         assert out.token_ids == truth
         assert max(i for i, n in enumerate(out.stats.accept_histogram) if n) >= 2  # deep paths were accepted
@@ -111,7 +115,8 @@ def test_end_of_sequence_inside_an_accepted_draft_stops_there(target, references
     target.model.generation_config.eos_token_id = eos
     try:
         for drafter in (None, ModelDrafter(target, k=6, confidence=0), LookupDrafter()):
-            out = SpeculativeGenerator(target, drafter=drafter).generate(prompt, max_new_tokens=NEW_TOKENS)
+            gen = SpeculativeGenerator(target, drafter=drafter, cost_model=None)
+            out = gen.generate(prompt, max_new_tokens=NEW_TOKENS)
             assert out.token_ids == expected and out.token_ids[-1] == eos
             assert out.stop_reason == "eos"
     finally:
@@ -121,7 +126,7 @@ def test_end_of_sequence_inside_an_accepted_draft_stops_there(target, references
 @pytest.mark.parametrize("max_new_tokens", [1, 2, 7])
 def test_token_budget_is_exact_even_mid_draft(target, references, max_new_tokens):
     prompt = PROMPTS[0]
-    gen = SpeculativeGenerator(target, drafter=ModelDrafter(target, k=5, confidence=0))
+    gen = SpeculativeGenerator(target, drafter=ModelDrafter(target, k=5, confidence=0), cost_model=None)
     out = gen.generate(prompt, max_new_tokens=max_new_tokens)
     assert out.token_ids == references[tuple(prompt)][:max_new_tokens]
 
@@ -134,7 +139,7 @@ def test_bf16_verification_reports_divergence_honestly(target):
     model = tiny_model("llama", seed=0).to(torch.bfloat16)
     bf16 = loaded(model, "tiny-bf16")
     plain = SpeculativeGenerator(bf16).generate(PROMPTS[1], max_new_tokens=NEW_TOKENS)
-    spec = SpeculativeGenerator(bf16, drafter=ModelDrafter(bf16, k=4, confidence=0)).generate(
+    spec = SpeculativeGenerator(bf16, drafter=ModelDrafter(bf16, k=4, confidence=0), cost_model=None).generate(
         PROMPTS[1], max_new_tokens=NEW_TOKENS)
     divergence = first_divergence(plain, spec)
     assert len(plain.top2_margins) == NEW_TOKENS
@@ -149,7 +154,7 @@ def test_padding_verification_to_cheaper_sizes_is_lossless(target, other, refere
     padding = 0
     for drafter in (ModelDrafter(other, k=3, confidence=0), ModelDrafter(target, k=3, tree_width=2, confidence=0),
                     LookupDrafter(branches=3)):
-        gen = SpeculativeGenerator(target, drafter=drafter, pad_verification=to_eight)
+        gen = SpeculativeGenerator(target, drafter=drafter, pad_verification=to_eight, cost_model=None)
         for prompt in PROMPTS:
             out = gen.generate(prompt, max_new_tokens=NEW_TOKENS)
             assert out.token_ids == references[tuple(prompt)]
@@ -163,7 +168,7 @@ def test_bf16_drafter_prefilled_by_its_fp32_twin_is_lossless(target):
     drafter = ModelDrafter(loaded(copy.deepcopy(target.model).to(torch.bfloat16)), k=3, confidence=0,
                            prefill_twin=True)
     prompt = random_prompt(9, length=48)
-    out = SpeculativeGenerator(target, drafter=drafter).generate(prompt, max_new_tokens=NEW_TOKENS)
+    out = SpeculativeGenerator(target, drafter=drafter, cost_model=None).generate(prompt, max_new_tokens=NEW_TOKENS)
     assert out.token_ids == hf_greedy(target.model, prompt, NEW_TOKENS)
     assert next(drafter.twin.parameters()).dtype == torch.float32
     assert drafter.cache.hf.layers[0].keys.dtype == torch.bfloat16

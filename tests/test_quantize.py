@@ -1,6 +1,9 @@
 """Weight-only int8 / int4 linear layers: kernels vs a reference dequantised matmul, the loader,
 speculative exactness on quantized tiny models, and bad input."""
 
+# cost_model=None: these tests verify every draft the drafters make; the cost model (test_costs.py)
+# would rightly skip drafts of drafters as slow as these small targets.
+
 from __future__ import annotations
 
 import pytest
@@ -89,7 +92,7 @@ def test_speculative_decoding_of_a_quantized_model_equals_its_plain_decoding(mod
     for prompt in (random_prompt(5), repetitive_prompt(6)):
         reference = hf_greedy(target_model, prompt, 30)
         for drafter in drafters:
-            out = SpeculativeGenerator(target, drafter=drafter).generate(prompt, max_new_tokens=30)
+            out = SpeculativeGenerator(target, drafter=drafter, cost_model=None).generate(prompt, max_new_tokens=30)
             assert out.token_ids == reference, f"{drafter.name} changed the output of the {mode} model"
 
 
@@ -149,5 +152,5 @@ def test_int4_keeps_smollm2_gguf_blocks_and_stays_lossless():
     gen = SpeculativeGenerator(target)
     plain = gen.generate(prompt, max_new_tokens=24)
     for drafter in (LookupDrafter(), ModelDrafter(target, k=3, confidence=0)):
-        out = SpeculativeGenerator(target, drafter=drafter).generate(prompt, max_new_tokens=24)
+        out = SpeculativeGenerator(target, drafter=drafter, cost_model=None).generate(prompt, max_new_tokens=24)
         assert out.token_ids == plain.token_ids

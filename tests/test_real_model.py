@@ -2,6 +2,9 @@
 
 `make test` pulls the model first (`specdecode models pull smollm2-135m-instruct`)."""
 
+# cost_model=None: these tests verify every draft the drafters make; the cost model (test_costs.py)
+# would rightly skip drafts of drafters as slow as these small targets.
+
 from __future__ import annotations
 
 import copy
@@ -64,7 +67,7 @@ def references(target):
     ],
 )
 def test_greedy_speculative_equals_plain_on_smollm2(target, noisy, references, make_drafter):
-    gen = SpeculativeGenerator(target, drafter=make_drafter(target, noisy))
+    gen = SpeculativeGenerator(target, drafter=make_drafter(target, noisy), cost_model=None)
     for i, prompt in enumerate(PROMPTS):
         out = gen.generate(prompt, max_new_tokens=NEW_TOKENS)
         divergence = first_divergence(references[i], out)
@@ -74,6 +77,6 @@ def test_greedy_speculative_equals_plain_on_smollm2(target, noisy, references, m
 
 def test_noisy_drafter_is_really_tested(target, noisy, references):
     """The perturbed drafter is neither always right nor always wrong."""
-    out = SpeculativeGenerator(target, drafter=ModelDrafter(noisy, k=4, confidence=0)).generate(
+    out = SpeculativeGenerator(target, drafter=ModelDrafter(noisy, k=4, confidence=0), cost_model=None).generate(
         PROMPTS[0], max_new_tokens=NEW_TOKENS)
     assert 0.1 < out.stats.acceptance_rate < 0.95

@@ -1,6 +1,9 @@
 """RetrievalDrafter (context + passages + corpus suffix index, frequency trie) and MixtureDrafter:
 the data structures on hand-made tokens, greedy exactness on tiny models, sampling in distribution."""
 
+# cost_model=None: these tests verify every draft the drafters make; the cost model (test_costs.py)
+# would rightly skip drafts of drafters as slow as these small targets.
+
 from __future__ import annotations
 
 import pytest
@@ -77,7 +80,8 @@ def test_retrieval_and_mixture_drafters_are_lossless(models):
     for prompt in PROMPTS:
         reference = hf_greedy(target.model, prompt, NEW_TOKENS)
         for name, drafter in retrieval_drafters(target, other, reference):
-            out = SpeculativeGenerator(target, drafter=drafter).generate(prompt, max_new_tokens=NEW_TOKENS)
+            gen = SpeculativeGenerator(target, drafter=drafter, cost_model=None)
+            out = gen.generate(prompt, max_new_tokens=NEW_TOKENS)
             assert out.token_ids == reference, f"{name} changed the output for {prompt}"
 
 
@@ -86,10 +90,11 @@ def test_right_passages_are_accepted_and_the_mixture_reports_per_drafter(models)
     prompt = PROMPTS[0]
     reference = hf_greedy(target.model, prompt, NEW_TOKENS)
     right = [reference[i : i + 12] for i in range(0, len(reference), 6)]
-    out = SpeculativeGenerator(target, drafter=RetrievalDrafter(passages=right)).generate(prompt, NEW_TOKENS)
+    gen = SpeculativeGenerator(target, drafter=RetrievalDrafter(passages=right), cost_model=None)
+    out = gen.generate(prompt, NEW_TOKENS)
     assert out.stats.mean_accepted > 2.5
     mixture = MixtureDrafter([RetrievalDrafter(passages=right), RandomDrafter(2)])
-    out = SpeculativeGenerator(target, drafter=mixture).generate(prompt, max_new_tokens=NEW_TOKENS)
+    out = SpeculativeGenerator(target, drafter=mixture, cost_model=None).generate(prompt, max_new_tokens=NEW_TOKENS)
     report = out.stats.drafters
     assert set(report) == {"retrieval", "random"}
     assert report["retrieval"]["accepted"] > report["random"]["accepted"]
@@ -105,7 +110,7 @@ def test_sampling_with_retrieval_drafts_keeps_the_target_distribution():
     passages = [prompt[-3:] + [t, (t + 1) % 16] for t in range(0, 16, 3)]  # several candidates after the prompt
     drafter = MixtureDrafter([RetrievalDrafter(passages=passages, min_ngram=1),
                               ModelDrafter(loaded(tiny_model("llama", seed=3, vocab=16)), k=2, confidence=0)])
-    gen = SpeculativeGenerator(loaded(model), drafter=drafter)
+    gen = SpeculativeGenerator(loaded(model), drafter=drafter, cost_model=None)
     assert first_token_total_variation(gen, model, prompt) < 0.05  # expected TV ~0.02
 
 
@@ -116,7 +121,8 @@ def test_each_drafter_in_a_mixture_adapts_to_its_own_acceptance(models):
     right = RetrievalDrafter(passages=[prompt[-2:] + reference], initial_k=4)
     noise = [random_prompt(s, length=40) for s in range(20, 30)]  # matches often, continues wrongly
     wrong = RetrievalDrafter(passages=noise, min_ngram=1, initial_k=4)
-    out = SpeculativeGenerator(target, drafter=MixtureDrafter([right, wrong])).generate(prompt, NEW_TOKENS)
+    gen = SpeculativeGenerator(target, drafter=MixtureDrafter([right, wrong]), cost_model=None)
+    out = gen.generate(prompt, NEW_TOKENS)
     assert out.token_ids == reference
     assert right.length.current > wrong.length.current  # the right one grew, the wrong one shrank
     assert wrong.length.current <= 2

@@ -3,8 +3,9 @@
 Ours: `plain` (our plain decoding) and every drafter name of `drafters.registry` (`lookup`,
 `model:NAME`, ...), all through one SpeculativeGenerator per method on the same loaded target.
 Peers, on the same loaded target: `hf-plain` (`model.generate`, greedy), `hf-assisted:NAME`
-(`assistant_model=` NAME loaded in the target's dtype), `hf-lookup` (`prompt_lookup_num_tokens=10`). A peer's target forwards are
-counted with a forward hook on the target module (the assistant is another module).
+(`assistant_model=` NAME loaded in the target's dtype), `hf-lookup` (`prompt_lookup_num_tokens=10`). A
+peer's target forwards are counted with a forward hook on the target module (the assistant is another
+module). `llama-cpp` (optional, needs llama-cpp-python) decodes the target's own GGUF file with llama.cpp.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 import torch
@@ -24,9 +26,11 @@ from ..models import LoadedModel, load_model
 from ..pipelines.rag import hand_passages
 from ..prompts import eos_token_ids
 
-PEERS = ("hf-plain", "hf-assisted", "hf-lookup")
-METHOD_NAMES = (f"plain, {', '.join(DRAFTER_PATTERNS)}, hf-plain, hf-assisted:NAME, hf-lookup "
+PEERS = ("hf-plain", "hf-assisted", "hf-lookup", "llama-cpp")
+METHOD_NAMES = (f"plain, {', '.join(DRAFTER_PATTERNS)}, hf-plain, hf-assisted:NAME, hf-lookup, llama-cpp "
                 f"({MIXTURE_HELP}; {MODEL_SPEC_HELP})")
+LLAMA_CPP_INSTALL = ('pip install llama-cpp-python (it compiles llama.cpp: needs a C++ compiler and cmake; '
+                     'CMAKE_ARGS="-DGGML_NATIVE=ON" builds for this CPU)')
 HF_LOOKUP_TOKENS = 10  # prompt_lookup_num_tokens, as in transformers' documentation
 
 
@@ -158,12 +162,67 @@ class HFMethod:
         return TurnResult(token_ids, text, wall_s, len(forwards), None, None)
 
 
+class LlamaCppMethod:
+    """llama.cpp's plain greedy decoding (llama-cpp-python) of the GGUF file the target was loaded from:
+    its own quantized kernels, so tokens/s are comparable in absolute terms; its token ids may differ
+    from ours, which decode the dequantized weights (the identical flag says so)."""
+
+    def __init__(self, name: str, gguf: Path, target: LoadedModel):
+        try:
+            from llama_cpp import Llama
+        except ImportError:
+            raise SpecDecodeError(f"method llama-cpp needs llama-cpp-python: {LLAMA_CPP_INSTALL}.") from None
+        threads = torch.get_num_threads()
+        self.name, self.tokenizer = name, target.tokenizer
+        self.eos = eos_token_ids(target.model, target.tokenizer)
+        self.llm = Llama(model_path=str(gguf), n_ctx=8192, n_threads=threads, n_threads_batch=threads, verbose=False)
+
+    def run(self, prompt_ids: list[int], max_new_tokens: int, passages: Sequence = ()) -> TurnResult:
+        token_ids: list[int] = []
+        start = time.perf_counter()
+        for token in self.llm.generate(prompt_ids, top_k=1, top_p=1.0, min_p=0.0, temp=0.0, repeat_penalty=1.0,
+                                       reset=True):
+            token_ids.append(int(token))
+            if token in self.eos or len(token_ids) >= max_new_tokens:
+                break
+        wall_s = time.perf_counter() - start
+        text = self.tokenizer.decode(token_ids, skip_special_tokens=True)
+        return TurnResult(tuple(token_ids), text, wall_s, len(token_ids), None, None)
+
+
+def check_peers_available(names: Sequence[MethodName], model_spec: str) -> None:
+    """Fail before any model loads when an optional peer cannot run."""
+    if any(n.peer == "llama-cpp" for n in names):
+        try:
+            import llama_cpp  # noqa: F401
+        except ImportError:
+            raise SpecDecodeError(f"method llama-cpp needs llama-cpp-python: {LLAMA_CPP_INSTALL}.") from None
+        gguf_file(model_spec)
+
+
+def gguf_file(spec: str) -> Path:
+    """The GGUF a model spec names: a zoo model's own file, or a .gguf path."""
+    from .. import zoo
+
+    path = Path(spec).expanduser()
+    if path.suffix.lower() == ".gguf" and path.is_file():
+        return path
+    if spec in zoo.ZOO:
+        return zoo.source_gguf(spec)
+    raise SpecDecodeError(f"method llama-cpp runs a GGUF file; --model {spec!r} is neither a zoo model nor a "
+                          ".gguf file. Pass the .gguf file as --model, or drop llama-cpp from --methods.")
+
+
 def build_methods(names: Sequence[MethodName], target: LoadedModel, options: DrafterOptions,
-                  draft_models: DraftModels) -> list[Method]:
-    """The runnable methods, in order, all on `target`."""
+                  draft_models: DraftModels, model_spec: str | None = None, *,
+                  cost_model: str | None = "auto") -> list[Method]:
+    """The runnable methods, in order, all on `target` (`model_spec`: what --model named, for llama-cpp;
+    `cost_model`: our generators' draft sizing, see SpeculativeGenerator)."""
     methods: list[Method] = []
     for name in names:
-        if name.peer == "hf-plain":
+        if name.peer == "llama-cpp":
+            methods.append(LlamaCppMethod(name.text, gguf_file(model_spec or target.name), target))
+        elif name.peer == "hf-plain":
             methods.append(HFMethod(name.text, target))
         elif name.peer == "hf-lookup":
             methods.append(HFMethod(name.text, target, {"prompt_lookup_num_tokens": HF_LOOKUP_TOKENS}))
@@ -174,6 +233,6 @@ def build_methods(names: Sequence[MethodName], target: LoadedModel, options: Dra
             methods.append(HFMethod(name.text, target, assistant_model=assistant.model))
         else:
             drafter = make_drafter("none" if name.text == "plain" else name.text, target, options, draft_models)
-            methods.append(OurMethod(name.text, SpeculativeGenerator(target, drafter=drafter),
-                                     speculative=drafter is not None))
+            generator = SpeculativeGenerator(target, drafter=drafter, cost_model=cost_model)
+            methods.append(OurMethod(name.text, generator, speculative=drafter is not None))
     return methods

@@ -18,7 +18,8 @@ from ..models import LoadedModel, load_model
 from ..prompts import encode_prompt
 from ..quantize import check_mode
 from .environment import environment, machine_key
-from .methods import DraftModels, Method, MethodName, TurnResult, build_methods, parse_methods
+from .methods import (DraftModels, Method, MethodName, TurnResult, build_methods, check_peers_available,
+                      parse_methods)
 from .metrics import add_histograms
 from .rag import RagPrompts, RagTurn, store_fingerprint
 from .questions import Question, read_questions, select_questions
@@ -46,13 +47,15 @@ class BenchConfig:
     fresh: bool = False  # delete the results already in `out`
     store: Path | None = None  # ask every turn over this datastore (RAG prompts; passages to the drafters)
     rag_k: int = 4  # passages retrieved per turn with `store`
+    cost_model: bool = True  # our methods size drafts with the cost model (costs.py); False: the drafters decide
 
     def settings(self, questions_file_sha256: str) -> dict:
         """What results in one folder must share (resuming with other settings is refused)."""
         return {"model": self.model, "dtype": self.dtype, "quantize": self.quantize, "drafter_dtype": self.drafter_dtype,
                 "max_new_tokens": self.max_new_tokens, "k": self.k, "tree": self.tree,
                 "questions_sha256": questions_file_sha256, "machine": machine_key(),
-                "store": store_fingerprint(self.store, self.rag_k) if self.store is not None else None}
+                "store": store_fingerprint(self.store, self.rag_k) if self.store is not None else None,
+                "cost_model": "auto" if self.cost_model else "off"}
 
 
 @dataclass(frozen=True)
@@ -89,6 +92,7 @@ def run_benchmark(config: BenchConfig, *, target: LoadedModel | None = None,
         raise SpecDecodeError(f"--rag-k must be >= 1, got {config.rag_k}.")
     questions = select_questions(read_questions(config.questions), config.categories, config.limit_per_category)
     names = parse_methods(config.methods)
+    check_peers_available(names, config.model)
     options = DrafterOptions(k=config.k, tree=config.tree, drafter_dtype=config.drafter_dtype)
     folder = ResultsFolder.open(config.out, config.settings(file_sha256(config.questions)), fresh=config.fresh)
     done = folder.done()
@@ -104,7 +108,8 @@ def run_benchmark(config: BenchConfig, *, target: LoadedModel | None = None,
         rag = None
         if config.store is not None:
             rag, options = rag_setup(config, target, names, options)
-        methods = build_methods(names, target, options, DraftModels(config.drafter_dtype, load))
+        methods = build_methods(names, target, options, DraftModels(config.drafter_dtype, load), config.model,
+                                cost_model="auto" if config.cost_model else None)
         warm_up(methods, target, pending[0][0], config.warmup, min(WARMUP_TOKENS, config.max_new_tokens), rag)
         # 3. Questions in order; per question every pending method in order (plain first).
         by_name = {m.name: m for m in methods}

@@ -78,8 +78,8 @@ class AdaptiveLength:
 
     def committed(self, token_ids: Sequence[int]) -> None:
         """The step's committed tokens (accepted draft tokens + the target's own)."""
-        drafted_depth = int(self.tree.depths.max()) + 1 if len(self.tree) else 0
-        self.update(drafted_depth, self.tree.matched_depth(token_ids[:-1]))
+        self.update(self.tree.depth, self.tree.matched_depth(token_ids[:-1]))
+        self.tree = DraftTree.empty()  # consumed: a step the engine drafts nothing for leaves it empty
 
     def update(self, drafted_depth: int, accepted_depth: int) -> None:
         if not self.adaptive or drafted_depth == 0:

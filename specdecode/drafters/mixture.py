@@ -66,6 +66,7 @@ class MixtureDrafter(Drafter):
                 break
             for source in self.sources[node]:
                 self.accepted[source] += 1
+        self.tree, self.sources = DraftTree.empty(), []  # consumed (a step without a draft counts nothing)
         for drafter in self.drafters:
             drafter.accept(token_ids)
 
