@@ -86,6 +86,9 @@ def generate(
                                       help="Model drafter dtype: fast-decode (measured fastest one-token "
                                            "forward here) | auto | bf16 | fp32."),
     raw: bool = typer.Option(False, "--raw", help="Tokenise the prompt as is (no chat template)."),
+    cost_model: bool = typer.Option(True, "--cost-model/--no-cost-model",
+                                    help="Size drafts with the measured cost model (default; see README) or "
+                                         "let the drafter alone decide."),
     compare: bool = typer.Option(False, "--compare", help="Also run plain decoding; print speed and exactness."),
     stream: bool = typer.Option(True, "--stream/--no-stream", help="Print text as it is generated."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of text."),
@@ -98,6 +101,7 @@ def generate(
             model=model, drafter=drafter, k=k, tree=tree, max_new_tokens=max_new_tokens,
             temperature=temperature, top_p=top_p, top_k=top_k, seed=seed, stop=tuple(stop or ()),
             dtype=dtype, quantize=quantize, drafter_dtype=drafter_dtype, raw=raw, compare=compare,
+            cost_model=cost_model,
             stream=stream and not compare and not as_json,
             as_json=as_json,
         )

@@ -42,6 +42,7 @@ class GenerateConfig:
     quantize: str | None = None  # "int8" | "int4" weight-only target
     drafter_dtype: str = "fast-decode"  # drafts never change the output, so the drafter may use its own
     raw: bool = False  # tokenise the prompt as is, no chat template
+    cost_model: bool = True  # size drafts with the measured cost model (costs.py)
     compare: bool = False
     stream: bool = True
     as_json: bool = False
@@ -95,7 +96,8 @@ def run_generate(config: GenerateConfig, prompt_text: str, out: Write, err: Writ
     options = check_config(config, plain)
     hide_loading_bars()
     target = load_model(config.model, dtype=config.dtype, quantize=config.quantize)
-    gen = SpeculativeGenerator(target, drafter=make_drafter(config.drafter, target, options))
+    gen = SpeculativeGenerator(target, drafter=make_drafter(config.drafter, target, options),
+                               cost_model="auto" if config.cost_model else None)
     prompt = format_prompt(target.tokenizer, prompt_text, raw=config.raw)
 
     if config.compare:
