@@ -199,7 +199,7 @@ class SpeculativeGenerator:
         if self.cost_model is None:
             return None
         if self.cost_model == "auto":
-            self.cost_model = forward_costs(self.model, getattr(self.target, "quantization", None))
+            self.cost_model = forward_costs(self.model, self.target.quantization)
         return DraftSizer(self.cost_model)
 
     def _padded_size(self, fed: int) -> int:

@@ -171,7 +171,7 @@ def load_model(
     folder, name, from_hub = _resolve_source(spec)
     model = _from_pretrained(folder, target_dtype, spec if from_hub else None)
     tok = _load_tokenizer(tokenizer if tokenizer is not None else folder)
-    gguf = _gguf_origin(spec) if quantize == "int4" else None
+    gguf = gguf_origin(spec) if quantize == "int4" else None
     return _finish(model.to(target_device), tok, name, cpu_kernels, quantize, group_size, gguf)
 
 
@@ -201,7 +201,7 @@ def _resolve_source(spec: str) -> tuple[str, str, bool]:
     return spec, spec, True
 
 
-def _gguf_origin(spec: str) -> Path | None:
+def gguf_origin(spec: str) -> Path | None:
     """The GGUF file a zoo name or a .gguf path was converted from (None for other sources)."""
     if spec in zoo.ZOO:
         return zoo.source_gguf(spec)

@@ -111,15 +111,19 @@ class DraftTree:
             children.setdefault(i, [])
         return children
 
-    def matched_depth(self, token_ids: Sequence[int]) -> int:
-        """How many leading `token_ids` follow one root-to-node path of this tree."""
-        node, depth, children = -1, 0, self.children
+    def matched_path(self, token_ids: Sequence[int]) -> list[int]:
+        """The nodes of the root-to-node path that the leading `token_ids` follow (as far as they do)."""
+        path, node, children = [], -1, self.children
         for token in token_ids:
             node = next((c for c in children[node] if self.token_list[c] == token), None)
             if node is None:
                 break
-            depth += 1
-        return depth
+            path.append(node)
+        return path
+
+    def matched_depth(self, token_ids: Sequence[int]) -> int:
+        """How many leading `token_ids` follow one root-to-node path of this tree."""
+        return len(self.matched_path(token_ids))
 
     @cached_property
     def ancestor_mask(self) -> torch.Tensor:

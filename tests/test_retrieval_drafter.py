@@ -126,3 +126,10 @@ def test_each_drafter_in_a_mixture_adapts_to_its_own_acceptance(models):
     assert out.token_ids == reference
     assert right.length.current > wrong.length.current  # the right one grew, the wrong one shrank
     assert wrong.length.current <= 2
+
+
+def test_drafter_kinds_reads_names_not_substrings():
+    from specdecode.drafters.registry import drafter_kinds
+
+    assert drafter_kinds("retrieval+model:qwen") == {"retrieval", "model"}
+    assert drafter_kinds("model:my-retrieval-tuned-model") == {"model"}  # a model's name is not a drafter kind

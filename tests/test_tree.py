@@ -91,3 +91,4 @@ def test_matched_depth_follows_one_path():
     assert tree.matched_depth([5, 6, 8]) == 2
     assert tree.matched_depth([4]) == 0
     assert DraftTree.empty().matched_depth([1, 2]) == 0
+    assert tree.matched_path([5, 7, 8, 9]) == tree.matched_path([5, 7, 8]) and len(tree.matched_path([5, 7, 8])) == 3

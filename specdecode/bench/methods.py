@@ -22,7 +22,7 @@ from ..drafters.registry import (DRAFTER_PATTERNS, MIXTURE_HELP, MODEL_SPEC_HELP
                                  parse_drafters)
 from ..engine import SpeculativeGenerator
 from ..errors import SpecDecodeError
-from ..models import LoadedModel, load_model
+from ..models import LoadedModel, gguf_origin, load_model
 from ..pipelines.rag import hand_passages
 from ..prompts import eos_token_ids
 
@@ -202,13 +202,9 @@ def check_peers_available(names: Sequence[MethodName], model_spec: str) -> None:
 
 def gguf_file(spec: str) -> Path:
     """The GGUF a model spec names: a zoo model's own file, or a .gguf path."""
-    from .. import zoo
-
-    path = Path(spec).expanduser()
-    if path.suffix.lower() == ".gguf" and path.is_file():
+    path = gguf_origin(spec)
+    if path is not None:
         return path
-    if spec in zoo.ZOO:
-        return zoo.source_gguf(spec)
     raise SpecDecodeError(f"method llama-cpp runs a GGUF file; --model {spec!r} is neither a zoo model nor a "
                           ".gguf file. Pass the .gguf file as --model, or drop llama-cpp from --methods.")
 

@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from ..drafters.registry import DrafterOptions
+from ..drafters.registry import DrafterOptions, drafter_kinds
 from ..errors import SpecDecodeError
 from ..models import LoadedModel, load_model
 from ..prompts import encode_prompt
@@ -144,7 +144,7 @@ def rag_setup(config: BenchConfig, target: LoadedModel, names: Sequence[MethodNa
     context = getattr(target.model.config, "max_position_embeddings", None)
     rag = RagPrompts(store, target.tokenizer, config.rag_k, context_tokens=context,
                      max_new_tokens=config.max_new_tokens)
-    if any("retrieval" in n.text.split("+") for n in names if n.peer is None):
+    if any("retrieval" in drafter_kinds(n.text) for n in names if n.peer is None and n.text != "plain"):
         options = replace(options, corpus=span_index(store, target.tokenizer))
     return rag, options
 

@@ -59,11 +59,7 @@ class MixtureDrafter(Drafter):
         return merged
 
     def accept(self, token_ids: Sequence[int]) -> None:
-        node, children = -1, self.tree.children
-        for token in token_ids[:-1]:  # the accepted draft tokens; the last one is the target's own
-            node = next((c for c in children[node] if self.tree.token_list[c] == token), None)
-            if node is None:
-                break
+        for node in self.tree.matched_path(token_ids[:-1]):  # the last committed token is the target's own
             for source in self.sources[node]:
                 self.accepted[source] += 1
         self.tree, self.sources = DraftTree.empty(), []  # consumed (a step without a draft counts nothing)

@@ -83,6 +83,11 @@ def parse_drafters(text: str) -> tuple[DrafterName, ...]:
     return parts
 
 
+def drafter_kinds(text: str) -> set[str]:
+    """The kinds a drafter name uses (`retrieval+model:X` -> {"retrieval", "model"})."""
+    return {part.kind for part in parse_drafters(text)}
+
+
 def make_drafter(name: DrafterName | str, target: LoadedModel, options: DrafterOptions = DrafterOptions(),
                  load_draft: LoadDraft | None = None) -> Drafter | None:
     """The drafter `name` denotes (None for `none`; a MixtureDrafter for `A+B`). `load_draft(spec,

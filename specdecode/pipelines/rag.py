@@ -13,7 +13,7 @@ from collections.abc import Generator
 from dataclasses import dataclass, replace
 
 from ..drafters import Drafter, MixtureDrafter, ModelDrafter, RetrievalDrafter, SuffixIndex
-from ..drafters.registry import DrafterOptions, make_drafter
+from ..drafters.registry import DrafterOptions, drafter_kinds, make_drafter
 from ..engine import SpeculativeGenerator
 from ..errors import SpecDecodeError
 from ..models import load_model
@@ -146,7 +146,7 @@ class RAGPipeline:
                  max_new_tokens: int = 256, max_prompt_tokens: int | None = None):
         self.target = load_model(target)
         self.datastore = datastore
-        uses_corpus = drafter == "auto" or (isinstance(drafter, str) and "retrieval" in drafter)
+        uses_corpus = drafter == "auto" or (isinstance(drafter, str) and "retrieval" in drafter_kinds(drafter))
         if corpus_index is True and uses_corpus:
             corpus_index = span_index(datastore, self.target.tokenizer)
         corpus = corpus_index if isinstance(corpus_index, SuffixIndex) else None
