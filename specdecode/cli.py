@@ -81,7 +81,11 @@ def generate(
     seed: Optional[int] = typer.Option(None, "--seed", help="Random seed for sampling."),
     stop: Optional[list[str]] = typer.Option(None, "--stop", help="Stop string (repeatable)."),
     dtype: str = typer.Option("auto", "--dtype", help="auto | bf16 | fp32 (auto: bf16 where the CPU has it)."),
-    quantize: Optional[str] = typer.Option(None, "--quantize", help="Weight-only int8 | int4 target (CPU kernels)."),
+    quantize: Optional[str] = typer.Option(None, "--quantize",
+                                           help="Quantized target on CPU: int8 | int4 (weight-only) | fp16 (fp16 "
+                                                "weights) | w8a8 (int8 weights and activations); see README."),
+    drafter_quantize: Optional[str] = typer.Option(None, "--drafter-quantize",
+                                                   help="Quantize a model drafter too (same choices)."),
     drafter_dtype: str = typer.Option("fast-decode", "--drafter-dtype",
                                       help="Model drafter dtype: fast-decode (measured fastest one-token "
                                            "forward here) | auto | bf16 | fp32."),
@@ -100,7 +104,8 @@ def generate(
         config = GenerateConfig(
             model=model, drafter=drafter, k=k, tree=tree, max_new_tokens=max_new_tokens,
             temperature=temperature, top_p=top_p, top_k=top_k, seed=seed, stop=tuple(stop or ()),
-            dtype=dtype, quantize=quantize, drafter_dtype=drafter_dtype, raw=raw, compare=compare,
+            dtype=dtype, quantize=quantize, drafter_dtype=drafter_dtype, drafter_quantize=drafter_quantize,
+            raw=raw, compare=compare,
             cost_model=cost_model,
             stream=stream and not compare and not as_json,
             as_json=as_json,
@@ -198,7 +203,10 @@ def bench(
                                                      help="The first N questions of each category."),
     max_new_tokens: int = typer.Option(128, "--max-new-tokens", "-n", help="Per turn (Spec-Bench uses 1024)."),
     dtype: str = typer.Option("auto", "--dtype", help="Target dtype: auto | bf16 | fp32."),
-    quantize: Optional[str] = typer.Option(None, "--quantize", help="Weight-only int8 | int4 target (CPU)."),
+    quantize: Optional[str] = typer.Option(None, "--quantize",
+                                           help="Quantized target on CPU: int8 | int4 | fp16 | w8a8 (see README)."),
+    drafter_quantize: Optional[str] = typer.Option(None, "--drafter-quantize",
+                                                   help="Quantize our drafter models and HF's assistants too."),
     drafter_dtype: str = typer.Option("fast-decode", "--drafter-dtype",
                                       help="Dtype of our drafter models (fast-decode | auto | bf16 | fp32); "
                                            "hf-assisted loads its assistant in the target's dtype."),
@@ -227,7 +235,7 @@ def bench(
             questions=questions, model=model, out=out, methods=methods,
             categories=tuple(c.strip() for c in (categories or "").split(",") if c.strip()),
             limit_per_category=limit_per_category, max_new_tokens=max_new_tokens, dtype=dtype, quantize=quantize,
-            drafter_dtype=drafter_dtype, k=k, tree=tree, warmup=warmup, fresh=fresh, store=store, rag_k=rag_k,
+            drafter_dtype=drafter_dtype, drafter_quantize=drafter_quantize, k=k, tree=tree, warmup=warmup, fresh=fresh, store=store, rag_k=rag_k,
             cost_model=cost_model,
         )
         hide_loading_bars()

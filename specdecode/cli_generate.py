@@ -39,8 +39,9 @@ class GenerateConfig:
     seed: int | None = None
     stop: tuple[str, ...] = ()
     dtype: str = "auto"
-    quantize: str | None = None  # "int8" | "int4" weight-only target
+    quantize: str | None = None  # "int8" | "int4" | "fp16" | "w8a8" target (quantize.py)
     drafter_dtype: str = "fast-decode"  # drafts never change the output, so the drafter may use its own
+    drafter_quantize: str | None = None  # a quantized model drafter (quantize.py)
     raw: bool = False  # tokenise the prompt as is, no chat template
     cost_model: bool = True  # size drafts with the measured cost model (costs.py)
     compare: bool = False
@@ -129,6 +130,7 @@ def check_config(config: GenerateConfig, plain: bool) -> DrafterOptions:
         raise SpecDecodeError(f"--max-new-tokens must be >= 1, got {config.max_new_tokens}.")
     SamplingParams(temperature=config.temperature, top_p=config.top_p, top_k=config.top_k)  # raises if bad
     check_mode(config.quantize)
+    check_mode(config.drafter_quantize)
     if plain:
         if config.k is not None or config.tree != 1:
             raise SpecDecodeError("--k and --tree shape a drafter's drafts; --drafter none decodes plainly.")
@@ -137,7 +139,8 @@ def check_config(config: GenerateConfig, plain: bool) -> DrafterOptions:
                 "--compare compares plain decoding with a drafter; pass --drafter lookup or --drafter model:NAME."
             )
     try:
-        return DrafterOptions(k=config.k, tree=config.tree, drafter_dtype=config.drafter_dtype)
+        return DrafterOptions(k=config.k, tree=config.tree, drafter_dtype=config.drafter_dtype,
+                              drafter_quantize=config.drafter_quantize)
     except SpecDecodeError as e:
         raise SpecDecodeError(f"--{e}") from None
 

@@ -18,7 +18,7 @@ from . import zoo
 from .errors import ModelLoadError, SpecDecodeError
 from .kernels import fastest_decode_dtype, tune_linear_layers
 from .gguf_int4 import import_gguf_int4
-from .quantize import check_mode, quantize_model
+from .quantize import FBGEMM_MODES, check_mode, quantize_model
 
 if TYPE_CHECKING:
     import transformers
@@ -42,7 +42,7 @@ class LoadedModel:
     dtype: torch.dtype
     device: torch.device
     linear_kernel: str = "standard"  # CPU matmul orientation of the linear layers (see kernels.py)
-    quantization: str | None = None  # "int8" | "int4" weight-only linear layers (quantize.py), or None
+    quantization: str | None = None  # "int8" | "int4" | "fp16" | "w8a8" linear layers (quantize.py), or None
 
 
 def output_vocab_size(model: torch.nn.Module) -> int:
@@ -148,7 +148,9 @@ def load_model(
     `cpu_kernels`: on CPU, "auto" times the two matmul orientations of the linear layers for few-token
     forwards on this machine and keeps the faster (kernels.py); "standard" leaves transformers' own.
     `quantize`: "int8" or "int4" replaces every linear layer by a weight-only quantized one running on
-    PyTorch's CPU kernels (quantize.py; int4 in groups of `group_size` input channels). For a zoo model
+    PyTorch's CPU kernels (quantize.py; int4 in groups of `group_size` input channels); "fp16" (fp16
+    weights) or "w8a8" (int8 weights x per-token int8 activations) by one on FBGEMM, with fp32
+    activations (the fast ones on CPUs without AVX-512). For a zoo model
     or a .gguf file, int4 keeps the GGUF's own 4-bit blocks (Q4_0/Q4_1/Q4_K, groups of 32) and puts
     its other layers in int8 (gguf_int4.py). Speculative output equals plain decoding of the quantized model.
     """
@@ -166,8 +168,10 @@ def load_model(
             "a hub id, or a transformers PreTrainedModel with tokenizer=."
         )
     target_device = resolve_device(device)
-    target_dtype = resolve_dtype(dtype, target_device)
     check_mode(quantize)
+    # FBGEMM's layers take fp32 activations: "auto" / "fast-decode" mean fp32 for them
+    fbgemm_default = quantize in FBGEMM_MODES and dtype in ("auto", "fast-decode")
+    target_dtype = torch.float32 if fbgemm_default else resolve_dtype(dtype, target_device)
     folder, name, from_hub = _resolve_source(spec)
     model = _from_pretrained(folder, target_dtype, spec if from_hub else None)
     tok = _load_tokenizer(tokenizer if tokenizer is not None else folder)

@@ -1,5 +1,6 @@
-"""Weight-only int8 / int4 linear layers: kernels vs a reference dequantised matmul, the loader,
-speculative exactness on quantized tiny models, and bad input."""
+"""Quantized linear layers (weight-only int8 / int4, FBGEMM fp16 / w8a8): kernels vs a reference
+dequantised matmul, batch invariance, the loader, speculative exactness on quantized tiny models and
+on SmolLM2, and bad input."""
 
 # cost_model=None: these tests verify every draft the drafters make; the cost model (test_costs.py)
 # would rightly skip drafts of drafters as slow as these small targets.
@@ -11,12 +12,16 @@ import torch
 from tiny import RandomDrafter, hf_greedy, loaded, random_prompt, repetitive_prompt, tiny_model, tiny_tokenizer
 
 from specdecode import SpeculativeGenerator, load_model
+from specdecode.attention import SDPABackend
+from specdecode.cache import KVCache
 from specdecode.drafters import LookupDrafter, ModelDrafter, RetrievalDrafter
 from specdecode.errors import SpecDecodeError
 from specdecode import quantize as quantize_module
-from specdecode.quantize import Int4Linear, Int8Linear, quantize_int4, quantize_model
+from specdecode.quantize import Fp16Linear, Int4Linear, Int8Linear, RowInt8Linear, quantize_int4, quantize_model
 
 GROUP = 32  # the tiny models are 64 wide
+MODES = ["int8", "int4", "fp16", "w8a8"]
+QUANTIZED = (Int8Linear, Int4Linear, Fp16Linear, RowInt8Linear)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -54,6 +59,75 @@ def test_int4_from_existing_codes_keeps_them():
     assert torch.allclose(layer.dequantized(), expected, atol=1e-6)
 
 
+def test_fp16_layer_equals_its_fp16_weights_matmul():
+    torch.manual_seed(2)
+    linear = torch.nn.Linear(256, 96)
+    layer = Fp16Linear(linear.weight, linear.bias)
+    assert torch.equal(layer.dequantized(), linear.weight.half().float())  # the weights, rounded to fp16
+    x = torch.randn(3, 5, 256)
+    reference = x @ linear.weight.half().float().t() + linear.bias
+    assert torch.allclose(layer(x), reference, atol=1e-4)
+
+
+def test_w8a8_layer_equals_its_reference_matmul():
+    torch.manual_seed(3)
+    linear = torch.nn.Linear(256, 96)
+    layer = RowInt8Linear(linear.weight, linear.bias)
+    weight = layer.dequantized()  # [out, in]
+    weight_scale = linear.weight.abs().amax(dim=1) / 127
+    assert (weight - linear.weight).abs().max() <= weight_scale.max() / 2 + 1e-6  # within half a step
+    x = torch.randn(4, 256) * torch.tensor([[1.0], [10.0], [0.01], [300.0]])  # rows of very different sizes
+    row_scale = x.abs().amax(dim=1, keepdim=True) / 63
+    codes = torch.round(x / row_scale)  # each row on its own 7-bit grid
+    reference = (codes * row_scale) @ weight.t() + linear.bias
+    assert torch.allclose(layer(x), reference, rtol=1e-5, atol=1e-5 * reference.abs().max().item())
+    error = (layer(x) - linear(x)).abs().amax(dim=1)  # [rows]: every row within 5% of its own size
+    assert (error <= 0.05 * linear(x).abs().amax(dim=1)).all()
+
+
+def test_w8a8_rows_do_not_depend_on_the_rest_of_the_batch():
+    """What keeps speculative decoding of a w8a8 model lossless: a verified token gets, bit for bit, what
+    a one-token step would give it, whatever the draft tokens next to it (a per-tensor activation scale
+    would not). fp16 and fp32 layers differ between batch sizes only by float rounding (~1e-7)."""
+    torch.manual_seed(4)
+    linear = torch.nn.Linear(512, 320)
+    layer = RowInt8Linear(linear.weight, linear.bias)
+    x = torch.randn(16, 512)
+    x[5] *= 1000  # an outlier token must not change its neighbours' results
+    batch = layer(x)
+    for row in range(16):
+        assert torch.equal(batch[row:row + 1], layer(x[row:row + 1])), f"row {row} depends on the batch"
+    fp16 = Fp16Linear(linear.weight, linear.bias)
+    rows = torch.cat([fp16(x[row:row + 1]) for row in range(16)])
+    assert torch.allclose(fp16(x), rows, rtol=1e-5, atol=1e-5 * rows.abs().max().item())
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_w8a8_model_verifies_a_tree_exactly_as_it_decodes_one_token_at_a_time(arch):
+    """Row-wise attention: a verification forward (causal chain or tree mask) gives every token the
+    logits of a one-token step over the same keys, bit for bit (batched SDPA would differ by rounding,
+    which w8a8's activation grid turns into different tokens)."""
+    model = tiny_model(arch, seed=2)
+    quantize_model(model, "w8a8")
+    assert model.config._attn_implementation == "specdecode_rowwise"
+    backend, prompt = SDPABackend(), torch.tensor(random_prompt(7))
+    fed = torch.tensor([11, 12, 13, 14, 15, 16, 17, 18])  # with 8 fed tokens plain SDPA's rounding differs
+    # a tree: 11 -> 12 -> ... -> 17 (a chain of 7) and 11 -> 18
+    tree_mask = torch.ones(8, 8, dtype=torch.bool).tril()
+    tree_mask[7, 1:7] = False
+    with torch.inference_mode():
+        cache = KVCache(model)
+        backend.forward(model, cache, prompt, torch.arange(12))
+        chain = backend.forward(model, cache, fed, torch.arange(12, 20))  # [8, vocab], causal
+        cache.crop(12)
+        tree = backend.forward(model, cache, fed, torch.tensor([12, 13, 14, 15, 16, 17, 18, 13]), tree_mask=tree_mask)
+        for path in (list(range(8)), list(range(7)), [0, 7]):  # the chain; each root-to-leaf path of the tree
+            cache.crop(12)
+            steps = torch.cat([backend.forward(model, cache, fed[i:i + 1], torch.tensor([12 + depth]))
+                               for depth, i in enumerate(path)])  # one token per forward
+            assert torch.equal((chain if len(path) == 8 else tree)[path], steps), f"path {path}"
+
+
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     folder = tmp_path_factory.mktemp("tiny")
@@ -63,11 +137,12 @@ def model_dir(tmp_path_factory):
     return folder
 
 
-@pytest.mark.parametrize("mode", ["int8", "int4"])
+@pytest.mark.parametrize("mode", MODES)
 def test_loader_quantizes_every_linear_layer(model_dir, mode):
-    target = load_model(model_dir, dtype="fp32", quantize=mode, group_size=GROUP)
-    assert target.quantization == mode
-    layers = [m for m in target.model.modules() if isinstance(m, (Int8Linear, Int4Linear))]
+    target = load_model(model_dir, dtype="fp32" if mode in ("int8", "int4") else "auto", quantize=mode,
+                        group_size=GROUP)
+    assert target.quantization == mode and target.dtype == torch.float32
+    layers = [m for m in target.model.modules() if isinstance(m, QUANTIZED)]
     assert len(layers) == 2 * 7 + 1  # 7 per decoder layer, plus the output layer
     assert not any(type(m) is torch.nn.Linear for m in target.model.modules())
     reference = tiny_model("llama", seed=0)
@@ -77,7 +152,7 @@ def test_loader_quantizes_every_linear_layer(model_dir, mode):
     assert ours == hf_greedy(reference, prompt, 12)
 
 
-@pytest.mark.parametrize("mode", ["int8", "int4"])
+@pytest.mark.parametrize("mode", MODES)
 def test_speculative_decoding_of_a_quantized_model_equals_its_plain_decoding(mode):
     target_model = tiny_model("llama", seed=0)
     quantize_model(target_model, mode, GROUP)
@@ -107,6 +182,12 @@ def test_bad_input(monkeypatch):
         quantize_model(tiny_model().half(), "int8")
     with pytest.raises(SpecDecodeError, match="no linear layers"):
         quantize_model(torch.nn.Sequential(torch.nn.Embedding(4, 4)), "int8")
+    with pytest.raises(SpecDecodeError, match="fp32 activations.*dtype='fp32'"):
+        quantize_model(tiny_model().to(torch.bfloat16), "w8a8")
+    with monkeypatch.context() as patch:
+        patch.setattr(quantize_module, "fbgemm_available", lambda: False)
+        with pytest.raises(SpecDecodeError, match="needs FBGEMM.*use quantize='int8'"):
+            quantize_model(tiny_model(), "fp16")
     monkeypatch.setattr(quantize_module, "int4_kernel_available", lambda: False)
     with pytest.raises(SpecDecodeError, match="no CPU int4 kernel.*use quantize='int8'"):
         quantize_model(tiny_model(), "int4", GROUP)
@@ -154,3 +235,15 @@ def test_int4_keeps_smollm2_gguf_blocks_and_stays_lossless():
     for drafter in (LookupDrafter(), ModelDrafter(target, k=3, confidence=0)):
         out = SpeculativeGenerator(target, drafter=drafter, cost_model=None).generate(prompt, max_new_tokens=24)
         assert out.token_ids == plain.token_ids
+
+
+@pytest.mark.zoo
+def test_w8a8_smollm2_speculative_equals_plain():
+    target = load_model("smollm2-135m-instruct", quantize="w8a8")
+    assert target.dtype == torch.float32
+    prompt = [{"role": "user", "content": "Repeat after me: the quick brown fox jumps over the lazy dog."}]
+    plain = SpeculativeGenerator(target).generate(prompt, max_new_tokens=24)
+    drafter_model = load_model("smollm2-135m-instruct", dtype="fp32", quantize="int8")  # another model of it
+    for drafter in (LookupDrafter(), ModelDrafter(drafter_model, k=4, confidence=0), RandomDrafter(3)):
+        out = SpeculativeGenerator(target, drafter=drafter, cost_model=None).generate(prompt, max_new_tokens=24)
+        assert out.token_ids == plain.token_ids, f"{drafter.name} changed the w8a8 model's output"

@@ -104,16 +104,18 @@ def parse_methods(text: str | Sequence[str]) -> list[MethodName]:
 class DraftModels:
     """Second models (drafters, assistants) loaded once per benchmark and shared between methods."""
 
-    def __init__(self, dtype: str, load: Callable[..., LoadedModel] = load_model):
+    def __init__(self, dtype: str, load: Callable[..., LoadedModel] = load_model, quantize: str | None = None):
         self.dtype = dtype
         self.load = load
+        self.quantize = quantize  # drafters and assistants alike, so that the peers compare like with like
         self.loaded: dict[tuple[str, str], LoadedModel] = {}
 
     def __call__(self, spec: str, target: LoadedModel, dtype=None) -> LoadedModel:
         dtype = self.dtype if dtype is None else dtype
         key = (spec, str(dtype))
         if key not in self.loaded:
-            self.loaded[key] = self.load(spec, dtype=dtype, device=target.device)
+            quantize = {"quantize": self.quantize} if self.quantize else {}
+            self.loaded[key] = self.load(spec, dtype=dtype, device=target.device, **quantize)
         return self.loaded[key]
 
 

@@ -39,8 +39,9 @@ class BenchConfig:
     limit_per_category: int | None = None
     max_new_tokens: int = 128
     dtype: str = "auto"
-    quantize: str | None = None  # "int8" | "int4": weight-only quantized target (quantize.py)
+    quantize: str | None = None  # "int8" | "int4" | "fp16" | "w8a8": quantized target (quantize.py)
     drafter_dtype: str = "fast-decode"
+    drafter_quantize: str | None = None  # our drafter models and HF's assistants quantized alike
     k: int | None = None
     tree: int = 1
     warmup: int = 1  # untimed generations per method before the first question
@@ -55,7 +56,8 @@ class BenchConfig:
                 "max_new_tokens": self.max_new_tokens, "k": self.k, "tree": self.tree,
                 "questions_sha256": questions_file_sha256, "machine": machine_key(),
                 "store": store_fingerprint(self.store, self.rag_k) if self.store is not None else None,
-                "cost_model": "auto" if self.cost_model else "off"}
+                "cost_model": "auto" if self.cost_model else "off",
+                **({"drafter_quantize": self.drafter_quantize} if self.drafter_quantize else {})}
 
 
 @dataclass(frozen=True)
@@ -86,6 +88,7 @@ def run_benchmark(config: BenchConfig, *, target: LoadedModel | None = None,
     if config.max_new_tokens < 1:
         raise SpecDecodeError(f"--max-new-tokens must be >= 1, got {config.max_new_tokens}.")
     check_mode(config.quantize)
+    check_mode(config.drafter_quantize)
     if config.warmup < 0:
         raise SpecDecodeError(f"--warmup must be >= 0, got {config.warmup}.")
     if config.rag_k < 1:
@@ -108,7 +111,7 @@ def run_benchmark(config: BenchConfig, *, target: LoadedModel | None = None,
         rag = None
         if config.store is not None:
             rag, options = rag_setup(config, target, names, options)
-        methods = build_methods(names, target, options, DraftModels(config.drafter_dtype, load), config.model,
+        methods = build_methods(names, target, options, DraftModels(config.drafter_dtype, load, config.drafter_quantize), config.model,
                                 cost_model="auto" if config.cost_model else None)
         warm_up(methods, target, pending[0][0], config.warmup, min(WARMUP_TOKENS, config.max_new_tokens), rag)
         # 3. Questions in order; per question every pending method in order (plain first).

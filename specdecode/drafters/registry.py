@@ -61,6 +61,7 @@ class DrafterOptions:
     k: int | None = None  # draft depth; None adapts it from acceptance
     tree: int = 1  # lookup branches / model-drafter tree width; 1 = a chain
     drafter_dtype: str = "fast-decode"  # drafts never change the output, so a model drafter may use its own
+    drafter_quantize: str | None = None  # a quantized drafter model ("w8a8", ...; quantize.py)
     corpus: SuffixIndex | None = field(default=None, compare=False)  # `retrieval` also copies from this corpus
 
     def __post_init__(self):
@@ -70,9 +71,9 @@ class DrafterOptions:
             raise SpecDecodeError(f"tree must be >= 1 (1 = a chain), got {self.tree}.")
 
 
-def default_load_draft(spec: str, target: LoadedModel, dtype: str) -> LoadedModel:
+def default_load_draft(spec: str, target: LoadedModel, dtype: str, quantize: str | None = None) -> LoadedModel:
     """Load a drafter model on the target's device."""
-    return load_model(spec, dtype=dtype, device=target.device)
+    return load_model(spec, dtype=dtype, device=target.device, quantize=quantize)
 
 
 def parse_drafters(text: str) -> tuple[DrafterName, ...]:
@@ -104,5 +105,6 @@ def make_drafter(name: DrafterName | str, target: LoadedModel, options: DrafterO
         return LookupDrafter(k=options.k, branches=options.tree)
     if name.kind == "retrieval":
         return RetrievalDrafter(options.corpus, k=options.k)
-    draft = (load_draft or (lambda spec, t: default_load_draft(spec, t, options.drafter_dtype)))(name.model, target)
+    load = load_draft or (lambda spec, t: default_load_draft(spec, t, options.drafter_dtype, options.drafter_quantize))
+    draft = load(name.model, target)
     return ModelDrafter(draft, k=options.k, tree_width=options.tree)

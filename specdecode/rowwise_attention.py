@@ -1,0 +1,64 @@
+"""Attention that gives every fed token exactly what a one-token forward would give it.
+
+Speculative decoding is lossless when verifying a draft computes, for each token, what plain
+decoding computes one token at a time. With float weights a batched attention kernel differs from
+the one-token kernel only by rounding (~1e-7), which changes a greedy choice only at a near-tie. A
+w8a8 model (quantize.py) rounds every activation to a 7-bit grid per token, and a 1e-7 difference
+that crosses a grid boundary becomes a whole grid step, then a different token: batched attention
+breaks its exactness. Here each fed token attends on its own (one query) to exactly the keys it may
+see, copied contiguous, through the same SDPA call (query heads grouped by their shared key/value
+head) a one-token step makes, so a 16-token
+verification computes what 16 one-token steps compute, bit for bit. Its cost is one small SDPA call
+per token and layer (a few ms per verification; ~1 s for a 700-token prefill).
+
+transformers' attention registry is the seam: `use_rowwise_attention(model)` registers the function
+under `ROWWISE` (with SDPA's mask builder) and switches the model to it.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from transformers import AttentionInterface
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+from .errors import SpecDecodeError
+
+ROWWISE = "specdecode_rowwise"
+
+
+def rowwise_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                      attention_mask: torch.Tensor | None, dropout: float = 0.0, scaling: float | None = None,
+                      **kwargs) -> tuple[torch.Tensor, None]:
+    """query [1, heads, q, d]; key, value [1, kv_heads, kv, d]; attention_mask [1, 1, q, >= kv] (bool,
+    True = may attend; or float, 0 = may attend) or None for causal. Returns ([1, q, heads, d], None)."""
+    if query.shape[0] != 1:
+        raise SpecDecodeError(f"row-wise attention (w8a8 models) runs one sequence at a time, got a batch of "
+                              f"{query.shape[0]}; generate for one prompt per call.")
+    _, heads, q_len, head_dim = query.shape
+    kv_heads, kv_len = key.shape[1], key.shape[2]
+    # a token's query heads grouped by the key/value head they share (GQA): [q, kv_heads, groups, d]
+    grouped = query[0].transpose(0, 1).reshape(q_len, kv_heads, heads // kv_heads, head_dim)
+    rows = []
+    for row in range(q_len):
+        if attention_mask is None:  # causal: the keys up to this token's own
+            row_key, row_value = key[0, :, : kv_len - q_len + row + 1], value[0, :, : kv_len - q_len + row + 1]
+        else:
+            allowed = attention_mask[0, 0, row, :kv_len]  # [kv]
+            index = (allowed if allowed.dtype == torch.bool else allowed == 0).nonzero().squeeze(1)  # [visible]
+            row_key, row_value = key[0].index_select(1, index), value[0].index_select(1, index)
+        out = F.scaled_dot_product_attention(grouped[row], row_key.contiguous(), row_value.contiguous(),
+                                             scale=scaling)  # [kv_heads, groups, d]
+        rows.append(out.reshape(heads, head_dim))
+    return torch.stack(rows)[None], None  # [1, q, heads, d]
+
+
+def use_rowwise_attention(model: torch.nn.Module) -> None:
+    """Switch a transformers model to row-wise attention (registered once; registering is idempotent)."""
+    AttentionInterface.register(ROWWISE, rowwise_attention)
+    AttentionMaskInterface.register(ROWWISE, sdpa_mask)
+    try:
+        model.set_attn_implementation(ROWWISE)
+    except (ValueError, ImportError, AttributeError) as e:
+        raise SpecDecodeError(f"{type(model).__name__} cannot switch its attention implementation ({e}); "
+                              "w8a8 needs it to stay exact. Use quantize='fp16' for this model.") from e
