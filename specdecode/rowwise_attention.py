@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from transformers import AttentionInterface
-from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from .errors import SpecDecodeError
 
@@ -55,6 +53,9 @@ def rowwise_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.T
 
 def use_rowwise_attention(model: torch.nn.Module) -> None:
     """Switch a transformers model to row-wise attention (registered once; registering is idempotent)."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
     AttentionInterface.register(ROWWISE, rowwise_attention)
     AttentionMaskInterface.register(ROWWISE, sdpa_mask)
     try:
