@@ -13,7 +13,9 @@ from tiny import RandomDrafter, hf_greedy, loaded, random_prompt, repetitive_pro
 
 from specdecode import SpeculativeGenerator, load_model
 from specdecode.attention import SDPABackend
+from specdecode.bench.methods import DraftModels
 from specdecode.cache import KVCache
+from specdecode.drafters.registry import DrafterOptions, make_drafter
 from specdecode.drafters import LookupDrafter, ModelDrafter, RetrievalDrafter
 from specdecode.errors import SpecDecodeError
 from specdecode import quantize as quantize_module
@@ -150,6 +152,15 @@ def test_loader_quantizes_every_linear_layer(model_dir, mode):
     prompt = random_prompt(4)
     ours = SpeculativeGenerator(target).generate(prompt, max_new_tokens=12).token_ids
     assert ours == hf_greedy(reference, prompt, 12)
+
+
+def test_drafter_quantize_reaches_the_drafter_and_the_bench_assistant(model_dir):
+    target = load_model(model_dir, dtype="fp32")
+    drafter = make_drafter(f"model:{model_dir}", target, DrafterOptions(drafter_quantize="w8a8"))
+    assert drafter.draft.quantization == "w8a8" and drafter.draft.dtype == torch.float32
+    assert any(isinstance(m, RowInt8Linear) for m in drafter.model.modules())
+    assistant = DraftModels("fast-decode", quantize="w8a8")(str(model_dir), target, dtype=torch.float32)
+    assert assistant.quantization == "w8a8"
 
 
 @pytest.mark.parametrize("mode", MODES)

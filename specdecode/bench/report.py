@@ -57,7 +57,9 @@ def markdown_report(document: dict, table: dict[str, list[MethodSummary]]) -> st
         "",
         f"- model: `{settings['model']}` (dtype {settings['dtype']} → {env['target_dtype']}"
         f"{', weights ' + settings['quantize'] if settings.get('quantize') else ''}), "
-        f"drafter dtype {settings['drafter_dtype']}, max_new_tokens {settings['max_new_tokens']}, "
+        f"drafter dtype {settings['drafter_dtype']}"
+        f"{', drafter weights ' + settings['drafter_quantize'] if settings.get('drafter_quantize') else ''}, "
+        f"max_new_tokens {settings['max_new_tokens']}, "
         f"k {settings['k'] if settings['k'] is not None else 'adaptive'}, tree {settings['tree']}",
         f"- machine: {env['cpu']}; {env['cores']} cores, {env['torch_threads']} torch threads"
         + (f"; GPU {env['gpu']}" if env.get("gpu") else ""),
