@@ -19,6 +19,7 @@ from .errors import ModelLoadError, SpecDecodeError
 from .kernels import fastest_decode_dtype, tune_linear_layers
 from .gguf_int4 import import_gguf_int4
 from .quantize import FBGEMM_MODES, check_mode, quantize_model
+from .rowwise_attention import ROWWISE
 
 if TYPE_CHECKING:
     import transformers
@@ -289,7 +290,7 @@ def _wrap_instance(model, tokenizer, dtype, device, cpu_kernels: str, quantize: 
         model = model.to(resolve_device(device))
     if dtype != "auto":
         model = model.to(resolve_dtype(dtype, model.device))
-    if model.config._attn_implementation != "sdpa":
+    if model.config._attn_implementation not in ("sdpa", ROWWISE):  # ROWWISE: already w8a8 (quantize.py)
         try:
             model.set_attn_implementation("sdpa")
         except (ValueError, ImportError) as e:

@@ -9,8 +9,9 @@ read 4x fewer bytes than fp32, int4 8x fewer. PyTorch ships the kernels:
 On CPUs without AVX-512 those kernels are slow with fp32 activations; FBGEMM (in every x86 build of
 PyTorch) is not: `"fp16"` keeps the weights in fp16 and computes in fp32 (half the bytes, the same
 outputs to ~1e-4), `"w8a8"` multiplies int8 weights by int8 activations (a quarter of the bytes, and
-integer multiply-adds). Measured on an AVX2 EPYC (2 threads, Qwen2.5-1.5B, one forward after 128
-tokens, ms): fp32 510 / 477 / 1236 for 1 / 4 / 16 tokens, fp16 199 / 285 / 661, w8a8 124 / 177 / 369.
+integer multiply-adds). Measured side by side on an AVX2 EPYC (2 threads, Qwen2.5-1.5B, one forward
+after 400 tokens, ms for 1 / 4 / 16 tokens; scripts/forward_cost.py): fp32 636 / 644 / 1328, fp16
+231 / 319 / 648, w8a8 154 / 202 / 419.
 
 Lossless stays defined relative to the model actually loaded: plain and speculative decoding both
 run these layers, so speculative output equals plain decoding of the quantized model.
@@ -35,6 +36,11 @@ _ROW_CODE_MAX = 63  # 7-bit activation codes: AVX2's u8 x s8 pair sums (2 * 127 
 INT4_GROUP_SIZES = (32, 64, 128, 256)
 
 
+def channel_scales(weight: torch.Tensor) -> torch.Tensor:
+    """weight [out, in] -> the int8 scale of each output channel [out]: its largest |w| maps to 127."""
+    return weight.abs().amax(dim=1).clamp(min=1e-12) / 127.0
+
+
 class Int8Linear(torch.nn.Module):
     """y = x @ (q * scale)^T + bias with int8 q [out, in] and a scale per output channel."""
 
@@ -42,7 +48,7 @@ class Int8Linear(torch.nn.Module):
         super().__init__()
         self.in_features, self.out_features = weight.shape[1], weight.shape[0]
         weight = weight.detach().float()
-        scale = weight.abs().amax(dim=1).clamp(min=1e-12) / 127.0  # [out]
+        scale = channel_scales(weight)  # [out]
         self.register_buffer("weight_int8", torch.round(weight / scale[:, None]).clamp(-127, 127).to(torch.int8))
         self.register_buffer("scale", scale.to(dtype))  # [out]
         self.register_buffer("bias", None if bias is None else bias.detach().to(dtype))
@@ -143,7 +149,7 @@ class RowInt8Linear(torch.nn.Module):
         super().__init__()
         self.out_features, self.in_features = weight.shape
         weight = weight.detach().float()
-        scale = (weight.abs().amax(dim=1) / 127.0).clamp(min=1e-12)  # [out]
+        scale = channel_scales(weight)  # [out]
         with warnings.catch_warnings():  # torch marks its quantized tensors deprecated; FBGEMM packs from one
             warnings.simplefilter("ignore", UserWarning)
             qweight = torch.quantize_per_channel(weight, scale.double(), torch.zeros_like(scale, dtype=torch.long),
@@ -217,7 +223,7 @@ def quantize_model(model: torch.nn.Module, mode: str, group_size: int = 128) -> 
     if parameter is None:
         raise SpecDecodeError("the model has no parameters to quantize.")
     if parameter.device.type != "cpu":
-        raise SpecDecodeError(f"weight-only {mode} uses PyTorch's CPU kernels; this model is on "
+        raise SpecDecodeError(f"quantize={mode!r} uses PyTorch's CPU kernels; this model is on "
                               f"{parameter.device.type}. Load it on the CPU, or quantize=None on a GPU.")
     dtype = parameter.dtype
     if mode in FBGEMM_MODES and dtype != torch.float32:

@@ -7,9 +7,10 @@ w8a8 model (quantize.py) rounds every activation to a 7-bit grid per token, and 
 that crosses a grid boundary becomes a whole grid step, then a different token: batched attention
 breaks its exactness. Here each fed token attends on its own (one query) to exactly the keys it may
 see, copied contiguous, through the same SDPA call (query heads grouped by their shared key/value
-head) a one-token step makes, so a 16-token
-verification computes what 16 one-token steps compute, bit for bit. Its cost is one small SDPA call
-per token and layer (a few ms per verification; ~1 s for a 700-token prefill).
+head) a one-token step makes, so a 16-token verification computes what 16 one-token steps compute,
+bit for bit. Its cost, measured side by side against batched SDPA on Qwen2.5-1.5B w8a8 (2 threads,
+400 tokens of context): none within noise for 1-4 tokens, 419 vs 360 ms for 16, 6.7 vs 5.5 s for a
+400-token prefill.
 
 transformers' attention registry is the seam: `use_rowwise_attention(model)` registers the function
 under `ROWWISE` (with SDPA's mask builder) and switches the model to it.
@@ -34,21 +35,32 @@ def rowwise_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.T
         raise SpecDecodeError(f"row-wise attention (w8a8 models) runs one sequence at a time, got a batch of "
                               f"{query.shape[0]}; generate for one prompt per call.")
     _, heads, q_len, head_dim = query.shape
-    kv_heads, kv_len = key.shape[1], key.shape[2]
-    # a token's query heads grouped by the key/value head they share (GQA): [q, kv_heads, groups, d]
-    grouped = query[0].transpose(0, 1).reshape(q_len, kv_heads, heads // kv_heads, head_dim)
+    kv_heads = key.shape[1]
+    # a token's query heads grouped by the key/value head they share (GQA): [q, 1, kv_heads, groups, d]
+    grouped = query[0].transpose(0, 1).reshape(q_len, 1, kv_heads, heads // kv_heads, head_dim)
     rows = []
     for row in range(q_len):
-        if attention_mask is None:  # causal: the keys up to this token's own
-            row_key, row_value = key[0, :, : kv_len - q_len + row + 1], value[0, :, : kv_len - q_len + row + 1]
-        else:
-            allowed = attention_mask[0, 0, row, :kv_len]  # [kv]
-            index = (allowed if allowed.dtype == torch.bool else allowed == 0).nonzero().squeeze(1)  # [visible]
-            row_key, row_value = key[0].index_select(1, index), value[0].index_select(1, index)
-        out = F.scaled_dot_product_attention(grouped[row], row_key.contiguous(), row_value.contiguous(),
-                                             scale=scaling)  # [kv_heads, groups, d]
+        row_key, row_value = _visible(key, value, attention_mask, row, q_len)  # [1, kv_heads, visible, d]
+        out = F.scaled_dot_product_attention(grouped[row], row_key, row_value, scale=scaling)  # [1, kv_heads, groups, d]
         rows.append(out.reshape(heads, head_dim))
     return torch.stack(rows)[None], None  # [1, q, heads, d]
+
+
+def _visible(key: torch.Tensor, value: torch.Tensor, attention_mask: torch.Tensor | None, row: int,
+             q_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The keys and values fed token `row` may see, contiguous: a prefix (causal rows, one-token
+    steps) is sliced, any other set (a tree's ancestors) gathered; the values are the same either way."""
+    kv_len = key.shape[2]
+    if attention_mask is None:  # causal: the keys up to this token's own
+        count = kv_len - q_len + row + 1
+    else:
+        allowed = attention_mask[0, 0, row, :kv_len]  # [kv]
+        allowed = allowed if allowed.dtype == torch.bool else allowed == 0
+        count = int(allowed.sum())
+        if not bool(allowed[:count].all()):
+            index = allowed.nonzero().squeeze(1)  # [visible]
+            return key.index_select(2, index), value.index_select(2, index)
+    return key[:, :, :count].contiguous(), value[:, :, :count].contiguous()
 
 
 def use_rowwise_attention(model: torch.nn.Module) -> None:

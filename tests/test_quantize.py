@@ -130,6 +130,34 @@ def test_w8a8_model_verifies_a_tree_exactly_as_it_decodes_one_token_at_a_time(ar
             assert torch.equal((chain if len(path) == 8 else tree)[path], steps), f"path {path}"
 
 
+def test_loading_a_w8a8_instance_keeps_its_rowwise_attention():
+    model = tiny_model("llama", seed=2)
+    quantize_model(model, "w8a8")
+    target = load_model(model, tokenizer=tiny_tokenizer())  # the loader switches other attentions to SDPA
+    assert target.model.config._attn_implementation == "specdecode_rowwise"
+
+
+def test_w8a8_sampling_through_a_verification_follows_the_target_distribution():
+    """The second token is sampled from a verification forward (the first from the prefill): with a
+    mostly wrong drafter its distribution, given the first token, is the w8a8 target's softmax."""
+    model = tiny_model("llama", seed=0, vocab=16)
+    quantize_model(model, "w8a8")
+    drafter_model = tiny_model("llama", seed=3, vocab=16)
+    prompt = random_prompt(7, vocab=16)
+    gen = SpeculativeGenerator(loaded(model), drafter=ModelDrafter(loaded(drafter_model), k=2, confidence=0),
+                               cost_model=None)
+    with torch.no_grad():
+        first = int(model(torch.tensor([prompt])).logits[0, -1].argmax())
+        target = model(torch.tensor([prompt + [first]])).logits[0, -1].softmax(-1)  # [vocab]
+    counts = torch.zeros_like(target)
+    for seed in range(2000):  # the first token is the likeliest one ~70% of the time
+        tokens = gen.generate(prompt, max_new_tokens=2, temperature=1.0, seed=seed).token_ids
+        if tokens[0] == first:
+            counts[tokens[1]] += 1
+    assert counts.sum() >= 1000  # enough samples for the bound below
+    assert 0.5 * float((counts / counts.sum() - target).abs().sum()) < 0.1  # measured ~0.04
+
+
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     folder = tmp_path_factory.mktemp("tiny")

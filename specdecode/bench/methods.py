@@ -114,8 +114,7 @@ class DraftModels:
         dtype = self.dtype if dtype is None else dtype
         key = (spec, str(dtype))
         if key not in self.loaded:
-            quantize = {"quantize": self.quantize} if self.quantize else {}
-            self.loaded[key] = self.load(spec, dtype=dtype, device=target.device, **quantize)
+            self.loaded[key] = self.load(spec, dtype=dtype, device=target.device, quantize=self.quantize)
         return self.loaded[key]
 
 
