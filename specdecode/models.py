@@ -139,6 +139,7 @@ def load_model(
     cpu_kernels: str = "auto",
     quantize: str | None = None,
     group_size: int = 128,
+    drafts_only: bool = False,
 ) -> LoadedModel:
     """Load a causal LM with its tokenizer.
 
@@ -154,13 +155,15 @@ def load_model(
     activations (the fast ones on CPUs without AVX-512). For a zoo model
     or a .gguf file, int4 keeps the GGUF's own 4-bit blocks (Q4_0/Q4_1/Q4_K, groups of 32) and puts
     its other layers in int8 (gguf_int4.py). Speculative output equals plain decoding of the quantized model.
+    `drafts_only`: the model will only draft, so a w8a8 model keeps batched attention instead of the
+    row-wise attention a verified target needs (a draft need not equal one-token steps bit for bit).
     """
     from transformers import PreTrainedModel
 
     if isinstance(spec, LoadedModel):
         return spec
     if isinstance(spec, PreTrainedModel):
-        return _wrap_instance(spec, tokenizer, dtype, device, cpu_kernels, quantize, group_size)
+        return _wrap_instance(spec, tokenizer, dtype, device, cpu_kernels, quantize, group_size, drafts_only)
     if isinstance(spec, os.PathLike):
         spec = os.fspath(spec)
     if not isinstance(spec, str) or not spec.strip():
@@ -177,7 +180,7 @@ def load_model(
     model = _from_pretrained(folder, target_dtype, spec if from_hub else None)
     tok = _load_tokenizer(tokenizer if tokenizer is not None else folder)
     gguf = gguf_origin(spec) if quantize == "int4" else None
-    return _finish(model.to(target_device), tok, name, cpu_kernels, quantize, group_size, gguf)
+    return _finish(model.to(target_device), tok, name, cpu_kernels, quantize, group_size, gguf, drafts_only)
 
 
 def _resolve_source(spec: str) -> tuple[str, str, bool]:
@@ -278,7 +281,7 @@ def _load_tokenizer(tokenizer: Any) -> "transformers.PreTrainedTokenizerBase":
 
 
 def _wrap_instance(model, tokenizer, dtype, device, cpu_kernels: str, quantize: str | None,
-                   group_size: int) -> LoadedModel:
+                   group_size: int, drafts_only: bool) -> LoadedModel:
     """A user's own model: check the tokenizer, cast/move only where asked, switch to SDPA."""
     if tokenizer is None:
         raise ModelLoadError(
@@ -299,11 +302,11 @@ def _wrap_instance(model, tokenizer, dtype, device, cpu_kernels: str, quantize: 
                 "needs it for tree-attention masks. Use a model class that supports SDPA."
             ) from e
     name = getattr(model.config, "name_or_path", "") or type(model).__name__
-    return _finish(model, tok, name, cpu_kernels, quantize, group_size)
+    return _finish(model, tok, name, cpu_kernels, quantize, group_size, drafts_only=drafts_only)
 
 
 def _finish(model, tokenizer, name: str, cpu_kernels: str, quantize: str | None = None,
-            group_size: int = 128, gguf: Path | None = None) -> LoadedModel:
+            group_size: int = 128, gguf: Path | None = None, drafts_only: bool = False) -> LoadedModel:
     vocab = model.get_input_embeddings().num_embeddings
     if len(tokenizer) > vocab:
         raise ModelLoadError(
@@ -315,7 +318,7 @@ def _finish(model, tokenizer, name: str, cpu_kernels: str, quantize: str | None 
     if quantize == "int4" and gguf is not None and model.device.type == "cpu":
         import_gguf_int4(model, gguf)  # the GGUF's own 4-bit blocks; other layers int8
     elif quantize is not None:
-        quantize_model(model, quantize, group_size)
+        quantize_model(model, quantize, group_size, exact_rows=not drafts_only)
     kernel = tune_linear_layers(model, cpu_kernels)
     return LoadedModel(model, tokenizer, name=name, dtype=model.dtype, device=model.device, linear_kernel=kernel,
                        quantization=quantize)

@@ -57,6 +57,11 @@ class Int8Linear(torch.nn.Module):
         """The weight these layers compute with, [out, in] in fp32 (for tests and checks)."""
         return self.weight_int8.float() * self.scale.float()[:, None]
 
+    def select_rows(self, rows: torch.Tensor) -> Int8Linear:
+        """A layer computing only the output channels `rows` [r] (a pruned drafter head)."""
+        weight = self.weight_int8[rows].float() * self.scale[rows].float()[:, None]  # [r, in]; same codes again
+        return Int8Linear(weight, None if self.bias is None else self.bias[rows], self.scale.dtype)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, self.in_features)  # [rows, in]
         if flat.dtype != self.scale.dtype:
@@ -128,6 +133,11 @@ class Fp16Linear(torch.nn.Module):
         """The weight this layer computes with, [out, in] in fp32."""
         return torch.ops.quantized.linear_unpack_fp16(self.packed)[0].float()
 
+    def select_rows(self, rows: torch.Tensor) -> Fp16Linear:
+        """A layer computing only the output channels `rows` [r] (a pruned drafter head)."""
+        weight, bias = torch.ops.quantized.linear_unpack_fp16(self.packed)
+        return Fp16Linear(weight[rows], None if bias is None else bias[rows])
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, self.in_features).float()  # [rows, in]
         out = torch.ops.quantized.linear_dynamic_fp16(flat, self.packed)  # [rows, out]
@@ -160,6 +170,12 @@ class RowInt8Linear(torch.nn.Module):
     def dequantized(self) -> torch.Tensor:
         """The weight this layer computes with, [out, in] in fp32."""
         return torch.ops.quantized.linear_unpack(self.packed)[0].dequantize()
+
+    def select_rows(self, rows: torch.Tensor) -> RowInt8Linear:
+        """A layer computing only the output channels `rows` [r] (a pruned drafter head)."""
+        qweight = torch.ops.quantized.linear_unpack(self.packed)[0]  # [out, in] qint8, a scale per channel
+        weight = qweight.int_repr()[rows].float() * qweight.q_per_channel_scales()[rows].float()[:, None]  # [r, in]
+        return RowInt8Linear(weight, None if self.bias is None else self.bias[rows])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, self.in_features).float()  # [rows, in]
@@ -214,10 +230,11 @@ def fbgemm_available() -> bool:
         torch.backends.quantized.engine in ("x86", "fbgemm")
 
 
-def quantize_model(model: torch.nn.Module, mode: str, group_size: int = 128) -> int:
+def quantize_model(model: torch.nn.Module, mode: str, group_size: int = 128, exact_rows: bool = True) -> int:
     """Replace the model's linear layers (the output layer included) by Int8Linear / Int4Linear /
     Fp16Linear / RowInt8Linear in place; returns how many were replaced. CPU only: on CUDA use the
-    GPU's own quantization."""
+    GPU's own quantization. `exact_rows` (w8a8): switch to row-wise attention so that every token's
+    result is independent of the batch, as a verified target needs; False for a model that only drafts."""
     check_mode(mode)
     parameter = next(model.parameters(), None)
     if parameter is None:
@@ -263,6 +280,6 @@ def quantize_model(model: torch.nn.Module, mode: str, group_size: int = 128) -> 
                 layer = Int4Linear(module.weight, module.bias, dtype, group_size)
         parent_name, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent_name) if parent_name else model, child, layer)
-    if mode == "w8a8" and hasattr(model, "set_attn_implementation"):
+    if mode == "w8a8" and exact_rows and hasattr(model, "set_attn_implementation"):
         use_rowwise_attention(model)  # batched attention's rounding would move w8a8's activation codes
     return len(targets)

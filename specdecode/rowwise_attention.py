@@ -6,9 +6,10 @@ the one-token kernel only by rounding (~1e-7), which changes a greedy choice onl
 w8a8 model (quantize.py) rounds every activation to a 7-bit grid per token, and a 1e-7 difference
 that crosses a grid boundary becomes a whole grid step, then a different token: batched attention
 breaks its exactness. Here each fed token attends on its own (one query) to exactly the keys it may
-see, copied contiguous, through the same SDPA call (query heads grouped by their shared key/value
-head) a one-token step makes, so a 16-token verification computes what 16 one-token steps compute,
-bit for bit. Its cost, measured side by side against batched SDPA on Qwen2.5-1.5B w8a8 (2 threads,
+see (a slice of the cache, or a gathered copy for a tree's ancestors: SDPA's result depends on the
+values, not on the strides, which a test checks), through the same SDPA call (query heads grouped by
+their shared key/value head) a one-token step makes, so a 16-token verification computes what 16
+one-token steps compute, bit for bit. Its cost, measured side by side against batched SDPA on Qwen2.5-1.5B w8a8 (2 threads,
 400 tokens of context): none within noise for 1-4 tokens, 419 vs 360 ms for 16, 6.7 vs 5.5 s for a
 400-token prefill.
 
@@ -48,8 +49,8 @@ def rowwise_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.T
 
 def _visible(key: torch.Tensor, value: torch.Tensor, attention_mask: torch.Tensor | None, row: int,
              q_len: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The keys and values fed token `row` may see, contiguous: a prefix (causal rows, one-token
-    steps) is sliced, any other set (a tree's ancestors) gathered; the values are the same either way."""
+    """The keys and values fed token `row` may see: a prefix (causal rows, one-token steps) is a view,
+    any other set (a tree's ancestors) gathered; the values are the same either way."""
     kv_len = key.shape[2]
     if attention_mask is None:  # causal: the keys up to this token's own
         count = kv_len - q_len + row + 1
@@ -60,7 +61,7 @@ def _visible(key: torch.Tensor, value: torch.Tensor, attention_mask: torch.Tenso
         if not bool(allowed[:count].all()):
             index = allowed.nonzero().squeeze(1)  # [visible]
             return key.index_select(2, index), value.index_select(2, index)
-    return key[:, :, :count].contiguous(), value[:, :, :count].contiguous()
+    return key[:, :, :count], value[:, :, :count]
 
 
 def use_rowwise_attention(model: torch.nn.Module) -> None:

@@ -130,10 +130,59 @@ def test_w8a8_model_verifies_a_tree_exactly_as_it_decodes_one_token_at_a_time(ar
             assert torch.equal((chain if len(path) == 8 else tree)[path], steps), f"path {path}"
 
 
+def test_sdpa_gives_a_strided_view_what_it_gives_a_contiguous_copy():
+    """Row-wise attention hands SDPA slices of the cache (GrowingLayer's views) in one-token steps and
+    verification rows alike, and gathered copies for tree rows: exact only if strides do not matter."""
+    generator = torch.Generator().manual_seed(0)
+    for visible in (5, 600, 1100):
+        query = torch.randn(1, 2, 6, 128, generator=generator)  # Qwen2.5-1.5B's grouping: 2 KV heads x 6
+        keys, values = (torch.randn(1, 2, 1400, 128, generator=generator) for _ in range(2))  # a buffer
+        strided = torch.nn.functional.scaled_dot_product_attention(
+            query, keys[:, :, :visible], values[:, :, :visible])
+        copied = torch.nn.functional.scaled_dot_product_attention(
+            query, keys[:, :, :visible].contiguous(), values[:, :, :visible].contiguous())
+        assert torch.equal(strided, copied)
+
+
 def test_loading_a_w8a8_instance_keeps_its_rowwise_attention():
     model = tiny_model("llama", seed=2)
     quantize_model(model, "w8a8")
     target = load_model(model, tokenizer=tiny_tokenizer())  # the loader switches other attentions to SDPA
+    assert target.model.config._attn_implementation == "specdecode_rowwise"
+
+
+@pytest.mark.parametrize("mode", ["int8", "fp16", "w8a8"])
+def test_a_quantized_output_layer_selects_rows(mode):
+    """What a pruned drafter head computes: the chosen rows of the quantized layer's output."""
+    model = tiny_model("llama", seed=4)
+    quantize_model(model, mode)
+    head = model.lm_head
+    rows = torch.tensor([0, 5, 17, 64, 95])
+    hidden = torch.randn(3, 64, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(head.select_rows(rows)(hidden), head(hidden)[:, rows], rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize("mode", ["int8", "w8a8"])
+def test_a_quantized_drafter_with_a_pruned_head_stays_lossless(mode):
+    target = tiny_model("llama", seed=0)
+    drafter_model = tiny_model("llama", seed=0)  # the same weights, quantized: drafts mostly right
+    quantize_model(drafter_model, mode, exact_rows=False)
+    drafter = ModelDrafter(loaded(drafter_model), k=4, confidence=0, draft_vocab=40)
+    gen = SpeculativeGenerator(loaded(target), drafter=drafter, cost_model=None)
+    for seed in range(3):
+        prompt = random_prompt(seed)
+        out = gen.generate(prompt, max_new_tokens=24)
+        assert out.token_ids == hf_greedy(target, prompt, 24)
+        assert drafter.head is not None and drafter.head.size == 40
+    assert out.stats.accepted_tokens > 0  # the pruned quantized drafter still drafts accepted tokens
+
+
+def test_a_w8a8_drafter_keeps_batched_attention():
+    """Row-wise attention costs time and only a verified target needs it: drafts need not be exact."""
+    drafter = load_model(tiny_model("llama", seed=2), tokenizer=tiny_tokenizer(), quantize="w8a8", drafts_only=True)
+    assert drafter.model.config._attn_implementation == "sdpa"
+    assert isinstance(drafter.model.lm_head, RowInt8Linear)
+    target = load_model(tiny_model("llama", seed=2), tokenizer=tiny_tokenizer(), quantize="w8a8")
     assert target.model.config._attn_implementation == "specdecode_rowwise"
 
 
@@ -227,13 +276,13 @@ def test_bad_input(monkeypatch):
         patch.setattr(quantize_module, "fbgemm_available", lambda: False)
         with pytest.raises(SpecDecodeError, match="needs FBGEMM.*use quantize='int8'"):
             quantize_model(tiny_model(), "fp16")
+    quantized = tiny_model()
+    quantize_model(quantized, "int4", GROUP)
+    with pytest.raises(SpecDecodeError, match="Int4Linear.*cannot select rows"):
+        ModelDrafter(loaded(quantized), draft_vocab=40)
     monkeypatch.setattr(quantize_module, "int4_kernel_available", lambda: False)
     with pytest.raises(SpecDecodeError, match="no CPU int4 kernel.*use quantize='int8'"):
         quantize_model(tiny_model(), "int4", GROUP)
-    quantized = tiny_model()
-    quantize_model(quantized, "int8")
-    with pytest.raises(SpecDecodeError, match="output layer is quantized"):
-        ModelDrafter(loaded(quantized), draft_vocab=40)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: checks the refusal on a GPU model")

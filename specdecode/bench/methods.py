@@ -114,7 +114,8 @@ class DraftModels:
         dtype = self.dtype if dtype is None else dtype
         key = (spec, str(dtype))
         if key not in self.loaded:
-            self.loaded[key] = self.load(spec, dtype=dtype, device=target.device, quantize=self.quantize)
+            self.loaded[key] = self.load(spec, dtype=dtype, device=target.device, quantize=self.quantize,
+                                         drafts_only=True)
         return self.loaded[key]
 
 

@@ -18,9 +18,10 @@ drafter prefills through an fp32 twin and converts the KV entries to bf16 (`pref
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import copy
+from functools import partial
 
 import torch
 
@@ -43,27 +44,39 @@ class PrunedHead:
     token (Qwen2.5-0.5B: 136M of its 494M weights). Byte-level BPE ids are roughly in merge order,
     so low ids are the common tokens; the prompt's own tokens are added so that copying works.
     Drafts only: the target still verifies over the full vocabulary, so this never changes output.
+    The head is a torch Linear (its rows are views) or a quantized layer with `select_rows`
+    (quantize.py); `base`, the layer for the lowest `size` ids, is reused across prompts.
     """
 
-    def __init__(self, head: torch.nn.Module, size: int, prompt_ids: Sequence[int]):
-        self.size = min(size, head.weight.shape[0])
-        self.extra = torch.tensor(sorted({t for t in prompt_ids if self.size <= t < head.weight.shape[0]}),
-                                  dtype=torch.long)  # [e]
-        self.weight = head.weight[: self.size]  # [size, hidden] (a view)
-        self.extra_weight = head.weight[self.extra]  # [e, hidden]
-        bias = getattr(head, "bias", None)
-        self.bias = None if bias is None else torch.cat([bias[: self.size], bias[self.extra]])
+    def __init__(self, head: torch.nn.Module, size: int, prompt_ids: Sequence[int],
+                 base: Callable[[torch.Tensor], torch.Tensor] | None = None):
+        rows = head.out_features
+        self.size = min(size, rows)
+        self.extra = torch.tensor(sorted({t for t in prompt_ids if self.size <= t < rows}), dtype=torch.long)  # [e]
+        self.base = base or head_rows(head, torch.arange(self.size))
+        self.extra_rows = head_rows(head, self.extra)
 
     def logits(self, hidden: torch.Tensor, vocab_size: int) -> torch.Tensor:
         """hidden [q, hidden_size] -> logits [q, vocab_size], -inf outside the kept ids."""
-        kept = torch.cat([hidden @ self.weight.t(), hidden @ self.extra_weight.t()], dim=-1).float()  # [q, s+e]
-        if self.bias is not None:
-            kept += self.bias.float()
+        kept = torch.cat([self.base(hidden), self.extra_rows(hidden)], dim=-1).float()  # [q, size + e]
         logits = torch.full((hidden.shape[0], vocab_size), float("-inf"))  # [q, vocab]
         width = min(self.size, vocab_size)
         logits[:, :width] = kept[:, :width]
         logits[:, self.extra[self.extra < vocab_size]] = kept[:, self.size :][:, self.extra < vocab_size]
         return logits
+
+
+def head_rows(head: torch.nn.Module, rows: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    """hidden [q, hidden_size] -> the logits [q, r] of the output channels `rows` [r] of `head`
+    (a torch Linear, whose contiguous rows are a view, or a quantized layer with `select_rows`)."""
+    if len(rows) == 0:
+        return lambda hidden: hidden.new_empty(hidden.shape[0], 0)
+    if not isinstance(head, torch.nn.Linear):
+        return head.select_rows(rows)
+    contiguous = int(rows[-1]) - int(rows[0]) == len(rows) - 1
+    weight = head.weight[int(rows[0]) : int(rows[-1]) + 1] if contiguous else head.weight[rows]  # [r, hidden]
+    bias = None if head.bias is None else head.bias[rows]
+    return partial(torch.nn.functional.linear, weight=weight, bias=bias)
 
 
 class ModelDrafter(Drafter):
@@ -109,7 +122,7 @@ class ModelDrafter(Drafter):
             raise SpecDecodeError(
                 f"ModelDrafter draft_vocab must be a whole number >= 1, None (all) or 'auto', got {draft_vocab!r}."
             )
-        self.draft = model if isinstance(model, LoadedModel) else load_model(model, dtype=dtype)
+        self.draft = model if isinstance(model, LoadedModel) else load_model(model, dtype=dtype, drafts_only=True)
         self.model = self.draft.model
         self.tree_width = tree_width
         self.max_nodes = max_nodes or tree_width * (k or max_k)
@@ -119,14 +132,16 @@ class ModelDrafter(Drafter):
         self.cache = KVCache(self.model)
         self.cached_ids: list[int] = []
         self.vocab_size = output_vocab_size(self.model)
-        prunable = isinstance(self.model.get_output_embeddings(), torch.nn.Linear)  # not a quantized layer
+        head = self.model.get_output_embeddings()
+        prunable = isinstance(head, torch.nn.Linear) or hasattr(head, "select_rows")  # int4 is not
         if draft_vocab == "auto":
             draft_vocab = 32768 if self.vocab_size > 65536 and self.draft.device.type == "cpu" and prunable else None
         elif draft_vocab is not None and not prunable:
-            raise SpecDecodeError("draft_vocab prunes a floating-point output layer; this drafter's output layer "
-                                  "is quantized. Pass draft_vocab=None (or 'auto').")
+            raise SpecDecodeError(f"draft_vocab prunes the output layer's rows; this drafter's output layer "
+                                  f"({type(head).__name__}) cannot select rows. Pass draft_vocab=None (or 'auto').")
         self.draft_vocab = draft_vocab
         self.head: PrunedHead | None = None
+        self.head_base: Callable[[torch.Tensor], torch.Tensor] | None = None  # PrunedHead.base, built once
         if prefill_twin == "auto":
             prefill_twin = (self.draft.device.type == "cpu" and self.model.dtype in (torch.bfloat16, torch.float16)
                             and not cpu_supports_bf16())
@@ -156,7 +171,8 @@ class ModelDrafter(Drafter):
         self.cached_ids = []
         self.length.reset()
         if self.draft_vocab is not None:
-            self.head = PrunedHead(self.model.get_output_embeddings(), self.draft_vocab, prompt_ids)
+            self.head = PrunedHead(self.model.get_output_embeddings(), self.draft_vocab, prompt_ids, self.head_base)
+            self.head_base = self.head.base
 
     def propose(self, context_ids: Sequence[int], budget: int) -> DraftTree:
         depth = min(self.length.current, budget)

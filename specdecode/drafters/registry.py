@@ -73,7 +73,7 @@ class DrafterOptions:
 
 def default_load_draft(spec: str, target: LoadedModel, dtype: str, quantize: str | None = None) -> LoadedModel:
     """Load a drafter model on the target's device."""
-    return load_model(spec, dtype=dtype, device=target.device, quantize=quantize)
+    return load_model(spec, dtype=dtype, device=target.device, quantize=quantize, drafts_only=True)
 
 
 def parse_drafters(text: str) -> tuple[DrafterName, ...]:
