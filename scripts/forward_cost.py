@@ -2,14 +2,12 @@
 
     python scripts/forward_cost.py qwen2.5-coder-1.5b-instruct --dtype fp32 --cpu-kernels auto
     python scripts/forward_cost.py qwen2.5-coder-1.5b-instruct --variants none,fp16,w8a8,w8a8:sdpa --context 400
-    python scripts/forward_cost.py qwen2.5-coder-1.5b-instruct --variants w8a8,w8a8/dynamic --context 2000
 
 Prints the median milliseconds of one forward of q tokens (q = 1, 2, 4, ...) after `--context`
 tokens, the ratio to q = 1, and the context's prefill in seconds. `--variants` loads the model once
 per quantization (`none`, `fp16`, `w8a8`, `int8`, `int4`; `w8a8:sdpa` = w8a8 with batched SDPA
-instead of its row-wise attention, to show what exactness costs; a `/dynamic` suffix = transformers'
-DynamicCache, which appends by torch.cat, instead of our in-place GrowingLayer) and measures them
-side by side: rounds interleaved over variants and q, so machine drift hits all alike.
+instead of its row-wise attention, to show what exactness costs) and measures them side by side:
+rounds interleaved over variants and q, so machine drift hits all alike.
 """
 
 from __future__ import annotations
@@ -23,7 +21,6 @@ import torch
 from specdecode import load_model
 from specdecode.attention import SDPABackend
 from specdecode.cache import KVCache
-from transformers import DynamicCache
 
 
 def main() -> None:
@@ -39,7 +36,7 @@ def main() -> None:
     variants = [v.strip() for v in args.variants.split(",")]
     loaded = {}
     for variant in variants:
-        quantize = variant.split(":")[0].split("/")[0]
+        quantize = variant.split(":")[0]
         if quantize not in loaded:
             loaded[quantize] = load_model(args.model, dtype=args.dtype, cpu_kernels=args.cpu_kernels,
                                           quantize=None if quantize == "none" else quantize)
@@ -50,15 +47,12 @@ def main() -> None:
     with torch.inference_mode():
         for round_ in range(args.rounds + 1):  # round 0 warms up
             for variant in variants:
-                setup, _, cache_kind = variant.partition("/")
-                quantize, _, attention = setup.partition(":")
+                quantize, _, attention = variant.partition(":")
                 model = loaded[quantize].model
                 own_attention = model.config._attn_implementation
                 if attention:
                     model.set_attn_implementation(attention)
                 cache = KVCache(model)
-                if cache_kind == "dynamic":
-                    cache.hf = DynamicCache(config=model.config)
                 start = time.perf_counter()
                 backend.forward(model, cache, context, torch.arange(args.context), logits_to_keep=1)
                 if round_:
@@ -73,7 +67,7 @@ def main() -> None:
                 model.set_attn_implementation(own_attention)
     print(f"{args.model} threads={torch.get_num_threads()} context={args.context} rounds={args.rounds}")
     for variant in variants:
-        first = loaded[variant.split(":")[0].split("/")[0]]
+        first = loaded[variant.split(":")[0]]
         base = statistics.median(times[(variant, sizes[0])])
         print(f"{variant} ({first.dtype}, linear_kernel={first.linear_kernel}): " + " | ".join(
             f"q={q}: {statistics.median(times[(variant, q)]) * 1000:.0f} ms "

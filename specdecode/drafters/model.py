@@ -53,7 +53,7 @@ class PrunedHead:
         rows = head.out_features
         self.size = min(size, rows)
         self.extra = torch.tensor(sorted({t for t in prompt_ids if self.size <= t < rows}), dtype=torch.long)  # [e]
-        self.base = base or head_rows(head, torch.arange(self.size))
+        self.base = base if base is not None else head_rows(head, torch.arange(self.size))
         self.extra_rows = head_rows(head, self.extra)
 
     def logits(self, hidden: torch.Tensor, vocab_size: int) -> torch.Tensor:
