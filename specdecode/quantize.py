@@ -10,8 +10,8 @@ On CPUs without AVX-512 those kernels are slow with fp32 activations; FBGEMM (in
 PyTorch) is not: `"fp16"` keeps the weights in fp16 and computes in fp32 (half the bytes, the same
 outputs to ~1e-4), `"w8a8"` multiplies int8 weights by int8 activations (a quarter of the bytes, and
 integer multiply-adds). Measured side by side on an AVX2 EPYC (2 threads, Qwen2.5-1.5B, one forward
-after 400 tokens, ms for 1 / 4 / 16 tokens; scripts/forward_cost.py): fp32 636 / 644 / 1328, fp16
-231 / 319 / 648, w8a8 154 / 202 / 419.
+after 400 tokens, ms for 1 / 4 / 16 tokens; scripts/forward_cost.py): fp32 534 / 682 / 1283, fp16
+241 / 303 / 704, w8a8 167 / 191 / 460.
 
 Lossless stays defined relative to the model actually loaded: plain and speculative decoding both
 run these layers, so speculative output equals plain decoding of the quantized model.
@@ -135,8 +135,16 @@ class Fp16Linear(torch.nn.Module):
 
     def select_rows(self, rows: torch.Tensor) -> Fp16Linear:
         """A layer computing only the output channels `rows` [r] (a pruned drafter head)."""
-        weight, bias = torch.ops.quantized.linear_unpack_fp16(self.packed)
-        return Fp16Linear(weight[rows], None if bias is None else bias[rows])
+        weight, bias = self._unpacked()
+        return Fp16Linear(weight[rows].float(), None if bias is None else bias[rows])
+
+    def _unpacked(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The fp16 weight [out, in] and bias, unpacked from FBGEMM's layout once and kept: unpacking is
+        slow (~2.7 s for Qwen2.5-0.5B's 151936 x 896 output layer), selecting rows from it is not."""
+        if getattr(self, "_weight_fp16", None) is None:
+            weight, bias = torch.ops.quantized.linear_unpack_fp16(self.packed)
+            self._weight_fp16, self._bias = weight.half(), bias
+        return self._weight_fp16, self._bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, self.in_features).float()  # [rows, in]
@@ -173,9 +181,17 @@ class RowInt8Linear(torch.nn.Module):
 
     def select_rows(self, rows: torch.Tensor) -> RowInt8Linear:
         """A layer computing only the output channels `rows` [r] (a pruned drafter head)."""
-        qweight = torch.ops.quantized.linear_unpack(self.packed)[0]  # [out, in] qint8, a scale per channel
-        weight = qweight.int_repr()[rows].float() * qweight.q_per_channel_scales()[rows].float()[:, None]  # [r, in]
+        codes, scales = self._unpacked()
+        weight = codes[rows].float() * scales[rows][:, None]  # [r, in]; requantizes to the same codes
         return RowInt8Linear(weight, None if self.bias is None else self.bias[rows])
+
+    def _unpacked(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The int8 codes [out, in] and channel scales [out], unpacked from FBGEMM's layout once and kept:
+        unpacking is slow (~3.7 s for Qwen2.5-0.5B's 151936 x 896 output layer), selecting rows is not."""
+        if getattr(self, "_codes", None) is None:
+            qweight = torch.ops.quantized.linear_unpack(self.packed)[0]  # qint8, a scale per channel
+            self._codes, self._scales = qweight.int_repr(), qweight.q_per_channel_scales().float()
+        return self._codes, self._scales
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, self.in_features).float()  # [rows, in]

@@ -10,7 +10,7 @@ see (a slice of the cache, or a gathered copy for a tree's ancestors: SDPA's res
 values, not on the strides, which a test checks), through the same SDPA call (query heads grouped by
 their shared key/value head) a one-token step makes, so a 16-token verification computes what 16
 one-token steps compute, bit for bit. Its cost, measured side by side against batched SDPA on Qwen2.5-1.5B w8a8 (2 threads,
-400 tokens of context): none within noise for 1-4 tokens, 419 vs 360 ms for 16, 6.7 vs 5.5 s for a
+400 tokens of context): none within noise for 1-4 tokens, 460 vs 407 ms for 16, 6.5 vs 6.3 s for a
 400-token prefill.
 
 transformers' attention registry is the seam: `use_rowwise_attention(model)` registers the function

@@ -45,15 +45,14 @@ class PrunedHead:
     so low ids are the common tokens; the prompt's own tokens are added so that copying works.
     Drafts only: the target still verifies over the full vocabulary, so this never changes output.
     The head is a torch Linear (its rows are views) or a quantized layer with `select_rows`
-    (quantize.py); `base`, the layer for the lowest `size` ids, is reused across prompts.
+    (quantize.py); `base` computes the lowest `size` ids (`head_rows`, built once per drafter).
     """
 
-    def __init__(self, head: torch.nn.Module, size: int, prompt_ids: Sequence[int],
-                 base: Callable[[torch.Tensor], torch.Tensor] | None = None):
-        rows = head.out_features
-        self.size = min(size, rows)
-        self.extra = torch.tensor(sorted({t for t in prompt_ids if self.size <= t < rows}), dtype=torch.long)  # [e]
-        self.base = base if base is not None else head_rows(head, torch.arange(self.size))
+    def __init__(self, head: torch.nn.Module, size: int, base: Callable[[torch.Tensor], torch.Tensor],
+                 prompt_ids: Sequence[int]):
+        self.size, self.base = size, base
+        self.extra = torch.tensor(sorted({t for t in prompt_ids if size <= t < head.out_features}),
+                                  dtype=torch.long)  # [e]
         self.extra_rows = head_rows(head, self.extra)
 
     def logits(self, hidden: torch.Tensor, vocab_size: int) -> torch.Tensor:
@@ -141,7 +140,9 @@ class ModelDrafter(Drafter):
                                   f"({type(head).__name__}) cannot select rows. Pass draft_vocab=None (or 'auto').")
         self.draft_vocab = draft_vocab
         self.head: PrunedHead | None = None
-        self.head_base: Callable[[torch.Tensor], torch.Tensor] | None = None  # PrunedHead.base, built once
+        if draft_vocab is not None:  # the kept lowest ids, the same for every prompt
+            self.head_size = min(draft_vocab, head.out_features)
+            self.head_base = head_rows(head, torch.arange(self.head_size))
         if prefill_twin == "auto":
             prefill_twin = (self.draft.device.type == "cpu" and self.model.dtype in (torch.bfloat16, torch.float16)
                             and not cpu_supports_bf16())
@@ -171,8 +172,7 @@ class ModelDrafter(Drafter):
         self.cached_ids = []
         self.length.reset()
         if self.draft_vocab is not None:
-            self.head = PrunedHead(self.model.get_output_embeddings(), self.draft_vocab, prompt_ids, self.head_base)
-            self.head_base = self.head.base
+            self.head = PrunedHead(self.model.get_output_embeddings(), self.head_size, self.head_base, prompt_ids)
 
     def propose(self, context_ids: Sequence[int], budget: int) -> DraftTree:
         depth = min(self.length.current, budget)
