@@ -56,3 +56,12 @@ def warp_probs(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
         drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
         scaled = scaled.masked_fill(drop, float("-inf"))
     return scaled.softmax(dim=-1)
+
+
+def sample_from(probs: torch.Tensor, uniform: float) -> int:
+    """Inverse-CDF draw from probs [vocab] (need not sum exactly to 1) with a uniform in [0, 1).
+    The uniforms come from one CPU generator, so a seed gives the same draws on any device."""
+    cumulative = probs.cumsum(dim=-1)  # [vocab]
+    threshold = cumulative[-1:] * uniform  # [1], on the probabilities' device
+    index = int(torch.searchsorted(cumulative, threshold, right=True))
+    return min(index, probs.shape[-1] - 1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 
 import torch
@@ -12,6 +13,9 @@ from specdecode.models import LoadedModel
 from specdecode.tree import DraftTree
 
 VOCAB = 96
+# Where tiny models live: "cpu" (CI) or e.g. "cuda" to run the same tests on a GPU
+# (SPECDECODE_TEST_DEVICE=cuda python -m pytest tests/test_exactness.py ...).
+TEST_DEVICE = torch.device(os.environ.get("SPECDECODE_TEST_DEVICE", "cpu"))
 
 
 def tiny_model(arch: str = "llama", seed: int = 0, vocab: int = VOCAB, layers: int = 2) -> torch.nn.Module:
@@ -28,7 +32,7 @@ def tiny_model(arch: str = "llama", seed: int = 0, vocab: int = VOCAB, layers: i
         raise ValueError(arch)
     model.config._attn_implementation = "sdpa"
     model.generation_config.eos_token_id = None  # tests choose their own end-of-sequence token
-    return model.eval()
+    return model.to(TEST_DEVICE).eval()
 
 
 def loaded(model: torch.nn.Module, name: str = "tiny") -> LoadedModel:
@@ -48,7 +52,7 @@ def repetitive_prompt(seed: int, vocab: int = VOCAB) -> list[int]:
 
 def hf_greedy(model: torch.nn.Module, prompt: list[int], max_new_tokens: int, eos: int | None = None) -> list[int]:
     """transformers' own greedy decoding: the reference every drafter must match."""
-    ids = torch.tensor([prompt])
+    ids = torch.tensor([prompt], device=model.device)
     # An explicit all-ones mask: without it transformers masks every prompt token equal to pad_token_id.
     out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens, do_sample=False,
                          eos_token_id=eos, pad_token_id=0 if eos is None else eos)
@@ -121,7 +125,7 @@ def first_token_total_variation(gen, model: torch.nn.Module, prompt: list[int], 
     """Total variation between the first token `gen` samples (temperature 1, seeds 0..samples-1)
     and the target model's softmax after `prompt`."""
     with torch.no_grad():
-        target = model(torch.tensor([prompt])).logits[0, -1].softmax(-1)  # [vocab]
+        target = model(torch.tensor([prompt], device=model.device)).logits[0, -1].softmax(-1).cpu()  # [vocab]
     counts = torch.zeros_like(target)
     for seed in range(samples):
         counts[gen.generate(prompt, max_new_tokens=2, temperature=1.0, seed=seed).token_ids[0]] += 1

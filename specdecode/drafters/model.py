@@ -29,7 +29,7 @@ from ..attention import AttentionBackend, select_backend
 from ..cache import KVCache
 from ..errors import IncompatibleDrafterError, SpecDecodeError
 from ..models import LoadedModel, cpu_supports_bf16, load_model, output_vocab_size
-from ..sampling import GREEDY, warp_probs
+from ..sampling import GREEDY, sample_from, warp_probs
 from ..tree import DraftTree
 from .base import AdaptiveLength, Drafter
 
@@ -58,10 +58,11 @@ class PrunedHead:
     def logits(self, hidden: torch.Tensor, vocab_size: int) -> torch.Tensor:
         """hidden [q, hidden_size] -> logits [q, vocab_size], -inf outside the kept ids."""
         kept = torch.cat([self.base(hidden), self.extra_rows(hidden)], dim=-1).float()  # [q, size + e]
-        logits = torch.full((hidden.shape[0], vocab_size), float("-inf"))  # [q, vocab]
+        logits = torch.full((hidden.shape[0], vocab_size), float("-inf"), device=hidden.device)  # [q, vocab]
         width = min(self.size, vocab_size)
         logits[:, :width] = kept[:, :width]
-        logits[:, self.extra[self.extra < vocab_size]] = kept[:, self.size :][:, self.extra < vocab_size]
+        inside = self.extra < vocab_size  # [e]
+        logits[:, self.extra[inside].to(hidden.device)] = kept[:, self.size :][:, inside.to(hidden.device)]
         return logits
 
 
@@ -246,7 +247,7 @@ class ModelDrafter(Drafter):
                 token = int(probs.argmax())
             else:
                 probs = warp_probs(logits, sampling)  # [vocab]
-                token = int(torch.multinomial(probs, 1, generator=self.generator))
+                token = sample_from(probs, float(torch.rand(1, generator=self.generator)))
                 rows.append(probs)
             if step > 0 and float(probs.max()) < self.confidence:
                 if rows:

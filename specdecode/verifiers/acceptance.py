@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..sampling import SamplingParams, warp_probs
+from ..sampling import SamplingParams, sample_from, warp_probs
 from ..tree import DraftTree
 
 
@@ -109,11 +109,3 @@ def _try_sampled(tree: DraftTree, node: int, target_row: torch.Tensor, uniforms:
             residual, total = target_row, 1.0
         residual = residual / total
     return None, residual
-
-
-def sample_from(probs: torch.Tensor, uniform: float) -> int:
-    """Inverse-CDF draw from probs [vocab] (need not sum exactly to 1) with a uniform in [0, 1)."""
-    cumulative = probs.cumsum(dim=-1)  # [vocab]
-    threshold = torch.tensor([uniform], dtype=cumulative.dtype) * cumulative[-1]
-    index = int(torch.searchsorted(cumulative, threshold, right=True))
-    return min(index, probs.shape[-1] - 1)
