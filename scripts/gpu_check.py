@@ -46,13 +46,13 @@ def random_model(shape: str, seed: int, dtype: torch.dtype) -> LoadedModel:
 def hf_generate(model, prompt: list[int], new_tokens: int) -> tuple[list[int], float]:
     ids = torch.tensor([prompt], device=model.device)
     torch.cuda.synchronize()
-    start = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start[0].record()
+    begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    begin.record()
     out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens, do_sample=False,
                          pad_token_id=0, min_new_tokens=new_tokens)
-    start[1].record()
+    end.record()
     torch.cuda.synchronize()
-    return out[0, len(prompt):].tolist(), start[0].elapsed_time(start[1]) / 1000
+    return out[0, len(prompt):].tolist(), begin.elapsed_time(end) / 1000
 
 
 def main() -> None:

@@ -128,6 +128,8 @@ class Fp16Linear(torch.nn.Module):
         self.out_features, self.in_features = weight.shape
         bias = None if bias is None else bias.detach().float().contiguous()
         self.packed = torch.ops.quantized.linear_prepack_fp16(weight.detach().float().contiguous(), bias)
+        self._weight_fp16: torch.Tensor | None = None  # unpacked on the first select_rows, then kept
+        self._bias: torch.Tensor | None = None
 
     def dequantized(self) -> torch.Tensor:
         """The weight this layer computes with, [out, in] in fp32."""
@@ -141,7 +143,7 @@ class Fp16Linear(torch.nn.Module):
     def _unpacked(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The fp16 weight [out, in] and bias, unpacked from FBGEMM's layout once and kept: unpacking is
         slow (~2.7 s for Qwen2.5-0.5B's 151936 x 896 output layer), selecting rows from it is not."""
-        if getattr(self, "_weight_fp16", None) is None:
+        if self._weight_fp16 is None:
             weight, bias = torch.ops.quantized.linear_unpack_fp16(self.packed)
             self._weight_fp16, self._bias = weight.half(), bias
         return self._weight_fp16, self._bias
@@ -174,6 +176,8 @@ class RowInt8Linear(torch.nn.Module):
                                                  0, torch.qint8)
         self.packed = torch.ops.quantized.linear_prepack(qweight, None)
         self.register_buffer("bias", None if bias is None else bias.detach().float())
+        self._codes: torch.Tensor | None = None  # unpacked on the first select_rows, then kept
+        self._scales: torch.Tensor | None = None
 
     def dequantized(self) -> torch.Tensor:
         """The weight this layer computes with, [out, in] in fp32."""
@@ -188,7 +192,7 @@ class RowInt8Linear(torch.nn.Module):
     def _unpacked(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The int8 codes [out, in] and channel scales [out], unpacked from FBGEMM's layout once and kept:
         unpacking is slow (~3.7 s for Qwen2.5-0.5B's 151936 x 896 output layer), selecting rows is not."""
-        if getattr(self, "_codes", None) is None:
+        if self._codes is None:
             qweight = torch.ops.quantized.linear_unpack(self.packed)[0]  # qint8, a scale per channel
             self._codes, self._scales = qweight.int_repr(), qweight.q_per_channel_scales().float()
         return self._codes, self._scales

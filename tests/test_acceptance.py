@@ -9,7 +9,7 @@ import random
 
 import torch
 
-from specdecode.sampling import SamplingParams, warp_probs
+from specdecode.sampling import SamplingParams, sample_from, warp_probs
 from specdecode.tree import DraftTree
 from specdecode.verifiers import accept, greedy_accept, sampling_accept
 
@@ -226,3 +226,16 @@ def test_accept_dispatches_on_temperature():
     logits = one_hot_logits(3, 6, margin=50.0)
     assert accept(tree, logits, SamplingParams()).next_token == 6
     assert accept(tree, logits, SamplingParams(temperature=1.0), torch.Generator().manual_seed(0)).next_token == 6
+
+
+def test_sample_from_follows_the_probabilities_and_never_draws_zero_mass():
+    """The inverse-CDF draw shared by drafters and verifiers: frequencies over seeded uniforms converge
+    to the (unnormalised) probabilities, and ids of zero mass (a pruned drafter head) are never drawn."""
+    probs = torch.tensor([0.0, 0.2, 0.0, 0.5, 0.3, 0.0]) * 2  # sums to 2: normalised by the draw
+    uniforms = torch.rand(20000, generator=torch.Generator().manual_seed(0)).tolist()
+    counts = torch.zeros(6)
+    for uniform in uniforms:
+        counts[sample_from(probs, uniform)] += 1
+    assert counts[probs == 0].sum() == 0
+    assert 0.5 * float((counts / counts.sum() - probs / probs.sum()).abs().sum()) < 0.02
+    assert sample_from(probs, 0.0) == 1 and sample_from(probs, 0.9999999) == 4

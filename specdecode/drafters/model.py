@@ -51,8 +51,9 @@ class PrunedHead:
     def __init__(self, head: torch.nn.Module, size: int, base: Callable[[torch.Tensor], torch.Tensor],
                  prompt_ids: Sequence[int]):
         self.size, self.base = size, base
+        device = head.weight.device if isinstance(head, torch.nn.Linear) else torch.device("cpu")  # quantized: CPU
         self.extra = torch.tensor(sorted({t for t in prompt_ids if size <= t < head.out_features}),
-                                  dtype=torch.long)  # [e]
+                                  dtype=torch.long, device=device)  # [e], on the head's device: no copies per draft
         self.extra_rows = head_rows(head, self.extra)
 
     def logits(self, hidden: torch.Tensor, vocab_size: int) -> torch.Tensor:
@@ -62,7 +63,7 @@ class PrunedHead:
         width = min(self.size, vocab_size)
         logits[:, :width] = kept[:, :width]
         inside = self.extra < vocab_size  # [e]
-        logits[:, self.extra[inside].to(hidden.device)] = kept[:, self.size :][:, inside.to(hidden.device)]
+        logits[:, self.extra[inside]] = kept[:, self.size :][:, inside]
         return logits
 
 
