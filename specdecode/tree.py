@@ -178,6 +178,16 @@ class DraftTree:
         probs = None if self.draft_probs is None else self.draft_probs[:max_nodes]
         return DraftTree(self.token_list[:max_nodes], self.parent_list[:max_nodes], probs)
 
+    def subset(self, keep: Sequence[int]) -> DraftTree:
+        """The nodes `keep` (any order; each kept node's parent must be kept too), in tree order."""
+        nodes = sorted(set(keep))
+        remap = {old: new for new, old in enumerate(nodes)}
+        parents = [self.parent_list[node] for node in nodes]
+        if any(parent >= 0 and parent not in remap for parent in parents):
+            raise SpecDecodeError(f"DraftTree.subset({nodes}) drops a parent of a kept node; keep whole paths.")
+        probs = None if self.draft_probs is None else self.draft_probs[nodes]
+        return DraftTree([self.token_list[node] for node in nodes], [remap.get(p, -1) for p in parents], probs)
+
     def one_hot_probs(self, vocab_size: int) -> torch.Tensor:
         """[n, vocab] draft distributions, with point masses (one-hot rows) for a deterministic draft."""
         if self.draft_probs is not None:
@@ -194,17 +204,16 @@ class DraftTree:
         distribution (both point masses, or equal rows). Sampled nodes with different distributions
         stay separate siblings: merging them would change what sampling verification must assume.
         """
-        trees = [t for t in trees if len(t)]
-        if not trees:
-            return DraftTree.empty()
-        if len(trees) == 1:
-            return trees[0]
-        any_probs = any(t.draft_probs is not None for t in trees)
-        vocab = next((t.draft_probs.shape[1] for t in trees if t.draft_probs is not None), 0)
+        return DraftTree.merge_located(trees)[0]
+
+    @staticmethod
+    def merge_located(trees: Sequence[DraftTree]) -> tuple[DraftTree, list[list[int]]]:
+        """`merge(trees)`, and for each tree the merged node of each of its nodes."""
         tokens: list[int] = []
         parents: list[int] = []
         rows: list[torch.Tensor | None] = []
         index: dict[tuple[int, int], list[int]] = {}  # (parent, token) -> merged node ids
+        located: list[list[int]] = []
         for tree in trees:
             remap: list[int] = []
             for i, (token, parent) in enumerate(zip(tree.token_list, tree.parent_list)):
@@ -220,15 +229,20 @@ class DraftTree:
                     rows.append(row)
                     index.setdefault((new_parent, token), []).append(shared)
                 remap.append(shared)
+            located.append(remap)
+        nonempty = [tree for tree in trees if len(tree)]
+        if len(nonempty) == 1:  # nothing to merge: keep the tree itself (its probs tensor included)
+            return nonempty[0], located
         draft_probs = None
-        if any_probs:
+        if any(tree.draft_probs is not None for tree in nonempty):
+            vocab = next(tree.draft_probs.shape[1] for tree in nonempty if tree.draft_probs is not None)
             draft_probs = torch.zeros(len(tokens), vocab)
             for j, row in enumerate(rows):
                 if row is None:
                     draft_probs[j, tokens[j]] = 1.0
                 else:
                     draft_probs[j] = row
-        return DraftTree(tokens, parents, draft_probs)
+        return DraftTree(tokens, parents, draft_probs), located
 
 
 def _same_distribution(row_a: torch.Tensor | None, row_b: torch.Tensor | None) -> bool:

@@ -112,6 +112,10 @@ def test_store_asks_each_turn_over_the_datastore_and_hands_passages_to_retrieval
     first = tokenizer.encode(docs[0], add_special_tokens=False)
     handed = [h for h in handed if h]  # (drafters start with no passages)
     assert handed[0] == [first] and len(handed) == 4  # 2 methods x 2 turns, each turn its own passages
+    mixture = rows[2]["drafters"]  # per drafter, summed over the turns, and its table in the report
+    assert len(mixture) == 2 and "retrieval" in mixture and rows[1]["drafters"] is None
+    assert all(0 <= counts["accepted"] <= counts["drafted"] for counts in mixture.values())
+    assert "| retrieval+model:tiny-draft | retrieval |" in (out / "report.md").read_text()
     settings = json.loads((out / "run.json").read_text())["settings"]
     assert settings["store"].endswith("k=1")
     with pytest.raises(SpecDecodeError, match="other settings"):  # another k is another benchmark

@@ -13,7 +13,9 @@ from tiny import (RandomDrafter, first_token_total_variation, hf_greedy, loaded,
 from specdecode import SpeculativeGenerator
 from specdecode.drafters import LookupDrafter, MixtureDrafter, ModelDrafter, RetrievalDrafter, SuffixIndex
 from specdecode.drafters.suffix import frequency_tree
+from specdecode.drafters.base import Drafter
 from specdecode.errors import SpecDecodeError
+from specdecode.tree import DraftTree
 
 NEW_TOKENS = 40
 
@@ -80,9 +82,10 @@ def test_retrieval_and_mixture_drafters_are_lossless(models):
     for prompt in PROMPTS:
         reference = hf_greedy(target.model, prompt, NEW_TOKENS)
         for name, drafter in retrieval_drafters(target, other, reference):
-            gen = SpeculativeGenerator(target, drafter=drafter, cost_model=None)
-            out = gen.generate(prompt, max_new_tokens=NEW_TOKENS)
-            assert out.token_ids == reference, f"{name} changed the output for {prompt}"
+            for budget in (64, 3) if name.startswith("mixture") else (64,):  # 3: the mixture ranks and cuts
+                gen = SpeculativeGenerator(target, drafter=drafter, cost_model=None, max_draft_tokens=budget)
+                out = gen.generate(prompt, max_new_tokens=NEW_TOKENS)
+                assert out.token_ids == reference, f"{name} (budget {budget}) changed the output for {prompt}"
 
 
 def test_right_passages_are_accepted_and_the_mixture_reports_per_drafter(models):
@@ -110,7 +113,7 @@ def test_sampling_with_retrieval_drafts_keeps_the_target_distribution():
     passages = [prompt[-3:] + [t, (t + 1) % 16] for t in range(0, 16, 3)]  # several candidates after the prompt
     drafter = MixtureDrafter([RetrievalDrafter(passages=passages, min_ngram=1),
                               ModelDrafter(loaded(tiny_model("llama", seed=3, vocab=16)), k=2, confidence=0)])
-    gen = SpeculativeGenerator(loaded(model), drafter=drafter, cost_model=None)
+    gen = SpeculativeGenerator(loaded(model), drafter=drafter, cost_model=None, max_draft_tokens=3)  # cut: ranked
     assert first_token_total_variation(gen, model, prompt) < 0.05  # expected TV ~0.02
 
 
@@ -126,6 +129,41 @@ def test_each_drafter_in_a_mixture_adapts_to_its_own_acceptance(models):
     assert out.token_ids == reference
     assert right.length.current > wrong.length.current  # the right one grew, the wrong one shrank
     assert wrong.length.current <= 2
+
+
+class ScriptedDrafter(Drafter):
+    """Proposes the next `depth` tokens of `text` (right) or of its shift by one (wrong); counts its calls."""
+
+    def __init__(self, name: str, text: list[int], right: bool, depth: int = 2):
+        self.name, self.text, self.right, self.depth, self.calls = name, text, right, depth, 0
+
+    def propose(self, context_ids, budget):
+        self.calls += 1
+        start = len(context_ids) + (0 if self.right else 1)
+        return DraftTree.chain(self.text[start : start + min(self.depth, budget)])
+
+
+def test_a_mixture_keeps_the_likelier_drafter_first_and_skips_one_that_cannot_make_the_cut():
+    text = list(range(100, 160))
+    wrong, right = ScriptedDrafter("wrong", text, right=False), ScriptedDrafter("right", text, right=True)
+    mixture = MixtureDrafter([wrong, right])  # list order puts the wrong one first
+    mixture.begin(text[:5])
+    context = text[:5]
+    first = mixture.propose(context, budget=2)
+    assert first.token_list == [text[6], text[5]]  # no evidence yet: each one's first token, in list order
+    for _ in range(6):
+        tree = mixture.propose(context, budget=2)
+        committed = text[len(context) : len(context) + tree.matched_depth(text[len(context):]) + 1]
+        mixture.accept(committed)
+        context = context + committed
+    assert mixture.propose(context, budget=2).token_list == text[len(context) : len(context) + 2]
+    calls = wrong.calls
+    report = mixture.report()
+    assert report["right"]["alpha"] > 0.8 and report["wrong"]["alpha"] < 0.5  # (unrun, it drifts back to the prior)
+    assert report["wrong"]["skipped_steps"] > 0 and calls < right.calls  # its best node could not beat right's two
+    assert report["right"]["accepted"] > 0 and report["wrong"]["accepted"] == 0
+    assert mixture.propose(context, budget=8).token_list[:2] == text[len(context) : len(context) + 2]
+    assert wrong.calls == calls + 1  # with room for more nodes the wrong one runs again
 
 
 def test_drafter_kinds_reads_names_not_substrings():

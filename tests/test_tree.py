@@ -46,6 +46,23 @@ def test_truncation_keeps_a_valid_tree():
     assert tree.truncated(10) is tree
 
 
+def test_subset_keeps_whole_paths_in_tree_order():
+    tree = DraftTree([5, 6, 7, 8], [-1, 0, 0, 1], torch.arange(40.0).reshape(4, 10))
+    cut = tree.subset([3, 0, 1])
+    assert cut.token_list == [5, 6, 8] and cut.parent_list == [-1, 0, 1]
+    assert torch.equal(cut.draft_probs, tree.draft_probs[[0, 1, 3]])
+    with pytest.raises(SpecDecodeError, match="drops a parent"):
+        tree.subset([0, 3])
+
+
+def test_merge_located_maps_each_node_of_each_tree():
+    trees = [DraftTree.chain([1, 2, 3]), DraftTree.empty(), DraftTree([1, 9, 4], [-1, -1, 0])]
+    merged, located = DraftTree.merge_located(trees)
+    assert merged.token_list == [1, 2, 3, 9, 4] and located == [[0, 1, 2], [], [0, 3, 4]]
+    for tree, nodes in zip(trees, located):
+        assert [merged.path_tokens(n) for n in nodes] == [tree.path_tokens(i) for i in range(len(tree))]
+
+
 def test_merge_shares_prefixes():
     merged = DraftTree.merge([DraftTree.chain([1, 2, 3]), DraftTree.chain([1, 2, 4]), DraftTree.chain([5])])
     assert merged.token_list == [1, 2, 3, 4, 5]

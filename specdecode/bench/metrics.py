@@ -27,6 +27,7 @@ class MethodSummary:
     tau: float | None  # None when the method's target forwards are not counted
     identical: float | None  # fraction of questions whose token ids equal plain's
     accept_histogram: tuple[int, ...] | None  # summed over questions (ours only)
+    drafters: dict | None = None  # a mixture's {drafter: {"drafted", "accepted"}} summed over questions
 
 
 def tokens_per_s(record: dict) -> float:
@@ -58,6 +59,7 @@ def summarize_method(method: str, records: Sequence[dict], plain: dict[str, dict
         tau=tau,
         identical=sum(flags) / len(flags) if flags else None,
         accept_histogram=add_histograms(r.get("accept_histogram") for r in records),
+        drafters=add_drafter_counts(r.get("drafters") for r in records),
     )
 
 
@@ -85,3 +87,14 @@ def add_histograms(histograms: Iterable[Sequence[int] | None]) -> tuple[int, ...
         for i, count in enumerate(histogram):
             total[i] += count
     return tuple(total) if seen else None
+
+
+def add_drafter_counts(reports: Iterable[dict | None]) -> dict | None:
+    """Per-drafter reports ({name: {"drafted": n, "accepted": n, ...}}) -> the two counts summed."""
+    total: dict[str, dict[str, int]] = {}
+    for report in reports:
+        for name, counts in (report or {}).items():
+            entry = total.setdefault(name, {"drafted": 0, "accepted": 0})
+            entry["drafted"] += int(counts.get("drafted", 0))
+            entry["accepted"] += int(counts.get("accepted", 0))
+    return total or None

@@ -73,6 +73,17 @@ def markdown_report(document: dict, table: dict[str, list[MethodSummary]]) -> st
     ]
     for category, rows in table.items():
         lines += [f"## {category}", "", *table_lines(rows), ""]
+    mixtures = [row for row in table.get(OVERALL, []) if row.drafters and len(row.drafters) > 1]
+    if mixtures:
+        lines += ["## per drafter, in mixtures", "",
+                  "drafted = a drafter's tokens that made it into the verified tree; accepted = those the target kept "
+                  "(a token proposed by two drafters counts for both).", "",
+                  "| method | drafter | drafted | accepted | acceptance |", "| --- | --- | --- | --- | --- |"]
+        for row in mixtures:
+            for name, counts in row.drafters.items():
+                rate = counts["accepted"] / counts["drafted"] if counts["drafted"] else 0.0
+                lines.append(f"| {row.method} | {name} | {counts['drafted']} | {counts['accepted']} | {rate:.0%} |")
+        lines.append("")
     if document["divergences"]:
         lines += ["## outputs that differ from plain decoding", ""]
         for d in document["divergences"]:

@@ -20,7 +20,7 @@ from ..quantize import check_mode
 from .environment import environment, machine_key
 from .methods import (DraftModels, Method, MethodName, TurnResult, build_methods, check_peers_available,
                       parse_methods)
-from .metrics import add_histograms
+from .metrics import add_drafter_counts, add_histograms
 from .rag import RagPrompts, RagTurn, store_fingerprint
 from .questions import Question, read_questions, select_questions
 from .report import write_reports
@@ -190,6 +190,7 @@ def make_record(question: Question, name: MethodName, turns: Sequence[TurnResult
         "wall_s": sum(t.wall_s for t in turns),
         "target_forwards": None if None in forwards else sum(forwards),
         "accept_histogram": add_histograms(t.accept_histogram for t in turns),
+        "drafters": add_drafter_counts(t.drafters for t in turns),
         "dtype": dtype,
         "ids_hash": ids_hash(token_ids),
         "token_ids": token_ids,

@@ -300,6 +300,5 @@ class ModelDrafter(Drafter):
                 add_children(node, level_logits[row])
                 level.extend(range(first_child, len(tokens)))
         self.cache.crop(context_len)  # drop the tree nodes; cached_ids still equals the context
-        keep = sorted(sorted(range(len(tokens)), key=lambda i: (-scores[i], i))[:max_nodes])
-        remap = {old: new for new, old in enumerate(keep)}
-        return DraftTree([tokens[i] for i in keep], [remap.get(parents[i], -1) for i in keep])
+        best = sorted(range(len(tokens)), key=lambda i: (-scores[i], i))[:max_nodes]  # a path's score <= its parent's
+        return DraftTree(tokens, parents).subset(best)
