@@ -23,12 +23,14 @@ from pathlib import Path
 import torch
 
 from specdecode import load_model
-from specdecode.bench.rag import RagPrompts
+from specdecode.bench import TurnResult, read_questions
+from specdecode.bench.methods import MethodName
+from specdecode.bench.runner import BenchConfig, rag_setup, run_turns
 from specdecode.costs import DraftSizer, forward_costs
 from specdecode.drafters import LookupDrafter, MixtureDrafter, RetrievalDrafter
 from specdecode.drafters.base import AdaptiveLength, Drafter
+from specdecode.drafters.registry import DrafterOptions
 from specdecode.pipelines.rag import hand_passages
-from specdecode.prompts import encode_prompt
 from specdecode.tree import DraftTree
 
 
@@ -68,6 +70,20 @@ class ReplayedModelDrafter(Drafter):
 
     def accept(self, token_ids) -> None:
         self.length.committed(token_ids)
+
+
+class RecordedAnswers:
+    """A bench Method that answers with recorded token ids and keeps the prompts it was asked."""
+
+    name = "plain"
+
+    def __init__(self, tokenizer):
+        self.tokenizer, self.answers, self.cases = tokenizer, [], []
+
+    def run(self, prompt_ids, max_new_tokens, passages=()) -> TurnResult:
+        answer = self.answers.pop(0)
+        self.cases.append((list(prompt_ids), answer, passages))
+        return TurnResult(tuple(answer), self.tokenizer.decode(answer, skip_special_tokens=True), 0.0, None, None, None)
 
 
 def drafter_seconds(drafter) -> float:
@@ -111,29 +127,20 @@ def main() -> None:
     target = load_model(args.model)
     verify = forward_costs(target.model)  # cached by the engine's first run on this machine
     tokenizer = target.tokenizer
-    questions = {str(q["question_id"]): q for q in map(json.loads, args.questions.read_text().splitlines()) if q}
+    # The prompts exactly as the bench built them: its RAG setup and its turn loop, fed plain's answers.
+    config = BenchConfig(args.questions, args.model, args.results, store=args.store, rag_k=args.rag_k)
     rag, corpus = None, None
     if args.store is not None:
-        from specdecode.retrieval import Datastore
-        from specdecode.retrieval.span_index import span_index
-
-        store = Datastore.load(args.store)
-        context = getattr(target.model.config, "max_position_embeddings", None)  # as `bench --store`
-        rag = RagPrompts(store, tokenizer, args.rag_k, context_tokens=context, max_new_tokens=128)
-        corpus = span_index(store, tokenizer)
-    cases = []  # (prompt ids, answer ids, passages)
-    for record in map(json.loads, (args.results / "results.jsonl").read_text().splitlines()):
-        if record["method"] != "plain":
-            continue
-        messages = []
-        for text, answer in zip(questions[str(record["question_id"])]["turns"], record["token_ids"]):
-            turn_passages = ()
-            if rag is not None:
-                turn = rag(text)
-                text, turn_passages = turn.content, turn.passages
-            messages.append({"role": "user", "content": text})
-            cases.append((encode_prompt(tokenizer, messages), answer, turn_passages))
-            messages.append({"role": "assistant", "content": tokenizer.decode(answer, skip_special_tokens=True)})
+        rag, options = rag_setup(config, target, [MethodName.parse("retrieval")], DrafterOptions())
+        corpus = options.corpus
+    plain = {r["question_id"]: r["token_ids"] for r in map(json.loads, (args.results / "results.jsonl").open())
+             if r["method"] == "plain"}
+    recorded = RecordedAnswers(tokenizer)
+    for question in read_questions(args.questions):
+        if question.key in plain:
+            recorded.answers = list(plain[question.key])
+            run_turns(recorded, question, target, config.max_new_tokens, rag)
+    cases = recorded.cases  # (prompt ids, answer ids, passages)
     del target
 
     draft = load_model(args.draft_model, dtype="float32").model

@@ -38,6 +38,7 @@ import torch
 
 from .attention import AttentionBackend, select_backend
 from .cache import KVCache
+from .drafters.base import LevelAcceptance
 from .errors import SpecDecodeError
 from .machine import machine_key
 
@@ -154,18 +155,18 @@ class DraftSizer:
 
     verify: ForwardCosts
     settings: SizerSettings = SizerSettings()
-    accepted_levels: float = 0.0
-    rejected_levels: float = 0.0
+    levels: LevelAcceptance = field(init=False)  # acceptance per level of the verified trees
     draft_seconds: float = 0.0  # drafter time over drafted nodes, excluding each generation's first draft
     draft_nodes: float = 0.0
     shape: float = 1.0
     budgets: list[int] = field(default_factory=list)
 
+    def __post_init__(self):
+        self.levels = LevelAcceptance(self.settings.prior, self.settings.prior_weight, self.settings.decay)
+
     @property
     def alpha(self) -> float:
-        prior = self.settings.prior * self.settings.prior_weight
-        evidence = self.accepted_levels + self.rejected_levels
-        return (prior + self.accepted_levels) / (self.settings.prior_weight + evidence)
+        return self.levels.alpha
 
     @property
     def draft_per_node(self) -> float:
@@ -186,13 +187,10 @@ class DraftSizer:
 
     def observe(self, nodes: int, depth: int, accepted: int, draft_seconds: float, first: bool) -> None:
         """After a step: the draft's node count and depth, the levels accepted, the drafter's time."""
-        decay = self.settings.decay
-        self.accepted_levels *= decay
-        self.rejected_levels *= decay
         if nodes == 0:
+            self.levels.step()
             return
-        self.accepted_levels += accepted
-        self.rejected_levels += 1 if accepted < depth else 0
+        self.levels.step(accepted, missed=accepted < depth)
         self.shape = self.settings.shape_decay * self.shape + (1 - self.settings.shape_decay) * (nodes / depth)
         if not first:  # a drafter's first draft includes its prefill
             self.draft_seconds += draft_seconds

@@ -181,6 +181,8 @@ class DraftTree:
     def subset(self, keep: Sequence[int]) -> DraftTree:
         """The nodes `keep` (any order; each kept node's parent must be kept too), in tree order."""
         nodes = sorted(set(keep))
+        if nodes == list(range(len(self))):
+            return self  # nothing cut (no copy of draft_probs)
         remap = {old: new for new, old in enumerate(nodes)}
         parents = [self.parent_list[node] for node in nodes]
         if any(parent >= 0 and parent not in remap for parent in parents):

@@ -53,6 +53,7 @@ def test_subset_keeps_whole_paths_in_tree_order():
     assert torch.equal(cut.draft_probs, tree.draft_probs[[0, 1, 3]])
     with pytest.raises(SpecDecodeError, match="drops a parent"):
         tree.subset([0, 3])
+    assert tree.subset([3, 2, 1, 0]) is tree
 
 
 def test_merge_located_maps_each_node_of_each_tree():

@@ -8,6 +8,8 @@ only what the target itself would have produced, so a drafter can never change t
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+
 import torch
 
 from ..sampling import GREEDY, SamplingParams
@@ -88,3 +90,27 @@ class AdaptiveLength:
             self.current = min(self.maximum, self.current + 2)
         else:
             self.current = max(self.minimum, self.current - 1)
+
+
+@dataclass
+class LevelAcceptance:
+    """How often a draft level is accepted given its parent was (alpha of the geometric model), from
+    the levels accepted and the drafts cut short so far, decayed per step (so the estimate follows the
+    text, and after a run of misses drifts back toward the prior, so drafting is retried) and pulled
+    toward `prior`, worth `prior_weight` observed levels. The engine's cost model keeps one for the
+    verified tree; a MixtureDrafter one per drafter."""
+
+    prior: float = 0.5
+    prior_weight: float = 2.0
+    decay: float = 0.9
+    accepted: float = 0.0
+    rejected: float = 0.0
+
+    @property
+    def alpha(self) -> float:
+        return (self.prior * self.prior_weight + self.accepted) / (self.prior_weight + self.accepted + self.rejected)
+
+    def step(self, accepted: int = 0, missed: bool = False) -> None:
+        """One step: older evidence decays; then `accepted` levels and, if a checked level was wrong, a miss."""
+        self.accepted = self.accepted * self.decay + accepted
+        self.rejected = self.rejected * self.decay + (1 if missed else 0)

@@ -15,38 +15,11 @@ stats count the tokens it proposed into the merged tree and the ones accepted.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from ..errors import SpecDecodeError
 from ..sampling import GREEDY
 from ..tree import DraftTree
-from .base import Drafter
-
-
-@dataclass
-class LevelAcceptance:
-    """One drafter's acceptance per level, from evidence decayed per step and a prior."""
-
-    prior: float = 0.5
-    prior_weight: float = 2.0
-    decay: float = 0.9
-    accepted: float = 0.0
-    rejected: float = 0.0
-
-    @property
-    def alpha(self) -> float:
-        return (self.prior * self.prior_weight + self.accepted) / (self.prior_weight + self.accepted + self.rejected)
-
-    def observe(self, tree: DraftTree, committed: Sequence[int]) -> None:
-        """`tree` was proposed; `committed` are the step's committed tokens (the target's own included)."""
-        self.accepted *= self.decay
-        self.rejected *= self.decay
-        if not len(tree):
-            return
-        matched = tree.matched_depth(committed)
-        self.accepted += matched
-        if matched < min(tree.depth, len(committed)):  # a level was checked and missed (not censored)
-            self.rejected += 1
+from .base import Drafter, LevelAcceptance
 
 
 class MixtureDrafter(Drafter):
@@ -121,8 +94,9 @@ class MixtureDrafter(Drafter):
         for node in self.tree.matched_path(token_ids[:-1]):  # the last committed token is the target's own
             for source in self.sources[node]:
                 self.accepted[source] += 1
-        for acceptance, tree in zip(self.acceptance, self.trees):
-            acceptance.observe(tree, token_ids)
+        for acceptance, tree in zip(self.acceptance, self.trees):  # each drafter's own tree, verified or not
+            matched = tree.matched_depth(token_ids)  # the target's own last token counts: it is the truth too
+            acceptance.step(matched, missed=matched < min(tree.depth, len(token_ids)))  # beyond: unknown
         self.tree, self.sources = DraftTree.empty(), []  # consumed (a step without a draft counts nothing)
         self.trees = [DraftTree.empty() for _ in self.drafters]
         for drafter in self.drafters:
