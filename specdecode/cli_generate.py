@@ -41,7 +41,7 @@ class GenerateConfig:
     dtype: str = "auto"
     quantize: str | None = None  # "int8" | "int4" | "fp16" | "w8a8" target (quantize.py)
     drafter_dtype: str = "fast-decode"  # drafts never change the output, so the drafter may use its own
-    drafter_quantize: str | None = None  # a quantized model drafter (quantize.py)
+    drafter_quantize: str | None = "auto"  # a model drafter's weights: auto (measured fastest) | w8a8 | ... | None
     raw: bool = False  # tokenise the prompt as is, no chat template
     cost_model: bool = True  # size drafts with the measured cost model (costs.py)
     compare: bool = False
@@ -130,7 +130,7 @@ def check_config(config: GenerateConfig, plain: bool) -> DrafterOptions:
         raise SpecDecodeError(f"--max-new-tokens must be >= 1, got {config.max_new_tokens}.")
     SamplingParams(temperature=config.temperature, top_p=config.top_p, top_k=config.top_k)  # raises if bad
     check_mode(config.quantize)
-    check_mode(config.drafter_quantize)
+    check_mode(config.drafter_quantize, drafter=True)
     if plain:
         if config.k is not None or config.tree != 1:
             raise SpecDecodeError("--k and --tree shape a drafter's drafts; --drafter none decodes plainly.")

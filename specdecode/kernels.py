@@ -25,6 +25,7 @@ from .errors import SpecDecodeError
 SMALL_ROWS = 64  # up to this many rows, WeightFirstLinear computes (W @ x^T)^T
 _PROBE_ROWS = (1, 4, 8, 16)
 _MIN_GAIN = 1.15  # switch only for a clear win
+_MIN_GAIN_QUANTIZED = 1.25  # a drafter is quantized only for a clear win
 _PAD_GAIN = 0.85  # pad a forward only to a size measured >= 15% cheaper
 
 
@@ -81,6 +82,28 @@ def fastest_decode_dtype(device: torch.device) -> torch.dtype:
             x = torch.randn(1, 2048).to(dtype)
             seconds[dtype] = _time(lambda: F.linear(x, weight), repeats=10)
     return min(seconds, key=seconds.get)
+
+
+def fastest_draft_quantization(device: torch.device) -> str | None:
+    """"w8a8" where its one-row product is measured clearly faster (>= 1.25x) than the fastest dtype's,
+    else None: what quantization="auto" means for a model that only drafts.
+
+    A drafter's weights never change the output, so the fastest one-token forward wins. On an AVX2 EPYC
+    (2 threads, a 4096 x 2048 layer, one row): fp32 2.6 ms, bf16 1.1 ms, w8a8 0.44 ms; a w8a8 drafter
+    also prefills in fp32 kernels (Qwen2.5-0.5B, 900 tokens: 6.4 s vs 37 s in bf16 on that CPU).
+    """
+    from .quantize import RowInt8Linear, fbgemm_available  # quantize.py sits beside this module
+
+    if device.type != "cpu" or not fbgemm_available():
+        return None
+    dtype = fastest_decode_dtype(device)
+    with torch.inference_mode():
+        weight, x = torch.randn(4096, 2048), torch.randn(1, 2048)
+        layer = RowInt8Linear(weight, None)
+        weight, x_dtype = weight.to(dtype), x.to(dtype)
+        dtype_s = _time(lambda: F.linear(x_dtype, weight), repeats=10)
+        w8a8_s = _time(lambda: layer(x), repeats=10)
+    return "w8a8" if w8a8_s * _MIN_GAIN_QUANTIZED < dtype_s else None
 
 
 def padded_sizes(model: torch.nn.Module, max_rows: int = 32) -> list[int]:

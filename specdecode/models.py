@@ -16,7 +16,7 @@ import torch
 
 from . import zoo
 from .errors import ModelLoadError, SpecDecodeError
-from .kernels import fastest_decode_dtype, tune_linear_layers
+from .kernels import fastest_decode_dtype, fastest_draft_quantization, tune_linear_layers
 from .gguf_int4 import import_gguf_int4
 from .quantize import FBGEMM_MODES, check_mode, quantize_model
 from .rowwise_attention import ROWWISE
@@ -156,13 +156,17 @@ def load_model(
     or a .gguf file, int4 keeps the GGUF's own 4-bit blocks (Q4_0/Q4_1/Q4_K, groups of 32) and puts
     its other layers in int8 (gguf_int4.py). Speculative output equals plain decoding of the quantized model.
     `drafts_only`: the model will only draft, so a w8a8 model keeps batched attention instead of the
-    row-wise attention a verified target needs (a draft need not equal one-token steps bit for bit).
+    row-wise attention a verified target needs (a draft need not equal one-token steps bit for bit),
+    and `quantize="auto"` is allowed: w8a8 where it measures clearly faster on this machine
+    (kernels.fastest_draft_quantization), else none (a model instance you pass is not quantized by "auto").
     """
     from transformers import PreTrainedModel
 
     if isinstance(spec, LoadedModel):
         return spec
+    check_mode(quantize, drafter=drafts_only)
     if isinstance(spec, PreTrainedModel):
+        quantize = None if quantize == "auto" else quantize  # your own model stays as you built it
         return _wrap_instance(spec, tokenizer, dtype, device, cpu_kernels, quantize, group_size, drafts_only)
     if isinstance(spec, os.PathLike):
         spec = os.fspath(spec)
@@ -172,9 +176,11 @@ def load_model(
             "a hub id, or a transformers PreTrainedModel with tokenizer=."
         )
     target_device = resolve_device(device)
-    check_mode(quantize)
-    # FBGEMM's layers take fp32 activations: "auto" / "fast-decode" mean fp32 for them
-    fbgemm_default = quantize in FBGEMM_MODES and dtype in ("auto", "fast-decode")
+    auto_weights = quantize == "auto"  # a drafter (check_mode): the weights measured fastest here, if any
+    if auto_weights:
+        quantize = fastest_draft_quantization(target_device)
+    # FBGEMM's layers take fp32 activations: "auto" / "fast-decode" (or auto weights) mean fp32 for them
+    fbgemm_default = quantize in FBGEMM_MODES and (auto_weights or dtype in ("auto", "fast-decode"))
     target_dtype = torch.float32 if fbgemm_default else resolve_dtype(dtype, target_device)
     folder, name, from_hub = _resolve_source(spec)
     model = _from_pretrained(folder, target_dtype, spec if from_hub else None)

@@ -209,10 +209,18 @@ class RowInt8Linear(torch.nn.Module):
         return out.reshape(*x.shape[:-1], self.out_features)
 
 
-def check_mode(mode: str | None) -> None:
-    """Fail before loading anything when `mode` is not a quantization this module provides."""
+def check_mode(mode: str | None, *, drafter: bool = False) -> None:
+    """Fail before loading anything when `mode` is not a quantization this module provides ("auto":
+    the measured fastest, for models that only draft; kernels.fastest_draft_quantization)."""
+    if mode == "auto":
+        if not drafter:
+            raise SpecDecodeError("quantize='auto' is for drafter models only (their weights never change the "
+                                  "output); a target's quantization changes what it generates, so name it: "
+                                  f"one of {', '.join(MODES)}, or None.")
+        return
     if mode is not None and mode not in MODES:
-        raise SpecDecodeError(f"unknown quantization {mode!r}; use one of {', '.join(MODES)} (or None).")
+        raise SpecDecodeError(f"unknown quantization {mode!r}; use one of {', '.join(MODES)} (or None)"
+                              f"{' or auto' if drafter else ''}.")
 
 
 def quantize_int4(weight: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

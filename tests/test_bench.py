@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from tiny import tiny_model, tiny_tokenizer
 from typer.testing import CliRunner
 
@@ -15,6 +16,7 @@ from specdecode.bench import runner as bench_runner
 from specdecode.bench.metrics import OVERALL
 from specdecode.cli import app
 from specdecode.errors import SpecDecodeError
+from specdecode.kernels import fastest_draft_quantization
 from specdecode.models import LoadedModel
 from specdecode.prompts import encode_prompt
 
@@ -80,6 +82,8 @@ def test_every_method_on_a_tiny_model_writes_identical_results_and_reports(quest
         assert r["target_forwards"] >= 1
     by_method = {r["method"]: r for r in records if r["question_id"] == "1"}
     assert by_method["plain"]["target_forwards"] == by_method["plain"]["new_tokens"]  # tau 1
+    settings = json.loads((out / "run.json").read_text())["settings"]  # "auto" drafter weights, as resolved
+    assert settings.get("drafter_quantize") == fastest_draft_quantization(torch.device("cpu"))
     assert by_method["model:tiny-target"]["target_forwards"] < by_method["plain"]["target_forwards"]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["methods"][0] == "plain" and set(summary["summary"]) == {OVERALL, "copy", "chat"}

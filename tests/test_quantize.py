@@ -18,6 +18,7 @@ from specdecode.cache import KVCache
 from specdecode.drafters.registry import DrafterOptions, make_drafter
 from specdecode.drafters import LookupDrafter, ModelDrafter, RetrievalDrafter
 from specdecode.errors import SpecDecodeError
+from specdecode.kernels import fastest_draft_quantization
 from specdecode import quantize as quantize_module
 from specdecode.quantize import Fp16Linear, Int4Linear, Int8Linear, RowInt8Linear, quantize_int4, quantize_model
 
@@ -238,6 +239,29 @@ def test_drafter_quantize_reaches_the_drafter_and_the_bench_assistant(model_dir)
     assert any(isinstance(m, RowInt8Linear) for m in drafter.model.modules())
     assistant = DraftModels("fast-decode", quantize="w8a8")(str(model_dir), target, dtype=torch.float32)
     assert assistant.quantization == "w8a8"
+
+
+def test_auto_drafter_weights_are_the_measured_fastest_and_never_a_targets(model_dir):
+    """quantize="auto" picks a drafter's weights by timing (w8a8 only where FBGEMM is clearly faster);
+    a target's quantization changes its output, so "auto" is refused for it, naming the fix."""
+    expected = fastest_draft_quantization(torch.device("cpu"))
+    assert expected in (None, "w8a8")
+    assert fastest_draft_quantization(torch.device("meta")) is None  # not a CPU: the GPU keeps its own path
+    drafter = load_model(model_dir, quantize="auto", drafts_only=True)
+    assert drafter.quantization == expected
+    if expected == "w8a8":  # FBGEMM computes in fp32: "auto" weights override a bf16 dtype request
+        assert load_model(model_dir, dtype="bf16", quantize="auto", drafts_only=True).dtype == torch.float32
+    own = load_model(tiny_model("llama", seed=0), tokenizer=tiny_tokenizer(), quantize="auto", drafts_only=True)
+    assert own.quantization is None  # a model instance you built stays as you built it
+    with pytest.raises(SpecDecodeError, match="drafter models only"):
+        load_model(model_dir, quantize="auto")
+    assert make_drafter(f"model:{model_dir}", load_model(model_dir)).draft.quantization == expected  # the default
+
+
+def test_bench_assistant_of_fbgemm_drafters_computes_in_fp32_whatever_the_targets_dtype(model_dir):
+    target = load_model(model_dir, dtype="bf16")
+    assistant = DraftModels("fast-decode", quantize="w8a8")(str(model_dir), target, dtype=target.dtype)
+    assert assistant.quantization == "w8a8" and assistant.dtype == torch.float32
 
 
 @pytest.mark.parametrize("mode", MODES)

@@ -25,6 +25,7 @@ from ..errors import SpecDecodeError
 from ..models import LoadedModel, gguf_origin, load_model
 from ..pipelines.rag import hand_passages
 from ..prompts import eos_token_ids
+from ..quantize import FBGEMM_MODES
 
 PEERS = ("hf-plain", "hf-assisted", "hf-lookup", "llama-cpp")
 METHOD_NAMES = (f"plain, {', '.join(DRAFTER_PATTERNS)}, hf-plain, hf-assisted:NAME, hf-lookup, llama-cpp "
@@ -113,6 +114,8 @@ class DraftModels:
 
     def __call__(self, spec: str, target: LoadedModel, dtype=None) -> LoadedModel:
         dtype = self.dtype if dtype is None else dtype
+        if self.quantize in FBGEMM_MODES:  # these layers compute in fp32, whatever the target's dtype
+            dtype = "auto"
         key = (spec, str(dtype))
         if key not in self.loaded:
             self.loaded[key] = self.load(spec, dtype=dtype, device=target.device, quantize=self.quantize,

@@ -14,7 +14,8 @@ from pathlib import Path
 
 from ..drafters.registry import DrafterOptions, drafter_kinds
 from ..errors import SpecDecodeError
-from ..models import LoadedModel, load_model
+from ..kernels import fastest_draft_quantization
+from ..models import LoadedModel, load_model, resolve_device
 from ..prompts import encode_prompt
 from ..quantize import check_mode
 from .environment import environment, machine_key
@@ -41,7 +42,7 @@ class BenchConfig:
     dtype: str = "auto"
     quantize: str | None = None  # "int8" | "int4" | "fp16" | "w8a8": quantized target (quantize.py)
     drafter_dtype: str = "fast-decode"
-    drafter_quantize: str | None = None  # our drafter models and HF's assistants quantized alike
+    drafter_quantize: str | None = "auto"  # our drafter models and HF's assistants quantized alike
     k: int | None = None
     tree: int = 1
     warmup: int = 1  # untimed generations per method before the first question
@@ -88,7 +89,9 @@ def run_benchmark(config: BenchConfig, *, target: LoadedModel | None = None,
     if config.max_new_tokens < 1:
         raise SpecDecodeError(f"--max-new-tokens must be >= 1, got {config.max_new_tokens}.")
     check_mode(config.quantize)
-    check_mode(config.drafter_quantize)
+    check_mode(config.drafter_quantize, drafter=True)
+    if config.drafter_quantize == "auto":  # record what the drafters will really run with
+        config = replace(config, drafter_quantize=fastest_draft_quantization(resolve_device("auto")))
     if config.warmup < 0:
         raise SpecDecodeError(f"--warmup must be >= 0, got {config.warmup}.")
     if config.rag_k < 1:
@@ -111,7 +114,8 @@ def run_benchmark(config: BenchConfig, *, target: LoadedModel | None = None,
         rag = None
         if config.store is not None:
             rag, options = rag_setup(config, target, names, options)
-        methods = build_methods(names, target, options, DraftModels(config.drafter_dtype, load, config.drafter_quantize), config.model,
+        draft_models = DraftModels(config.drafter_dtype, load, config.drafter_quantize)
+        methods = build_methods(names, target, options, draft_models, config.model,
                                 cost_model="auto" if config.cost_model else None)
         warm_up(methods, target, pending[0][0], config.warmup, min(WARMUP_TOKENS, config.max_new_tokens), rag)
         # 3. Questions in order; per question every pending method in order (plain first).

@@ -61,7 +61,7 @@ class DrafterOptions:
     k: int | None = None  # draft depth; None adapts it from acceptance
     tree: int = 1  # lookup branches / model-drafter tree width; 1 = a chain
     drafter_dtype: str = "fast-decode"  # drafts never change the output, so a model drafter may use its own
-    drafter_quantize: str | None = None  # a quantized drafter model ("w8a8", ...; quantize.py)
+    drafter_quantize: str | None = "auto"  # drafter model weights: "auto" (measured fastest), "w8a8", ..., None
     corpus: SuffixIndex | None = field(default=None, compare=False)  # `retrieval` also copies from this corpus
 
     def __post_init__(self):

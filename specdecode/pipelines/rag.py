@@ -153,7 +153,9 @@ class RAGPipeline:
         if drafter == "auto":
             drafter = RetrievalDrafter(corpus)
             if draft_model is not None:
-                drafter = MixtureDrafter([drafter, ModelDrafter(load_model(draft_model, device=self.target.device))])
+                draft = load_model(draft_model, dtype="fast-decode", quantize="auto", device=self.target.device,
+                                   drafts_only=True)
+                drafter = MixtureDrafter([drafter, ModelDrafter(draft)])
         elif isinstance(drafter, str):
             drafter = make_drafter(drafter, self.target, DrafterOptions(corpus=corpus))
         self.generator = SpeculativeGenerator(self.target, drafter=drafter)
