@@ -211,7 +211,8 @@ def bench(
                                               "where measured clearly faster here) | none | int8 | int4 | fp16 | w8a8."),
     drafter_dtype: str = typer.Option("fast-decode", "--drafter-dtype",
                                       help="Dtype of our drafter models (fast-decode | auto | bf16 | fp32); "
-                                           "hf-assisted loads its assistant in the target's dtype."),
+                                           "hf-assisted loads its assistant in the target's dtype (fp32 with FBGEMM "
+                                           "weights such as w8a8)."),
     k: Optional[int] = typer.Option(None, "--k", help="Draft length of our drafters (omitted = adaptive)."),
     tree: int = typer.Option(1, "--tree", help="Tree width of our drafters (1 = a chain)."),
     warmup: int = typer.Option(1, "--warmup", help="Untimed warm-up generations per method."),

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import SpecDecodeError
+from .quantize import RowInt8Linear, fbgemm_available
 
 SMALL_ROWS = 64  # up to this many rows, WeightFirstLinear computes (W @ x^T)^T
 _PROBE_ROWS = (1, 4, 8, 16)
@@ -92,8 +93,6 @@ def fastest_draft_quantization(device: torch.device) -> str | None:
     (2 threads, a 4096 x 2048 layer, one row): fp32 2.6 ms, bf16 1.1 ms, w8a8 0.44 ms; a w8a8 drafter
     also prefills in fp32 kernels (Qwen2.5-0.5B, 900 tokens: 6.4 s vs 37 s in bf16 on that CPU).
     """
-    from .quantize import RowInt8Linear, fbgemm_available  # quantize.py sits beside this module
-
     if device.type != "cpu" or not fbgemm_available():
         return None
     dtype = fastest_decode_dtype(device)
