@@ -72,10 +72,8 @@ def run_ask(config: AskConfig, write: Write) -> None:
     store = Datastore.load(config.store)
     hide_loading_bars()
     target = load_model(config.model, dtype=config.dtype)
-    draft = load_model(config.draft_model, dtype="fast-decode", quantize="auto",
-                       device=target.device, drafts_only=True) if config.draft_model else None
     drafter = None if config.drafter == "none" else config.drafter
-    rag = RAGPipeline(target, store, drafter=drafter, k=config.k, draft_model=draft,
+    rag = RAGPipeline(target, store, drafter=drafter, k=config.k, draft_model=config.draft_model,
                       max_new_tokens=config.max_new_tokens)
     if config.compare:
         rag(config.question, max_new_tokens=min(4, config.max_new_tokens))  # untimed warm-up

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tiny import RandomDrafter, hf_greedy, loaded, random_prompt, repetitive_prompt, tiny_model, tiny_tokenizer
+from tiny import (RandomDrafter, first_token_total_variation, hf_greedy, loaded, random_prompt, repetitive_prompt,
+                  tiny_model, tiny_tokenizer)
 
 from specdecode import SpeculativeGenerator, load_model
 from specdecode.attention import SDPABackend
@@ -176,6 +177,20 @@ def test_a_quantized_drafter_with_a_pruned_head_stays_lossless(mode):
         assert out.token_ids == hf_greedy(target, prompt, 24)
         assert drafter.head is not None and drafter.head.size == 40
     assert out.stats.accepted_tokens > 0  # the pruned quantized drafter still drafts accepted tokens
+
+
+def test_sampling_with_a_pruned_w8a8_drafter_keeps_the_target_distribution():
+    """Drafters are w8a8 by default on CPUs where it is faster ("auto"): their draft_probs come from
+    quantized weights and a pruned head (zero outside the kept ids), which the acceptance rule must
+    absorb. First sampled token vs the fp32 target's softmax (vocab 16, 4000 samples)."""
+    model = tiny_model("llama", seed=0, vocab=16)
+    drafter_model = tiny_model("llama", seed=0, vocab=16)
+    quantize_model(drafter_model, "w8a8", exact_rows=False)
+    prompt = random_prompt(7, vocab=16)
+    drafter = ModelDrafter(loaded(drafter_model), k=2, confidence=0, draft_vocab=8)
+    gen = SpeculativeGenerator(loaded(model), drafter=drafter, cost_model=None)
+    assert first_token_total_variation(gen, model, prompt) < 0.05  # expected TV ~0.02
+    assert drafter.head is not None and drafter.head.size == 8
 
 
 def test_a_w8a8_drafter_keeps_batched_attention():

@@ -71,8 +71,10 @@ class DrafterOptions:
             raise SpecDecodeError(f"tree must be >= 1 (1 = a chain), got {self.tree}.")
 
 
-def default_load_draft(spec: str, target: LoadedModel, dtype: str, quantize: str | None = None) -> LoadedModel:
-    """Load a drafter model on the target's device."""
+def default_load_draft(spec, target: LoadedModel, dtype: str = "fast-decode",
+                       quantize: str | None = "auto") -> LoadedModel:
+    """Load a drafter model on the target's device (a LoadedModel is returned as is); by default in its
+    fastest decoding dtype and weights (load_model's "fast-decode" and quantize="auto")."""
     return load_model(spec, dtype=dtype, device=target.device, quantize=quantize, drafts_only=True)
 
 

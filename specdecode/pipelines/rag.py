@@ -13,7 +13,7 @@ from collections.abc import Generator
 from dataclasses import dataclass, replace
 
 from ..drafters import Drafter, MixtureDrafter, ModelDrafter, RetrievalDrafter, SuffixIndex
-from ..drafters.registry import DrafterOptions, drafter_kinds, make_drafter
+from ..drafters.registry import DrafterOptions, default_load_draft, drafter_kinds, make_drafter
 from ..engine import SpeculativeGenerator
 from ..errors import SpecDecodeError
 from ..models import load_model
@@ -153,9 +153,7 @@ class RAGPipeline:
         if drafter == "auto":
             drafter = RetrievalDrafter(corpus)
             if draft_model is not None:
-                draft = load_model(draft_model, dtype="fast-decode", quantize="auto", device=self.target.device,
-                                   drafts_only=True)
-                drafter = MixtureDrafter([drafter, ModelDrafter(draft)])
+                drafter = MixtureDrafter([drafter, ModelDrafter(default_load_draft(draft_model, self.target))])
         elif isinstance(drafter, str):
             drafter = make_drafter(drafter, self.target, DrafterOptions(corpus=corpus))
         self.generator = SpeculativeGenerator(self.target, drafter=drafter)
