@@ -26,6 +26,7 @@ from .quantize import RowInt8Linear, fbgemm_available
 SMALL_ROWS = 64  # up to this many rows, WeightFirstLinear computes (W @ x^T)^T
 _PROBE_ROWS = (1, 4, 8, 16)
 _MIN_GAIN = 1.15  # switch only for a clear win
+_MIN_PROBED_WEIGHTS = 1 << 20  # smaller layers take microseconds: a timing of them is noise, keep F.linear
 _MIN_GAIN_QUANTIZED = 1.25  # a drafter is quantized only for a clear win
 _PAD_GAIN = 0.85  # pad a forward only to a size measured >= 15% cheaper
 
@@ -138,7 +139,9 @@ def linear_modules(model: torch.nn.Module) -> list[torch.nn.Linear]:
 
 def tune_linear_layers(model: torch.nn.Module, mode: str = "auto") -> str:
     """Choose the matmul orientation of a CPU model's linear layers: "auto" measures; "weight_first"
-    ((W @ x^T)^T for few rows) or "standard" (F.linear) force one. Returns the orientation in use."""
+    ((W @ x^T)^T for few rows) or "standard" (F.linear) force one. Returns the orientation in use.
+    A model whose layers are all tiny (test models) keeps "standard": timing them would be noise, and
+    two loads of one model would then differ by rounding."""
     if mode not in ("auto", "weight_first", "standard"):
         raise SpecDecodeError(f"unknown cpu_kernels mode {mode!r}; use 'auto', 'weight_first' or 'standard'.")
     layers = linear_modules(model)
@@ -148,7 +151,8 @@ def tune_linear_layers(model: torch.nn.Module, mode: str = "auto") -> str:
         chosen = "weight_first"
     else:
         largest = max(layers, key=lambda m: m.weight.numel() if m.out_features < 65536 else 0)
-        gain = weight_first_gain(largest.out_features, largest.in_features, largest.weight.dtype)
+        probed = largest.weight.numel() >= _MIN_PROBED_WEIGHTS
+        gain = weight_first_gain(largest.out_features, largest.in_features, largest.weight.dtype) if probed else 0.0
         chosen = "weight_first" if gain >= _MIN_GAIN else "standard"
     for layer in layers:
         layer.__class__ = WeightFirstLinear if chosen == "weight_first" else torch.nn.Linear

@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 from tiny import tiny_model, tiny_tokenizer
 from typer.testing import CliRunner
 
@@ -16,7 +15,7 @@ from specdecode.bench import runner as bench_runner
 from specdecode.bench.metrics import OVERALL
 from specdecode.cli import app
 from specdecode.errors import SpecDecodeError
-from specdecode.kernels import fastest_draft_quantization
+from specdecode.quantize import fbgemm_available
 from specdecode.models import LoadedModel
 from specdecode.prompts import encode_prompt
 
@@ -66,8 +65,10 @@ def results(out: Path) -> list[dict]:
 
 
 # ----------------------------------------------------------------------------- real methods end to end
-def test_every_method_on_a_tiny_model_writes_identical_results_and_reports(questions_file, tmp_path, zoo):
+def test_every_method_on_a_tiny_model_writes_identical_results_and_reports(questions_file, tmp_path, zoo, monkeypatch):
     out = tmp_path / "out"
+    probed = "w8a8" if fbgemm_available() else None  # what the weights probe answers here (fixed: it is a timing)
+    monkeypatch.setattr(bench_runner, "fastest_draft_quantization", lambda device: probed)
     methods = "lookup,model:tiny-draft,model:tiny-target,hf-plain,hf-lookup,hf-assisted:tiny-draft"
     bench = run(config(questions_file, out, methods=methods, cost_model=False), zoo)  # every drafter drafts
     assert bench.measured == 3 * 7 and not bench.interrupted
@@ -83,7 +84,7 @@ def test_every_method_on_a_tiny_model_writes_identical_results_and_reports(quest
     by_method = {r["method"]: r for r in records if r["question_id"] == "1"}
     assert by_method["plain"]["target_forwards"] == by_method["plain"]["new_tokens"]  # tau 1
     settings = json.loads((out / "run.json").read_text())["settings"]  # "auto" drafter weights, as resolved
-    assert settings.get("drafter_quantize") == fastest_draft_quantization(torch.device("cpu"))
+    assert settings.get("drafter_quantize") == probed
     assert by_method["model:tiny-target"]["target_forwards"] < by_method["plain"]["target_forwards"]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["methods"][0] == "plain" and set(summary["summary"]) == {OVERALL, "copy", "chat"}
@@ -278,6 +279,21 @@ def test_out_folder_of_other_settings_is_refused_until_fresh(questions_file, tmp
     assert len(results(out)) == 6  # untouched
     bench = run(config(questions_file, out, max_new_tokens=12, fresh=True), zoo)
     assert bench.measured == 6 and {len(r["token_ids"][0]) for r in results(out)} == {3}
+
+
+def test_resuming_with_auto_drafter_weights_keeps_those_the_folder_was_measured_with(
+        questions_file, tmp_path, zoo, spy, monkeypatch):
+    """"auto" is a timing: re-timed on resume it may choose otherwise, which must not block the resume."""
+    out = tmp_path / "out"
+    monkeypatch.setattr(bench_runner, "fastest_draft_quantization", lambda device: "w8a8")
+    run(config(questions_file, out, limit_per_category=1), zoo)
+    assert len(results(out)) == 4
+    monkeypatch.setattr(bench_runner, "fastest_draft_quantization", lambda device: None)
+    bench = run(config(questions_file, out), zoo)  # resumes: the third question is pending
+    assert bench.measured == 2 and len(results(out)) == 6
+    assert json.loads((out / "run.json").read_text())["settings"]["drafter_quantize"] == "w8a8"
+    run(config(questions_file, out, fresh=True), zoo)  # starting over measures again
+    assert json.loads((out / "run.json").read_text())["settings"].get("drafter_quantize") is None
 
 
 def test_spec_bench_development_subset_reads():

@@ -79,6 +79,12 @@ class ResultsFolder:
         _write_atomic(self.path / name, text)
 
 
+def recorded_settings(path: str | Path) -> dict | None:
+    """The settings an existing out folder's results were measured under (None: no such folder yet)."""
+    settings_path = Path(path) / SETTINGS_FILE
+    return _read_settings(settings_path) if settings_path.is_file() else None
+
+
 def _read_settings(path: Path) -> dict:
     try:
         document = json.loads(path.read_text(encoding="utf-8"))

@@ -25,7 +25,7 @@ from .metrics import add_drafter_counts, add_histograms
 from .rag import RagPrompts, RagTurn, store_fingerprint
 from .questions import Question, read_questions, select_questions
 from .report import write_reports
-from .results import ResultsFolder, file_sha256, ids_hash
+from .results import ResultsFolder, file_sha256, ids_hash, recorded_settings
 
 WARMUP_TOKENS = 16  # length of each untimed warm-up generation
 
@@ -79,6 +79,15 @@ class ProgressBar:
     def close(self) -> None: ...
 
 
+def resolve_auto_drafter_weights(config: BenchConfig) -> str | None:
+    """What "auto" drafter weights are for this run: those its out folder was measured with when resuming
+    (a re-timed probe could choose otherwise and block the resume), else the measured fastest here."""
+    recorded = None if config.fresh else recorded_settings(config.out)
+    if recorded is not None:
+        return recorded.get("drafter_quantize")  # absent: the published weights (settings omit None)
+    return fastest_draft_quantization(resolve_device("auto"))
+
+
 def run_benchmark(config: BenchConfig, *, target: LoadedModel | None = None,
                   load: Callable[..., LoadedModel] = load_model, progress: Progress | None = None) -> BenchRun:
     """Measure every pending (question, method) pair of `config` and write the reports.
@@ -91,7 +100,7 @@ def run_benchmark(config: BenchConfig, *, target: LoadedModel | None = None,
     check_mode(config.quantize)
     check_mode(config.drafter_quantize, drafter=True)
     if config.drafter_quantize == "auto":  # record what the drafters will really run with
-        config = replace(config, drafter_quantize=fastest_draft_quantization(resolve_device("auto")))
+        config = replace(config, drafter_quantize=resolve_auto_drafter_weights(config))
     if config.warmup < 0:
         raise SpecDecodeError(f"--warmup must be >= 0, got {config.warmup}.")
     if config.rag_k < 1:
