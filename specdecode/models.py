@@ -16,7 +16,7 @@ import torch
 
 from . import zoo
 from .errors import ModelLoadError, SpecDecodeError
-from .kernels import fastest_decode_dtype, fastest_draft_quantization, tune_linear_layers
+from .kernels import exact_one_token_steps, fastest_decode_dtype, fastest_draft_quantization, tune_linear_layers
 from .gguf_int4 import import_gguf_int4
 from .quantize import FBGEMM_MODES, check_mode, quantize_model
 from .rowwise_attention import ROWWISE
@@ -42,8 +42,10 @@ class LoadedModel:
     name: str
     dtype: torch.dtype
     device: torch.device
-    linear_kernel: str = "standard"  # CPU matmul orientation of the linear layers (see kernels.py)
+    linear_kernel: str = "standard"  # CPU matmul kernel of the linear layers (see kernels.py)
     quantization: str | None = None  # "int8" | "int4" | "fp16" | "w8a8" linear layers (quantize.py), or None
+    exact_steps: bool = False  # a verification computes bit for bit what one-token steps compute (w8a8; bf16
+    #                            on CPUs whose kernels allow it): speculative output equals plain decoding's
 
 
 def output_vocab_size(model: torch.nn.Module) -> int:
@@ -326,8 +328,14 @@ def _finish(model, tokenizer, name: str, cpu_kernels: str, quantize: str | None 
     elif quantize is not None:
         quantize_model(model, quantize, group_size, exact_rows=not drafts_only)
     kernel = tune_linear_layers(model, cpu_kernels)
+    exact = quantize == "w8a8" and not drafts_only
+    if (quantize is None and not drafts_only and model.device.type == "cpu"
+            and model.dtype in (torch.bfloat16, torch.float16)):
+        # a reduced-precision target: its logits tie often, so rounding must not differ between steps
+        exact_kernel = exact_one_token_steps(model)
+        kernel, exact = (exact_kernel, True) if exact_kernel else (kernel, False)
     return LoadedModel(model, tokenizer, name=name, dtype=model.dtype, device=model.device, linear_kernel=kernel,
-                       quantization=quantize)
+                       quantization=quantize, exact_steps=exact)
 
 
 def _first_line(e: BaseException) -> str:

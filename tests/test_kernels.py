@@ -1,4 +1,5 @@
-"""CPU matmul orientation: same results as F.linear, chosen by measurement, lossless under SD."""
+"""CPU matmul orientation: same results as F.linear, chosen by measurement, lossless under SD; bf16
+targets whose verifications compute bit for bit what one-token steps compute."""
 
 # cost_model=None: these tests verify every draft the drafters make; the cost model (test_costs.py)
 # would rightly skip drafts of drafters as slow as these small targets.
@@ -7,11 +8,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tiny import hf_greedy, loaded, random_prompt, tiny_model
+import torch.nn.functional as F
+from tiny import RandomDrafter, hf_greedy, loaded, random_prompt, repetitive_prompt, tiny_model, tiny_tokenizer
 
-from specdecode import SpecDecodeError, SpeculativeGenerator
+from specdecode import SpecDecodeError, SpeculativeGenerator, load_model
 from specdecode.drafters import LookupDrafter, ModelDrafter
-from specdecode.kernels import SMALL_ROWS, WeightFirstLinear, linear_modules, tune_linear_layers
+from specdecode.kernels import (SMALL_ROWS, PaddedRowLinear, WeightFirstLinear, exact_one_token_steps,
+                                linear_modules, one_row_rounding, tune_linear_layers)
 
 
 @pytest.mark.parametrize("rows", [1, 3, 8, SMALL_ROWS, SMALL_ROWS + 1])
@@ -47,3 +50,94 @@ def test_speculative_decoding_stays_exact_with_weight_first_layers():
     for drafter in (None, ModelDrafter(target, k=4, confidence=0), LookupDrafter(branches=2)):
         out = SpeculativeGenerator(target, drafter=drafter, cost_model=None).generate(prompt, max_new_tokens=30)
         assert out.token_ids == reference
+
+
+# ----------------------------------------------------------------------------- exact bf16 steps
+def rowwise_linear(x, weight, bias):
+    """A product that gives every row the same bits whatever the row count (one row at a time)."""
+    return torch.cat([F.linear(x[:, row:row + 1], weight, bias) for row in range(x.shape[1])], dim=1)
+
+
+def test_row_rounding_is_classified_from_what_the_kernel_computes():
+    layers = [torch.nn.Linear(32, 48), torch.nn.Linear(48, 32, bias=False)]
+    assert one_row_rounding(layers, rowwise_linear) == "stable"
+
+    def one_row_apart(x, weight, bias):  # like oneDNN's bf16 matrix-vector path on an AVX-512 BF16 EPYC
+        out = rowwise_linear(x, weight, bias)
+        return out + 1e-3 if x.shape[1] == 1 else out
+
+    assert one_row_rounding(layers, one_row_apart) == "batched"
+
+    def by_row_count(x, weight, bias):  # rounding that moves with the batch: no fix possible
+        return rowwise_linear(x, weight, bias) + 1e-4 * x.shape[1]
+
+    assert one_row_rounding(layers, by_row_count) == "unstable"
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_padded_row_linear_feeds_one_row_through_the_batched_product(bias):
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(48, 80, bias=bias).to(torch.bfloat16)
+    x = torch.randn(1, 5, 48).to(torch.bfloat16)
+    one, several = layer(x[:, :1]), layer(x)
+    layer.__class__ = PaddedRowLinear
+    assert torch.equal(layer(x), several)  # several rows: the product as it was
+    padded = layer(x[:, :1])
+    assert padded.shape == (1, 1, 80)
+    assert torch.equal(padded, F.linear(torch.cat([x[:, :1]] * 2, dim=1), layer.weight, layer.bias)[:, :1])
+    torch.testing.assert_close(padded, one, atol=0.05, rtol=0.02)  # the same product, up to bf16 rounding
+
+
+def test_bf16_targets_get_exact_steps_where_the_kernels_allow_and_nothing_else_changes(monkeypatch):
+    import specdecode.kernels as kernels
+
+    bf16 = tiny_model("llama", seed=0).to(torch.bfloat16)
+    monkeypatch.setattr(kernels, "one_row_rounding", lambda layers: "batched")
+    assert exact_one_token_steps(bf16) == "padded_row"
+    assert all(type(m) is PaddedRowLinear for m in linear_modules(bf16))
+    assert bf16.config._attn_implementation == "specdecode_rowwise"
+    unstable = tiny_model("llama", seed=0).to(torch.bfloat16)
+    monkeypatch.setattr(kernels, "one_row_rounding", lambda layers: "unstable")
+    assert exact_one_token_steps(unstable) is None  # left as it was
+    assert unstable.config._attn_implementation == "sdpa"
+    assert all(type(m) is torch.nn.Linear for m in linear_modules(unstable))
+    monkeypatch.undo()
+    fp32 = load_model(tiny_model("llama", seed=0), tokenizer=tiny_tokenizer(), dtype="fp32")
+    assert not fp32.exact_steps and fp32.model.config._attn_implementation == "sdpa"  # fp32: not needed
+    drafter = load_model(tiny_model("llama", seed=0), tokenizer=tiny_tokenizer(), dtype="bf16", drafts_only=True)
+    assert not drafter.exact_steps and drafter.linear_kernel != "padded_row"  # a drafter never changes output
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_speculative_decoding_of_a_padded_row_bf16_target_is_token_exact(arch):
+    model = tiny_model(arch, seed=0).to(torch.bfloat16)
+    for layer in linear_modules(model):
+        layer.__class__ = PaddedRowLinear
+    if one_row_rounding(linear_modules(model)) == "unstable":
+        pytest.skip("this CPU's bf16 products round rows differently by row count: bf16 cannot be made exact here")
+    from specdecode.rowwise_attention import use_rowwise_attention
+
+    use_rowwise_attention(model)
+    target = loaded(model)
+    draft = loaded(tiny_model(arch, seed=5).to(torch.bfloat16))
+    for prompt in (random_prompt(3), repetitive_prompt(4)):
+        plain = SpeculativeGenerator(target).generate(prompt, max_new_tokens=40, speculative=False)
+        for drafter in (LookupDrafter(branches=2), ModelDrafter(draft, k=5, confidence=0), RandomDrafter(7)):
+            out = SpeculativeGenerator(target, drafter=drafter, cost_model=None).generate(prompt, max_new_tokens=40)
+            assert out.token_ids == plain.token_ids, f"{drafter.name} changed a bf16 target's output"
+
+
+@pytest.mark.zoo
+def test_bf16_smollm2_speculative_equals_plain_where_this_cpu_allows_exact_steps():
+    target = load_model("smollm2-135m-instruct", dtype="bf16")
+    if not target.exact_steps:
+        pytest.skip("this CPU's bf16 products round rows differently by row count: bf16 output may differ from "
+                    "plain decoding at logit near-ties (README, 'bf16 can diverge')")
+    prompts = [[{"role": "user", "content": "Repeat after me: the quick brown fox jumps over the lazy dog."}],
+               [{"role": "user", "content": "Write a Python function that returns the n-th Fibonacci number."}]]
+    drafter_model = load_model("smollm2-135m-instruct", dtype="fp32", drafts_only=True)  # another model of it
+    for prompt in prompts:
+        plain = SpeculativeGenerator(target).generate(prompt, max_new_tokens=48, speculative=False)
+        for drafter in (LookupDrafter(), ModelDrafter(drafter_model, k=4, confidence=0), RandomDrafter(3)):
+            out = SpeculativeGenerator(target, drafter=drafter, cost_model=None).generate(prompt, max_new_tokens=48)
+            assert out.token_ids == plain.token_ids, f"{drafter.name} changed the bf16 model's output"
