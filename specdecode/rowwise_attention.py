@@ -5,7 +5,8 @@ decoding computes one token at a time. With float weights a batched attention ke
 the one-token kernel only by rounding (~1e-7), which changes a greedy choice only at a near-tie. A
 w8a8 model (quantize.py) rounds every activation to a 7-bit grid per token, and a 1e-7 difference
 that crosses a grid boundary becomes a whole grid step, then a different token: batched attention
-breaks its exactness. Here each fed token attends on its own (one query) to exactly the keys it may
+breaks its exactness; a bf16 target's logits tie often enough that its rounding matters too
+(kernels.exact_one_token_steps). Here each fed token attends on its own (one query) to exactly the keys it may
 see (a slice of the cache, or a gathered copy for a tree's ancestors: SDPA's result depends on the
 values, not on the strides, which a test checks), through the same SDPA call (query heads grouped by
 their shared key/value head) a one-token step makes, so a 16-token verification computes what 16
@@ -33,8 +34,8 @@ def rowwise_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.T
     """query [1, heads, q, d]; key, value [1, kv_heads, kv, d]; attention_mask [1, 1, q, >= kv] (bool,
     True = may attend; or float, 0 = may attend) or None for causal. Returns ([1, q, heads, d], None)."""
     if query.shape[0] != 1:
-        raise SpecDecodeError(f"row-wise attention (w8a8 models) runs one sequence at a time, got a batch of "
-                              f"{query.shape[0]}; generate for one prompt per call.")
+        raise SpecDecodeError(f"row-wise attention (w8a8 and exact bf16 targets) runs one sequence at a time, "
+                              f"got a batch of {query.shape[0]}; generate for one prompt per call.")
     _, heads, q_len, head_dim = query.shape
     kv_heads = key.shape[1]
     # a token's query heads grouped by the key/value head they share (GQA): [q, 1, kv_heads, groups, d]
