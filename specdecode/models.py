@@ -301,7 +301,7 @@ def _wrap_instance(model, tokenizer, dtype, device, cpu_kernels: str, quantize: 
         model = model.to(resolve_device(device))
     if dtype != "auto":
         model = model.to(resolve_dtype(dtype, model.device))
-    if model.config._attn_implementation not in ("sdpa", ROWWISE):  # ROWWISE: already w8a8 (quantize.py)
+    if model.config._attn_implementation not in ("sdpa", ROWWISE):  # ROWWISE: already exact (w8a8, bf16)
         try:
             model.set_attn_implementation("sdpa")
         except (ValueError, ImportError) as e:
@@ -328,12 +328,12 @@ def _finish(model, tokenizer, name: str, cpu_kernels: str, quantize: str | None 
     elif quantize is not None:
         quantize_model(model, quantize, group_size, exact_rows=not drafts_only)
     kernel = tune_linear_layers(model, cpu_kernels)
-    exact = quantize == "w8a8" and not drafts_only
+    exact = quantize == "w8a8" and not drafts_only  # quantize_model switched it to row-wise attention
     if (quantize is None and not drafts_only and model.device.type == "cpu"
             and model.dtype in (torch.bfloat16, torch.float16)):
         # a reduced-precision target: its logits tie often, so rounding must not differ between steps
         exact_kernel = exact_one_token_steps(model)
-        kernel, exact = (exact_kernel, True) if exact_kernel else (kernel, False)
+        kernel, exact = exact_kernel or kernel, exact_kernel is not None
     return LoadedModel(model, tokenizer, name=name, dtype=model.dtype, device=model.device, linear_kernel=kernel,
                        quantization=quantize, exact_steps=exact)
 

@@ -9,9 +9,11 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from tiny import RandomDrafter, hf_greedy, loaded, random_prompt, repetitive_prompt, tiny_model, tiny_tokenizer
+from tiny import (RandomDrafter, first_token_total_variation, hf_greedy, loaded, random_prompt, repetitive_prompt,
+                  tiny_model, tiny_tokenizer)
 
 from specdecode import SpecDecodeError, SpeculativeGenerator, load_model
+from specdecode import kernels
 from specdecode.drafters import LookupDrafter, ModelDrafter
 from specdecode.kernels import (SMALL_ROWS, PaddedRowLinear, WeightFirstLinear, exact_one_token_steps,
                                 linear_modules, one_row_rounding, tune_linear_layers)
@@ -89,8 +91,6 @@ def test_padded_row_linear_feeds_one_row_through_the_batched_product(bias):
 
 
 def test_bf16_targets_get_exact_steps_where_the_kernels_allow_and_nothing_else_changes(monkeypatch):
-    import specdecode.kernels as kernels
-
     bf16 = tiny_model("llama", seed=0).to(torch.bfloat16)
     monkeypatch.setattr(kernels, "one_row_rounding", lambda layers: "batched")
     assert exact_one_token_steps(bf16) == "padded_row"
@@ -108,36 +108,87 @@ def test_bf16_targets_get_exact_steps_where_the_kernels_allow_and_nothing_else_c
     assert not drafter.exact_steps and drafter.linear_kernel != "padded_row"  # a drafter never changes output
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen2"])
-def test_speculative_decoding_of_a_padded_row_bf16_target_is_token_exact(arch):
-    model = tiny_model(arch, seed=0).to(torch.bfloat16)
-    for layer in linear_modules(model):
-        layer.__class__ = PaddedRowLinear
-    if one_row_rounding(linear_modules(model)) == "unstable":
-        pytest.skip("this CPU's bf16 products round rows differently by row count: bf16 cannot be made exact here")
-    from specdecode.rowwise_attention import use_rowwise_attention
+@pytest.fixture
+def one_row_apart_kernel(monkeypatch):
+    """F.linear replaced, for the test, by a product of the kind that breaks bf16 exactness on an AVX-512 BF16
+    EPYC whatever CPU runs the test: every row gets the same bits among any number of rows (computed one at
+    a time), but a lone row rounds differently (its result moved by about a bf16 step)."""
+    original = F.linear
 
-    use_rowwise_attention(model)
-    target = loaded(model)
+    def linear(x, weight, bias=None):
+        rows = x.numel() // x.shape[-1]
+        if rows == 1:
+            return original(x, weight, bias) * (1 + 2 ** -7)
+        flat = x.reshape(rows, 1, x.shape[-1])
+        return torch.cat([original(row, weight, bias) for row in flat]).reshape(*x.shape[:-1], weight.shape[0])
+
+    monkeypatch.setattr(F, "linear", linear)
+
+
+def generate_with_every_drafter(target, draft, prompt, tokens: int) -> tuple[list[int], dict[str, list[int]]]:
+    """Plain decoding's token ids, and those of speculative decoding with lookup, a model and garbage drafts."""
+    plain = SpeculativeGenerator(target).generate(prompt, max_new_tokens=tokens, speculative=False)
+    drafters = (LookupDrafter(branches=2), ModelDrafter(draft, k=5, confidence=0), RandomDrafter(7))
+    return plain.token_ids, {d.name: SpeculativeGenerator(target, drafter=d, cost_model=None)
+                             .generate(prompt, max_new_tokens=tokens).token_ids for d in drafters}
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_bf16_target_with_exact_steps_is_token_exact_where_it_was_not(arch, one_row_apart_kernel):
+    prompts = (random_prompt(3), repetitive_prompt(4))
     draft = loaded(tiny_model(arch, seed=5).to(torch.bfloat16))
-    for prompt in (random_prompt(3), repetitive_prompt(4)):
-        plain = SpeculativeGenerator(target).generate(prompt, max_new_tokens=40, speculative=False)
-        for drafter in (LookupDrafter(branches=2), ModelDrafter(draft, k=5, confidence=0), RandomDrafter(7)):
-            out = SpeculativeGenerator(target, drafter=drafter, cost_model=None).generate(prompt, max_new_tokens=40)
-            assert out.token_ids == plain.token_ids, f"{drafter.name} changed a bf16 target's output"
+    as_loaded = loaded(tiny_model(arch, seed=0).to(torch.bfloat16))
+    differing = []
+    for prompt in prompts:
+        plain, outputs = generate_with_every_drafter(as_loaded, draft, prompt, 40)
+        differing += [name for name, ids in outputs.items() if ids != plain]
+    assert differing  # this kernel does break speculative decoding of a model left as it was
+
+    model = tiny_model(arch, seed=0).to(torch.bfloat16)
+    assert exact_one_token_steps(model) == "padded_row"
+    for prompt in prompts:
+        plain, outputs = generate_with_every_drafter(loaded(model), draft, prompt, 40)
+        for name, ids in outputs.items():
+            assert ids == plain, f"{name} changed a bf16 target's output"
 
 
 @pytest.mark.zoo
-def test_bf16_smollm2_speculative_equals_plain_where_this_cpu_allows_exact_steps():
+def test_bf16_smollm2_speculative_equals_plain_with_exact_steps(one_row_apart_kernel):
+    """On SmolLM2 in bf16 (it diverged at bf16 ties on an AVX-512 BF16 EPYC before exact steps)."""
+    # the standard orientation: timed against this slow stand-in kernel, "auto" would choose weight-first
+    target = load_model("smollm2-135m-instruct", dtype="bf16", cpu_kernels="standard")
+    assert target.exact_steps and target.linear_kernel == "padded_row"
+    draft = load_model("smollm2-135m-instruct", dtype="fp32", drafts_only=True)  # another model of it
+    prompt = [{"role": "user", "content": "Repeat after me: the quick brown fox jumps over the lazy dog."}]
+    plain, outputs = generate_with_every_drafter(target, draft, prompt, 32)
+    for name, ids in outputs.items():
+        assert ids == plain, f"{name} changed the bf16 model's output"
+
+
+@pytest.mark.zoo
+def test_bf16_smollm2_on_this_cpus_own_kernels_is_exact_or_left_as_it_was():
+    """Where this CPU's kernels allow exact steps, speculative output equals plain decoding's; where they
+    do not, the model is not touched and does not claim it (README: bf16 then differs only at ties)."""
     target = load_model("smollm2-135m-instruct", dtype="bf16")
     if not target.exact_steps:
-        pytest.skip("this CPU's bf16 products round rows differently by row count: bf16 output may differ from "
-                    "plain decoding at logit near-ties (README, 'bf16 can diverge')")
+        assert target.model.config._attn_implementation == "sdpa"
+        assert target.linear_kernel != "padded_row"
+        return
+    draft = load_model("smollm2-135m-instruct", dtype="fp32", drafts_only=True)
     prompts = [[{"role": "user", "content": "Repeat after me: the quick brown fox jumps over the lazy dog."}],
                [{"role": "user", "content": "Write a Python function that returns the n-th Fibonacci number."}]]
-    drafter_model = load_model("smollm2-135m-instruct", dtype="fp32", drafts_only=True)  # another model of it
     for prompt in prompts:
-        plain = SpeculativeGenerator(target).generate(prompt, max_new_tokens=48, speculative=False)
-        for drafter in (LookupDrafter(), ModelDrafter(drafter_model, k=4, confidence=0), RandomDrafter(3)):
-            out = SpeculativeGenerator(target, drafter=drafter, cost_model=None).generate(prompt, max_new_tokens=48)
-            assert out.token_ids == plain.token_ids, f"{drafter.name} changed the bf16 model's output"
+        plain, outputs = generate_with_every_drafter(target, draft, prompt, 48)
+        for name, ids in outputs.items():
+            assert ids == plain, f"{name} changed the bf16 model's output"
+
+
+def test_sampling_from_a_bf16_target_with_exact_steps_keeps_its_distribution(monkeypatch):
+    """Exact steps change how a bf16 target's products and attention are computed, not what it samples:
+    first sampled token vs the target's own softmax (vocab 16, 2000 seeds, a model drafter)."""
+    monkeypatch.setattr(kernels, "one_row_rounding", lambda layers: "batched")  # the padded path, on any CPU
+    model = tiny_model("llama", seed=0, vocab=16).to(torch.bfloat16)
+    assert exact_one_token_steps(model) == "padded_row"
+    drafter = ModelDrafter(loaded(tiny_model("llama", seed=3, vocab=16)), k=2, confidence=0)
+    gen = SpeculativeGenerator(loaded(model), drafter=drafter, cost_model=None)
+    assert first_token_total_variation(gen, model, random_prompt(7, vocab=16), samples=2000) < 0.05  # ~0.02-0.03

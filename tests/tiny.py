@@ -125,7 +125,7 @@ def first_token_total_variation(gen, model: torch.nn.Module, prompt: list[int], 
     """Total variation between the first token `gen` samples (temperature 1, seeds 0..samples-1)
     and the target model's softmax after `prompt`."""
     with torch.no_grad():
-        target = model(torch.tensor([prompt], device=model.device)).logits[0, -1].softmax(-1).cpu()  # [vocab]
+        target = model(torch.tensor([prompt], device=model.device)).logits[0, -1].float().softmax(-1).cpu()  # [vocab]
     counts = torch.zeros_like(target)
     for seed in range(samples):
         counts[gen.generate(prompt, max_new_tokens=2, temperature=1.0, seed=seed).token_ids[0]] += 1
