@@ -30,6 +30,7 @@ _MIN_GAIN = 1.15  # switch only for a clear win
 _MIN_PROBED_WEIGHTS = 1 << 20  # smaller layers take microseconds: a timing of them is noise, keep F.linear
 _MIN_GAIN_QUANTIZED = 1.25  # a drafter is quantized only for a clear win
 _PAD_GAIN = 0.85  # pad a forward only to a size measured >= 15% cheaper
+CPU_KERNEL_MODES = ("auto", "weight_first", "standard")
 
 
 class WeightFirstLinear(torch.nn.Linear):
@@ -189,7 +190,7 @@ def tune_linear_layers(model: torch.nn.Module, mode: str = "auto") -> str:
     ((W @ x^T)^T for few rows) or "standard" (F.linear) force one. Returns the orientation in use.
     A model whose layers are all tiny (test models) keeps "standard": timing them would be noise, and
     two loads of one model would then differ by rounding."""
-    if mode not in ("auto", "weight_first", "standard"):
+    if mode not in CPU_KERNEL_MODES:
         raise SpecDecodeError(f"unknown cpu_kernels mode {mode!r}; use 'auto', 'weight_first' or 'standard'.")
     layers = linear_modules(model)
     if not layers or mode == "standard" or next(model.parameters()).device.type != "cpu":

@@ -16,7 +16,7 @@ import torch
 
 from . import zoo
 from .errors import ModelLoadError, SpecDecodeError
-from .kernels import exact_one_token_steps, fastest_decode_dtype, fastest_draft_quantization, tune_linear_layers
+from .kernels import CPU_KERNEL_MODES, exact_one_token_steps, fastest_decode_dtype, fastest_draft_quantization, tune_linear_layers
 from .gguf_int4 import import_gguf_int4
 from .quantize import FBGEMM_MODES, check_mode, quantize_model
 from .rowwise_attention import ROWWISE
@@ -150,7 +150,9 @@ def load_model(
     or your own `PreTrainedModel` together with `tokenizer=`. `tokenizer` may be a tokenizer or a
     folder / hub id to load one from. For your own model, dtype/device "auto" keep what it has.
     `cpu_kernels`: on CPU, "auto" times the two matmul orientations of the linear layers for few-token
-    forwards on this machine and keeps the faster (kernels.py); "standard" leaves transformers' own.
+    forwards on this machine and keeps the faster (kernels.py); "standard" leaves transformers' own. A
+    bf16/fp16 CPU target takes the standard orientation with exact one-token steps where the kernels allow
+    them (kernels.exact_one_token_steps), before any timing; "weight_first" chooses speed over that.
     `quantize`: "int8" or "int4" replaces every linear layer by a weight-only quantized one running on
     PyTorch's CPU kernels (quantize.py; int4 in groups of `group_size` input channels); "fp16" (fp16
     weights) or "w8a8" (int8 weights x per-token int8 activations) by one on FBGEMM, with fp32
@@ -167,6 +169,8 @@ def load_model(
     if isinstance(spec, LoadedModel):
         return spec
     check_mode(quantize, drafter=drafts_only)
+    if cpu_kernels not in CPU_KERNEL_MODES:
+        raise SpecDecodeError(f"unknown cpu_kernels mode {cpu_kernels!r}; use one of {', '.join(CPU_KERNEL_MODES)}.")
     if isinstance(spec, PreTrainedModel):
         quantize = None if quantize == "auto" else quantize  # your own model stays as you built it
         return _wrap_instance(spec, tokenizer, dtype, device, cpu_kernels, quantize, group_size, drafts_only)
@@ -327,13 +331,18 @@ def _finish(model, tokenizer, name: str, cpu_kernels: str, quantize: str | None 
         import_gguf_int4(model, gguf)  # the GGUF's own 4-bit blocks; other layers int8
     elif quantize is not None:
         quantize_model(model, quantize, group_size, exact_rows=not drafts_only)
-    kernel = tune_linear_layers(model, cpu_kernels)
     exact = quantize == "w8a8" and not drafts_only  # quantize_model switched it to row-wise attention
+    kernel = None
     if (quantize is None and not drafts_only and model.device.type == "cpu"
-            and model.dtype in (torch.bfloat16, torch.float16)):
-        # a reduced-precision target: its logits tie often, so rounding must not differ between steps
-        exact_kernel = exact_one_token_steps(model)
-        kernel, exact = exact_kernel or kernel, exact_kernel is not None
+            and model.dtype in (torch.bfloat16, torch.float16) and cpu_kernels != "weight_first"):
+        # a reduced-precision target: its logits tie often, so rounding must not differ between steps.
+        # Exactness comes before the orientation's timing (a gain near its threshold flipped between
+        # loads on an AVX-512 BF16 EPYC, and the padded one-row product was the faster one there).
+        tune_linear_layers(model, "standard")
+        kernel = exact_one_token_steps(model)
+        exact = kernel is not None
+    if kernel is None:
+        kernel = tune_linear_layers(model, cpu_kernels)
     return LoadedModel(model, tokenizer, name=name, dtype=model.dtype, device=model.device, linear_kernel=kernel,
                        quantization=quantize, exact_steps=exact)
 

@@ -153,11 +153,14 @@ def test_bf16_target_with_exact_steps_is_token_exact_where_it_was_not(arch, one_
 
 
 @pytest.mark.zoo
-def test_bf16_smollm2_speculative_equals_plain_with_exact_steps(one_row_apart_kernel):
+def test_bf16_smollm2_speculative_equals_plain_with_exact_steps(one_row_apart_kernel, monkeypatch):
     """On SmolLM2 in bf16 (it diverged at bf16 ties on an AVX-512 BF16 EPYC before exact steps)."""
-    # the standard orientation: timed against this slow stand-in kernel, "auto" would choose weight-first
-    target = load_model("smollm2-135m-instruct", dtype="bf16", cpu_kernels="standard")
+    # a CPU where the weight-first orientation times faster: exactness still comes first ...
+    monkeypatch.setattr(kernels, "weight_first_gain", lambda *shape: 2.0)
+    target = load_model("smollm2-135m-instruct", dtype="bf16")
     assert target.exact_steps and target.linear_kernel == "padded_row"
+    # ... unless the user asks for that orientation by name
+    assert not load_model("smollm2-135m-instruct", dtype="bf16", cpu_kernels="weight_first").exact_steps
     draft = load_model("smollm2-135m-instruct", dtype="fp32", drafts_only=True)  # another model of it
     prompt = [{"role": "user", "content": "Repeat after me: the quick brown fox jumps over the lazy dog."}]
     plain, outputs = generate_with_every_drafter(target, draft, prompt, 32)

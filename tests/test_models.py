@@ -376,6 +376,11 @@ def test_bad_dtype(bad):
         resolve_dtype(bad, "cpu")
 
 
+def test_unknown_cpu_kernels_mode_fails_before_loading():
+    with pytest.raises(SpecDecodeError, match="unknown cpu_kernels mode 'fast'; use one of auto, weight_first"):
+        load_model("no-such-model-anywhere", cpu_kernels="fast")
+
+
 def test_devices():
     assert resolve_device("cpu") == torch.device("cpu")
     assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
