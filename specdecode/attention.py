@@ -15,6 +15,7 @@ import torch
 
 from .cache import KVCache
 from .errors import SpecDecodeError
+from .rowwise_attention import BATCHED_PREFILL, ROWWISE
 
 
 class AttentionBackend(Protocol):
@@ -29,6 +30,7 @@ class AttentionBackend(Protocol):
         tree_mask: torch.Tensor | None = None,
         logits_to_keep: int = 0,
         hidden: bool = False,
+        prefill: bool = False,
     ) -> torch.Tensor:
         """Feed input_ids [q] after the cache's entries; return logits [q or logits_to_keep, vocab],
         or with hidden=True the final hidden states [q, hidden_size] (the LM head is skipped).
@@ -36,6 +38,8 @@ class AttentionBackend(Protocol):
         positions [q] are absolute positions. tree_mask [q, m] bool (m >= q) says which of the LAST m
         keys (the cache's last m - q entries, then the q fed tokens) each fed token may attend to;
         every earlier key is visible. None means plain causal attention. The cache grows by q entries.
+        prefill=True: the tokens are a prompt that plain and speculative decoding feed alike, so a model
+        on row-wise attention (exact steps) may attend them batched (rowwise_attention.py).
         """
         ...
 
@@ -45,7 +49,8 @@ class SDPABackend:
 
     name = "sdpa"
 
-    def forward(self, model, cache, input_ids, positions, tree_mask=None, logits_to_keep=0, hidden=False):
+    def forward(self, model, cache, input_ids, positions, tree_mask=None, logits_to_keep=0, hidden=False,
+                prefill=False):
         device = model.device
         past = cache.length
         q = input_ids.shape[-1]
@@ -54,6 +59,8 @@ class SDPABackend:
             full_mask = torch.ones(q, past + q, dtype=torch.bool, device=device)  # [q, past+q]
             full_mask[:, past + q - tree_mask.shape[-1] :] = tree_mask.to(device)
             kwargs["attention_mask"] = full_mask[None, None]  # [1, 1, q, past+q], True = attend
+        if prefill and model.config._attn_implementation == ROWWISE:
+            kwargs[BATCHED_PREFILL] = True
         inputs = dict(
             input_ids=input_ids.to(device)[None],  # [1, q]
             position_ids=positions.to(device)[None],  # [1, q]

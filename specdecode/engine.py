@@ -132,10 +132,11 @@ class SpeculativeGenerator:
         cache = run.cache = KVCache(model)
         started = time.perf_counter()
 
-        # 1. Prefill every prompt token but the last (the pending token is fed with the first draft).
+        # 1. Prefill every prompt token but the last (the pending token is fed with the first draft);
+        #    plain and speculative decoding prefill alike, so exact models may batch its attention.
         if len(committed) > 1:
             self.attention.forward(model, cache, torch.tensor(committed[:-1]), torch.arange(len(committed) - 1),
-                                   hidden=True)
+                                   hidden=True, prefill=True)
         tally.prefill_s = time.perf_counter() - started
         if drafter is not None:
             drafter.begin(request.prompt_ids, sampling=request.sampling, generator=generator)

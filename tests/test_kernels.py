@@ -16,7 +16,7 @@ from specdecode import SpecDecodeError, SpeculativeGenerator, load_model
 from specdecode import kernels
 from specdecode.drafters import LookupDrafter, ModelDrafter
 from specdecode.kernels import (SMALL_ROWS, PaddedRowLinear, WeightFirstLinear, exact_one_token_steps,
-                                linear_modules, one_row_rounding, tune_linear_layers)
+                                linear_modules, one_row_rounding, rows_agree, tune_linear_layers)
 
 
 @pytest.mark.parametrize("rows", [1, 3, 8, SMALL_ROWS, SMALL_ROWS + 1])
@@ -74,6 +74,15 @@ def test_row_rounding_is_classified_from_what_the_kernel_computes():
         return rowwise_linear(x, weight, bias) + 1e-4 * x.shape[1]
 
     assert one_row_rounding(layers, by_row_count) == "unstable"
+    assert rows_agree(layers, rowwise_linear) and rows_agree(layers, one_row_apart)
+    assert not rows_agree(layers, by_row_count)
+
+    def late_row_apart(x, weight, bias):  # only some rows round apart alone (SmolLM2 on that EPYC: 5 of 64)
+        out = rowwise_linear(x, weight, bias)
+        return out + 1e-3 if x.shape[1] == 1 and bool((x[0, 0] == probe[0, 40]).all()) else out
+
+    probe = torch.randn(1, 64, 32, generator=torch.Generator().manual_seed(1))  # the probe's own first input
+    assert one_row_rounding(layers[:1], late_row_apart) == "batched"
 
 
 @pytest.mark.parametrize("bias", [False, True])
@@ -92,12 +101,12 @@ def test_padded_row_linear_feeds_one_row_through_the_batched_product(bias):
 
 def test_bf16_targets_get_exact_steps_where_the_kernels_allow_and_nothing_else_changes(monkeypatch):
     bf16 = tiny_model("llama", seed=0).to(torch.bfloat16)
-    monkeypatch.setattr(kernels, "one_row_rounding", lambda layers: "batched")
+    monkeypatch.setattr(kernels, "rows_agree", lambda layers: True)
     assert exact_one_token_steps(bf16) == "padded_row"
     assert all(type(m) is PaddedRowLinear for m in linear_modules(bf16))
     assert bf16.config._attn_implementation == "specdecode_rowwise"
     unstable = tiny_model("llama", seed=0).to(torch.bfloat16)
-    monkeypatch.setattr(kernels, "one_row_rounding", lambda layers: "unstable")
+    monkeypatch.setattr(kernels, "rows_agree", lambda layers: False)
     assert exact_one_token_steps(unstable) is None  # left as it was
     assert unstable.config._attn_implementation == "sdpa"
     assert all(type(m) is torch.nn.Linear for m in linear_modules(unstable))
@@ -189,7 +198,7 @@ def test_bf16_smollm2_on_this_cpus_own_kernels_is_exact_or_left_as_it_was():
 def test_sampling_from_a_bf16_target_with_exact_steps_keeps_its_distribution(monkeypatch):
     """Exact steps change how a bf16 target's products and attention are computed, not what it samples:
     first sampled token vs the target's own softmax (vocab 16, 2000 seeds, a model drafter)."""
-    monkeypatch.setattr(kernels, "one_row_rounding", lambda layers: "batched")  # the padded path, on any CPU
+    monkeypatch.setattr(kernels, "rows_agree", lambda layers: True)  # the padded path, on any CPU
     model = tiny_model("llama", seed=0, vocab=16).to(torch.bfloat16)
     assert exact_one_token_steps(model) == "padded_row"
     drafter = ModelDrafter(loaded(tiny_model("llama", seed=3, vocab=16)), k=2, confidence=0)

@@ -22,6 +22,7 @@ from specdecode.drafters import LookupDrafter, ModelDrafter, RetrievalDrafter
 from specdecode.errors import SpecDecodeError
 from specdecode.kernels import fastest_draft_quantization
 from specdecode import quantize as quantize_module
+from specdecode.rowwise_attention import _visible
 from specdecode.quantize import (Fp16Linear, Int4Linear, Int8Linear, RowInt8Linear, fbgemm_available, quantize_int4,
                                  quantize_model)
 
@@ -132,6 +133,32 @@ def test_w8a8_model_verifies_a_tree_exactly_as_it_decodes_one_token_at_a_time(ar
             steps = torch.cat([backend.forward(model, cache, fed[i:i + 1], torch.tensor([12 + depth]))
                                for depth, i in enumerate(path)])  # one token per forward
             assert torch.equal((chain if len(path) == 8 else tree)[path], steps), f"path {path}"
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_a_prefill_on_rowwise_attention_runs_batched_sdpa(arch, monkeypatch):
+    """The prompt's prefill is one forward that plain and speculative decoding share, so an exact model
+    attends it batched: its cache and hidden states are those of the same model on SDPA, bit for bit."""
+    import specdecode.rowwise_attention as rowwise
+
+    model = tiny_model(arch, seed=4)
+    quantize_model(model, "w8a8")
+    backend, prompt = SDPABackend(), torch.tensor(random_prompt(4, length=40))
+    row_calls = []
+    monkeypatch.setattr(rowwise, "_visible", lambda *a: row_calls.append(1) or _visible(*a))
+    with torch.inference_mode():
+        batched_cache, sdpa_cache = KVCache(model), None
+        batched = backend.forward(model, batched_cache, prompt, torch.arange(40), hidden=True, prefill=True)
+        assert not row_calls  # no row attended on its own
+        backend.forward(model, KVCache(model), prompt, torch.arange(40), hidden=True)
+        assert row_calls  # without prefill=True, the same model attends row by row
+        model.set_attn_implementation("sdpa")
+        sdpa_cache = KVCache(model)
+        sdpa = backend.forward(model, sdpa_cache, prompt, torch.arange(40), hidden=True, prefill=True)
+    assert torch.equal(batched, sdpa)
+    for ours, theirs in zip(batched_cache.hf.layers, sdpa_cache.hf.layers):
+        assert torch.equal(ours.keys[..., :40, :], theirs.keys[..., :40, :])
+        assert torch.equal(ours.values[..., :40, :], theirs.values[..., :40, :])
 
 
 def test_sdpa_gives_a_strided_view_what_it_gives_a_contiguous_copy():
