@@ -236,6 +236,20 @@ def test_speedup_and_tau_arithmetic_on_hand_made_timings():
     assert fast.identical == pytest.approx(1 / 2) and fast.questions == 3
     only_d = table["d"]
     assert [row.method for row in only_d] == ["fast"] and only_d[0].speedup is None
+    assert fast.decode_speedup is None and fast.prefill_share is None  # no prefill measured apart
+
+
+def test_decode_speedup_leaves_out_the_shared_prefill():
+    records = [record("a", "plain", 100, 12.0, 100), record("a", "fast", 100, 6.0, 40),
+               record("b", "plain", 100, 12.0, 100), record("b", "fast", 100, 6.0, 40)]
+    for r in records:
+        r["prefill_s"] = 2.0  # plain: 100 tokens in 10 s after it, fast: in 4 s
+    plain, fast = summarize(records, ["plain", "fast"])[OVERALL]
+    assert fast.speedup == pytest.approx(2.0)
+    assert fast.decode_speedup == pytest.approx(2.5) and plain.decode_speedup == pytest.approx(1.0)
+    assert fast.prefill_share == pytest.approx(4 / 12) and plain.prefill_share == pytest.approx(4 / 24)
+    records[0]["prefill_s"] = None  # a peer that does not measure it: no decode speedup for the pair
+    assert summarize(records, ["plain", "fast"])[OVERALL][1].decode_speedup is None
 
 
 # ----------------------------------------------------------------------------- bad input

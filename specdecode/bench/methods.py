@@ -46,6 +46,7 @@ class TurnResult:
     accept_histogram: tuple[int, ...] | None  # [a] = target forwards that accepted a draft tokens
     top2_margins: tuple[float, ...] | None  # greedy: target top-1 minus top-2 logit per token (ours)
     drafters: dict | None = None  # a mixture's per-drafter counts (GenerationStats.drafters; ours)
+    prefill_s: float | None = None  # the prompt's prefill, part of wall_s (ours; None: not measured apart)
 
 
 class Method(Protocol):
@@ -133,7 +134,8 @@ class OurMethod:
         hand_passages(self.generator.drafter, self.generator.tokenizer, passages)
         out = self.generator.generate(prompt_ids, max_new_tokens, speculative=self.speculative)
         return TurnResult(tuple(out.token_ids), out.text, out.stats.wall_s, out.stats.steps,
-                          out.stats.accept_histogram, tuple(out.top2_margins), out.stats.drafters or None)
+                          out.stats.accept_histogram, tuple(out.top2_margins), out.stats.drafters or None,
+                          out.stats.prefill_s)
 
 
 class HFMethod:

@@ -4,6 +4,9 @@ Per question: tokens/s = new tokens / wall seconds, both summed over its turns.
 speedup = mean over questions of a method's tokens/s / the same mean for `plain` (only questions
 both have finished); median_speedup = the median over those questions of the per-question ratio.
 tau = new tokens / target forwards that produced them (1.00 for plain decoding, bonus included).
+decode_speedup: the speedup of the tokens/s after the prompt's prefill (new tokens / (wall - prefill)),
+where both methods measured their prefill (ours); the prefill is the same forward for plain and
+speculative decoding, so it bounds the end-to-end speedup (prefill_share: its share of the method's wall).
 """
 
 from __future__ import annotations
@@ -28,23 +31,38 @@ class MethodSummary:
     identical: float | None  # fraction of questions whose token ids equal plain's
     accept_histogram: tuple[int, ...] | None  # summed over questions (ours only)
     drafters: dict | None = None  # a mixture's {drafter: {"drafted", "accepted"}} summed over questions
+    decode_speedup: float | None = None  # the speedup after the prefill (None: a prefill not measured)
+    prefill_share: float | None = None  # prefill seconds / wall seconds, summed over questions
 
 
 def tokens_per_s(record: dict) -> float:
     return record["new_tokens"] / record["wall_s"] if record["wall_s"] > 0 else 0.0
 
 
+def decode_tokens_per_s(record: dict) -> float:
+    decode_s = record["wall_s"] - record["prefill_s"]
+    return record["new_tokens"] / decode_s if decode_s > 0 else 0.0
+
+
+def _mean_ratio(paired: list[tuple[dict, dict]], rate) -> float | None:
+    plain_mean = statistics.fmean(rate(p) for _, p in paired)
+    return statistics.fmean(rate(r) for r, _ in paired) / plain_mean if plain_mean > 0 else None
+
+
 def summarize_method(method: str, records: Sequence[dict], plain: dict[str, dict]) -> MethodSummary:
     """One method's records (any questions) against `plain` records by question id."""
     rates = [tokens_per_s(r) for r in records]
     paired = [(r, plain[r["question_id"]]) for r in records if r["question_id"] in plain]
-    speedup = median = None
+    speedup = median = decode_speedup = None
     if paired:
-        plain_mean = statistics.fmean(tokens_per_s(p) for _, p in paired)
-        mine_mean = statistics.fmean(tokens_per_s(r) for r, _ in paired)
-        speedup = mine_mean / plain_mean if plain_mean > 0 else None
+        speedup = _mean_ratio(paired, tokens_per_s)
         ratios = [tokens_per_s(r) / tokens_per_s(p) for r, p in paired if tokens_per_s(p) > 0]
         median = statistics.median(ratios) if ratios else None
+        if all(r.get("prefill_s") is not None and p.get("prefill_s") is not None for r, p in paired):
+            decode_speedup = _mean_ratio(paired, decode_tokens_per_s)
+    measured = [r for r in records if r.get("prefill_s") is not None]
+    wall = sum(r["wall_s"] for r in measured)
+    prefill_share = sum(r["prefill_s"] for r in measured) / wall if measured and wall > 0 else None
     counted = [r for r in records if r.get("target_forwards")]
     tau = (sum(r["new_tokens"] for r in counted) / sum(r["target_forwards"] for r in counted)) if counted else None
     flags = [r["identical"] for r in records if r.get("identical") is not None]
@@ -60,6 +78,8 @@ def summarize_method(method: str, records: Sequence[dict], plain: dict[str, dict
         identical=sum(flags) / len(flags) if flags else None,
         accept_histogram=add_histograms(r.get("accept_histogram") for r in records),
         drafters=add_drafter_counts(r.get("drafters") for r in records),
+        decode_speedup=decode_speedup,
+        prefill_share=prefill_share,
     )
 
 

@@ -201,6 +201,7 @@ def make_record(question: Question, name: MethodName, turns: Sequence[TurnResult
         "turns": len(turns),
         "new_tokens": sum(len(ids) for ids in token_ids),
         "wall_s": sum(t.wall_s for t in turns),
+        "prefill_s": None if any(t.prefill_s is None for t in turns) else sum(t.prefill_s for t in turns),
         "target_forwards": None if None in forwards else sum(forwards),
         "accept_histogram": add_histograms(t.accept_histogram for t in turns),
         "drafters": add_drafter_counts(t.drafters for t in turns),
