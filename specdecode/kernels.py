@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import SpecDecodeError
-from .quantize import RowInt8Linear, fbgemm_available
+from .quantize import Int4Linear, Int8Linear, RowInt8Linear, fbgemm_available
 from .rowwise_attention import use_rowwise_attention
 
 SMALL_ROWS = 64  # up to this many rows, WeightFirstLinear computes (W @ x^T)^T
@@ -70,16 +70,17 @@ _ROW_COUNTS = (2, 3, 4, 5, 7, 8, 9, 15, 16, 17, 31, 32, 33, 48, 63, 64)  # up to
 _PROBED_OUTPUTS = 16384  # an output layer's first channels stand for all of them (see rows_agree)
 
 
-def rows_agree(layers: list[torch.nn.Linear], linear=None) -> bool:
+def rows_agree(layers: list[torch.nn.Module], linear=None) -> bool:
     """Whether every row of a product gets the same bits among any 2 to 64 rows, checked on each distinct
-    layer shape with its own weights (`linear`: the product to check; default F.linear as it is when
-    called). A vocabulary-wide output layer is checked on its first 16384 channels: a channel's rounding
-    is that of its dot product over the input width, and the full layer's first use per row count cost
-    ~1 s each (Qwen2.5-1.5B's 151936 x 1536 in bf16)."""
+    layer shape with its own weights: nn.Linear layers through `linear` (default F.linear as it is when
+    called), weight-only int8/int4 layers through their own kernels. A vocabulary-wide nn.Linear is
+    checked on its first 16384 channels: a channel's rounding is that of its dot product over the input
+    width, and the full layer's first use per row count cost ~1 s each (Qwen2.5-1.5B's 151936 x 1536 in
+    bf16)."""
     return _rounding(layers, linear or F.linear, one_row=False) != "unstable"
 
 
-def one_row_rounding(layers: list[torch.nn.Linear], linear=None) -> str:
+def one_row_rounding(layers: list[torch.nn.Module], linear=None) -> str:
     """How a model's products round row by row: "unstable" where rows_agree does not hold; else "batched"
     where a row alone rounds differently from the same row among others (oneDNN's matrix-vector vs
     matrix-matrix product; SmolLM2's 576 x 1536 layer in bf16 on an AVX-512 BF16 EPYC: 5 rows of 64),
@@ -87,25 +88,40 @@ def one_row_rounding(layers: list[torch.nn.Linear], linear=None) -> str:
     return _rounding(layers, linear or F.linear, one_row=True)
 
 
-def _rounding(layers: list[torch.nn.Linear], linear, one_row: bool) -> str:
-    seen: set[tuple[int, int]] = set()
+def _product(layer: torch.nn.Module, linear):
+    """x [1, rows, in] -> the layer's product [1, rows, out] (an output layer's first channels only)."""
+    if isinstance(layer, (Int8Linear, Int4Linear)):
+        return layer
+    weight, bias = layer.weight[:_PROBED_OUTPUTS], layer.bias
+    bias = None if bias is None else bias[:_PROBED_OUTPUTS]
+    return lambda x: linear(x, weight, bias)
+
+
+def _input_dtype(layer: torch.nn.Module) -> torch.dtype:
+    if isinstance(layer, Int8Linear):
+        return layer.scale.dtype
+    if isinstance(layer, Int4Linear):
+        return layer.scales_and_zeros.dtype
+    return layer.weight.dtype
+
+
+def _rounding(layers: list[torch.nn.Module], linear, one_row: bool) -> str:
+    seen: set[tuple[type, int, int]] = set()
     one_row_differs = False
     with torch.inference_mode():
         for layer in layers:
-            shape = (layer.out_features, layer.in_features)
+            shape = (type(layer), layer.out_features, layer.in_features)
             if shape in seen:
                 continue
             seen.add(shape)
-            weight, bias = layer.weight[:_PROBED_OUTPUTS], layer.bias
-            bias = None if bias is None else bias[:_PROBED_OUTPUTS]
+            product = _product(layer, linear)
             generator = torch.Generator().manual_seed(len(seen))
-            x = torch.randn(1, _ROW_COUNTS[-1], layer.in_features, generator=generator).to(weight.dtype)
-            reference = linear(x, weight, bias)  # [1, 64, out]
-            if any(not torch.equal(linear(x[:, :rows], weight, bias), reference[:, :rows])
-                   for rows in _ROW_COUNTS[:-1]):
+            x = torch.randn(1, _ROW_COUNTS[-1], layer.in_features, generator=generator).to(_input_dtype(layer))
+            reference = product(x)  # [1, 64, out]
+            if any(not torch.equal(product(x[:, :rows]), reference[:, :rows]) for rows in _ROW_COUNTS[:-1]):
                 return "unstable"
             one_row_differs = one_row_differs or (one_row and any(
-                not torch.equal(linear(x[:, row:row + 1], weight, bias), reference[:, row:row + 1])
+                not torch.equal(product(x[:, row:row + 1]), reference[:, row:row + 1])
                 for row in range(_ROW_COUNTS[-1])))
     return "batched" if one_row_differs else "stable"
 
@@ -227,15 +243,17 @@ def exact_one_token_steps(model: torch.nn.Module) -> str | None:
     """Make a bf16/fp16 CPU target's verifications compute, bit for bit, what its one-token steps compute
     (then speculative decoding is token-exact in bf16 too, not only up to near-ties of the logits).
 
-    Needs products whose rows do not depend on the row count (`rows_agree`) and row-wise attention
-    (rowwise_attention.py). A one-row input always goes through PaddedRowLinear: a CPU's one-row path may
-    round some rows differently (`one_row_rounding`), and a random probe cannot prove that it never does.
-    Returns the linear kernel now in use ("padded_row"), or None where this CPU's kernels do not allow it
-    (the model is left as it was)."""
+    Needs products whose rows do not depend on the row count (`rows_agree`: float layers and weight-only
+    int8/int4 ones alike) and row-wise attention (rowwise_attention.py). A float layer's one-row input
+    always goes through PaddedRowLinear: a CPU's one-row path may round some rows differently
+    (`one_row_rounding`), and a random probe cannot prove that it never does. Returns the float layers'
+    kernel now in use ("padded_row"; "quantized" when every layer is int8/int4), or None where this CPU's
+    kernels do not allow it (the model is left as it was)."""
     layers = linear_modules(model)
-    if not layers or type(layers[0]) is not torch.nn.Linear:  # another orientation was chosen for speed
+    if layers and type(layers[0]) is not torch.nn.Linear:  # another orientation was chosen for speed
         return None
-    if not rows_agree(layers):
+    quantized = [m for m in model.modules() if isinstance(m, (Int8Linear, Int4Linear))]
+    if not (layers or quantized) or not rows_agree(layers + quantized):
         return None
     try:
         use_rowwise_attention(model)
@@ -243,4 +261,4 @@ def exact_one_token_steps(model: torch.nn.Module) -> str | None:
         return None
     for layer in layers:
         layer.__class__ = PaddedRowLinear
-    return "padded_row"
+    return "padded_row" if layers else "quantized"

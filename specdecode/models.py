@@ -333,9 +333,10 @@ def _finish(model, tokenizer, name: str, cpu_kernels: str, quantize: str | None 
         quantize_model(model, quantize, group_size, exact_rows=not drafts_only)
     exact = quantize == "w8a8" and not drafts_only  # quantize_model switched it to row-wise attention
     kernel = None
-    if (quantize is None and not drafts_only and model.device.type == "cpu"
+    if (quantize in (None, "int8", "int4") and not drafts_only and model.device.type == "cpu"
             and model.dtype in (torch.bfloat16, torch.float16) and cpu_kernels != "weight_first"):
-        # a reduced-precision target: its logits tie often, so rounding must not differ between steps.
+        # a reduced-precision target (weight-only int8/int4 compute in it too): its logits tie often, so
+        # rounding must not differ between steps.
         # Exactness comes before the orientation's timing (a gain near its threshold flipped between
         # loads on an AVX-512 BF16 EPYC, and the padded one-row product was the faster one there).
         tune_linear_layers(model, "standard")

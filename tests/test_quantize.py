@@ -276,6 +276,27 @@ def test_loader_quantizes_every_linear_layer(model_dir, mode):
     assert ours == hf_greedy(reference, prompt, 12)
 
 
+@pytest.mark.parametrize("mode", ["int8", "int4"])
+def test_bf16_weight_only_targets_get_exact_steps_where_their_kernels_allow(model_dir, mode, monkeypatch):
+    """A weight-only int8/int4 target in bf16 computes its activations in bf16, whose logits tie often:
+    its quantized kernels are probed like float layers (rows_agree) and, where every row keeps its bits
+    whatever the row count, it attends row by row like an exact bf16 target."""
+    target = load_model(model_dir, dtype="bf16", quantize=mode, group_size=GROUP)
+    assert target.exact_steps and target.linear_kernel == "quantized"
+    assert target.model.config._attn_implementation == "specdecode_rowwise"
+    layer_class = Int8Linear if mode == "int8" else Int4Linear
+    original = layer_class.forward
+
+    def by_row_count(self, x):  # a kernel whose rounding moves with the batch: no exact steps possible
+        return original(self, x) + 1e-2 * x.shape[-2]
+
+    monkeypatch.setattr(layer_class, "forward", by_row_count)
+    unfixable = load_model(model_dir, dtype="bf16", quantize=mode, group_size=GROUP)
+    assert not unfixable.exact_steps and unfixable.model.config._attn_implementation == "sdpa"
+    fp32 = load_model(model_dir, dtype="fp32", quantize=mode, group_size=GROUP)  # fp32 targets: as they were
+    assert not fp32.exact_steps
+
+
 def test_drafter_quantize_reaches_the_drafter_and_the_bench_assistant(model_dir):
     target = load_model(model_dir, dtype="fp32")
     drafter = make_drafter(f"model:{model_dir}", target, DrafterOptions(drafter_quantize="w8a8"))
@@ -394,6 +415,23 @@ def test_int4_keeps_smollm2_gguf_blocks_and_stays_lossless():
     for drafter in (LookupDrafter(), ModelDrafter(target, k=3, confidence=0)):
         out = SpeculativeGenerator(target, drafter=drafter, cost_model=None).generate(prompt, max_new_tokens=24)
         assert out.token_ids == plain.token_ids
+
+
+@pytest.mark.zoo
+@pytest.mark.parametrize("mode", ["int8", "int4"])
+def test_bf16_weight_only_smollm2_speculative_equals_plain(mode):
+    """SmolLM2 in bf16 with int8 / int4 (its GGUF's blocks) weights: before exact steps, lookup, model
+    and garbage drafts all left plain decoding on this prompt (AVX-512 BF16 EPYC)."""
+    target = load_model("smollm2-135m-instruct", dtype="bf16", quantize=mode)
+    if not target.exact_steps:  # the loader found this CPU's kernels round rows by the batch: say so
+        assert target.model.config._attn_implementation == "sdpa"
+        return
+    prompt = [{"role": "user", "content": "Repeat after me: the quick brown fox jumps over the lazy dog."}]
+    plain = SpeculativeGenerator(target).generate(prompt, max_new_tokens=48, speculative=False)
+    drafter_model = load_model("smollm2-135m-instruct", dtype="fp32", drafts_only=True)
+    for drafter in (LookupDrafter(branches=2), ModelDrafter(drafter_model, k=5, confidence=0), RandomDrafter(7)):
+        out = SpeculativeGenerator(target, drafter=drafter, cost_model=None).generate(prompt, max_new_tokens=48)
+        assert out.token_ids == plain.token_ids, f"{drafter.name} changed the bf16 {mode} model's output"
 
 
 @pytest.mark.zoo
