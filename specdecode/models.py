@@ -16,7 +16,8 @@ import torch
 
 from . import zoo
 from .errors import ModelLoadError, SpecDecodeError
-from .kernels import CPU_KERNEL_MODES, exact_one_token_steps, fastest_decode_dtype, fastest_draft_quantization, tune_linear_layers
+from .kernels import (CPU_KERNEL_MODES, exact_one_token_steps, fastest_decode_dtype, fastest_draft_quantization,
+                      tune_linear_layers)
 from .gguf_int4 import import_gguf_int4
 from .quantize import FBGEMM_MODES, check_mode, quantize_model
 from .rowwise_attention import ROWWISE
