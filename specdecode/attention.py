@@ -9,6 +9,7 @@ both run their models through this one function, so there is a single tree-forwa
 
 from __future__ import annotations
 
+import inspect
 from typing import Protocol
 
 import torch
@@ -59,8 +60,9 @@ class SDPABackend:
             full_mask = torch.ones(q, past + q, dtype=torch.bool, device=device)  # [q, past+q]
             full_mask[:, past + q - tree_mask.shape[-1] :] = tree_mask.to(device)
             kwargs["attention_mask"] = full_mask[None, None]  # [1, 1, q, past+q], True = attend
-        if prefill and model.config._attn_implementation == ROWWISE:
-            kwargs[BATCHED_PREFILL] = True
+        called = model.base_model if hidden else model
+        if prefill and model.config._attn_implementation == ROWWISE and _passes_keywords(called):
+            kwargs[BATCHED_PREFILL] = True  # else (a forward without **kwargs) the prefill stays row-wise
         inputs = dict(
             input_ids=input_ids.to(device)[None],  # [1, q]
             position_ids=positions.to(device)[None],  # [1, q]
@@ -69,8 +71,13 @@ class SDPABackend:
             **kwargs,
         )
         if hidden:
-            return model.base_model(**inputs).last_hidden_state[0]  # [q, hidden_size]
+            return called(**inputs).last_hidden_state[0]  # [q, hidden_size]
         return model(**inputs, logits_to_keep=logits_to_keep).logits[0]  # [q or logits_to_keep, vocab]
+
+
+def _passes_keywords(module: torch.nn.Module) -> bool:
+    """Whether a model's forward takes **kwargs (transformers' models hand them down to attention)."""
+    return any(p.kind is inspect.Parameter.VAR_KEYWORD for p in inspect.signature(module.forward).parameters.values())
 
 
 def pad_inputs(input_ids: torch.Tensor, tree_mask: torch.Tensor | None, positions: torch.Tensor, size: int):

@@ -48,35 +48,51 @@ class WeightFirstLinear(torch.nn.Linear):
         return out.t().contiguous().reshape(*x.shape[:-1], self.out_features)
 
 
-class PaddedRowLinear(torch.nn.Linear):
-    """nn.Linear computing a one-row input as a two-row product (the row twice), so that a one-token step
-    takes the batched kernel's path. Where a CPU's one-row bf16 kernel rounds differently from its
-    batched one (oneDNN's matrix-vector vs matrix-matrix product) while the batched one gives every row
-    the same bits whatever the row count (`one_row_rounding`), a one-token step then computes bit for
-    bit what a verification computes for that token. Same parameters; on an AVX-512 BF16 EPYC (2 threads)
-    the two-row product costs no more than the one-row one (1536 x 8960: 0.64 vs 0.67 ms, best of 5
-    interleaved rounds)."""
+class PaddedRows:
+    """Mixin for a linear layer: a one-row input is computed as a two-row product (the row twice), so that
+    a one-token step takes the batched kernel's path. Where a CPU's one-row kernel may round differently
+    from its batched one (oneDNN's bf16 matrix-vector vs matrix-matrix product: `one_row_rounding`) while
+    the batched one gives every row the same bits whatever the row count (`rows_agree`), a one-token step
+    then computes bit for bit what a verification computes for that token."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.numel() != x.shape[-1]:  # more than one row: the batched kernel already
-            return F.linear(x, self.weight, self.bias)
+            return super().forward(x)
         doubled = torch.cat([x, x], dim=-2)  # [..., 2, in]
-        return F.linear(doubled, self.weight, self.bias)[..., :1, :]  # [..., 1, out]
+        return super().forward(doubled)[..., :1, :]  # [..., 1, out]
 
 
-_ROW_COUNTS = (2, 3, 4, 5, 7, 8, 9, 15, 16, 17, 31, 32, 33, 48, 63, 64)  # up to the largest verification
+class PaddedRowLinear(PaddedRows, torch.nn.Linear):
+    """nn.Linear with padded one-row inputs (same parameters). On an AVX-512 BF16 EPYC (2 threads) the
+    two-row product costs no more than the one-row one (1536 x 8960: 0.64 vs 0.67 ms, best of 5
+    interleaved rounds)."""
 
 
-_PROBED_OUTPUTS = 16384  # an output layer's first channels stand for all of them (see rows_agree)
+class PaddedRowInt8Linear(PaddedRows, Int8Linear):
+    """Int8Linear with padded one-row inputs (same buffers)."""
+
+
+class PaddedRowInt4Linear(PaddedRows, Int4Linear):
+    """Int4Linear with padded one-row inputs (same buffers)."""
+
+
+_PADDED = {torch.nn.Linear: PaddedRowLinear, Int8Linear: PaddedRowInt8Linear, Int4Linear: PaddedRowInt4Linear}
+
+
+_ROW_COUNTS = tuple(range(2, 66))  # every verification size: the pending token + up to 64 draft nodes
+
+
+_PROBED_OUTPUTS = 4096  # a float layer's first output channels stand for all of them (see rows_agree)
 
 
 def rows_agree(layers: list[torch.nn.Module], linear=None) -> bool:
-    """Whether every row of a product gets the same bits among any 2 to 64 rows, checked on each distinct
+    """Whether every row of a product gets the same bits among any 2 to 65 rows, checked on each distinct
     layer shape with its own weights: nn.Linear layers through `linear` (default F.linear as it is when
-    called), weight-only int8/int4 layers through their own kernels. A vocabulary-wide nn.Linear is
-    checked on its first 16384 channels: a channel's rounding is that of its dot product over the input
-    width, and the full layer's first use per row count cost ~1 s each (Qwen2.5-1.5B's 151936 x 1536 in
-    bf16)."""
+    called), weight-only int8/int4 layers through their own kernels. A float or int8 layer is checked on its
+    first 4096 output channels (int4: whole): a channel's rounding is that of its dot product over the input width (on an
+    AVX-512 BF16 EPYC whole layers and slices gave the same verdicts), and each row count's first product
+    costs a weight reorder (Qwen2.5-1.5B's 151936 x 1536 head in bf16: ~1 s each whole, 3.1 s for 64 counts
+    on 16384 channels, 0.4 s on 4096)."""
     return _rounding(layers, linear or F.linear, one_row=False) != "unstable"
 
 
@@ -84,13 +100,15 @@ def one_row_rounding(layers: list[torch.nn.Module], linear=None) -> str:
     """How a model's products round row by row: "unstable" where rows_agree does not hold; else "batched"
     where a row alone rounds differently from the same row among others (oneDNN's matrix-vector vs
     matrix-matrix product; SmolLM2's 576 x 1536 layer in bf16 on an AVX-512 BF16 EPYC: 5 rows of 64),
-    "stable" where no row of 64 does."""
+    "stable" where no row of 65 does. A diagnostic (exact steps pad every one-row product anyway)."""
     return _rounding(layers, linear or F.linear, one_row=True)
 
 
 def _product(layer: torch.nn.Module, linear):
     """x [1, rows, in] -> the layer's product [1, rows, out] (an output layer's first channels only)."""
-    if isinstance(layer, (Int8Linear, Int4Linear)):
+    if isinstance(layer, Int8Linear):  # the same codes and scales, first channels only
+        return layer.select_rows(torch.arange(min(layer.out_features, _PROBED_OUTPUTS)))
+    if isinstance(layer, Int4Linear):
         return layer
     weight, bias = layer.weight[:_PROBED_OUTPUTS], layer.bias
     bias = None if bias is None else bias[:_PROBED_OUTPUTS]
@@ -106,14 +124,14 @@ def _input_dtype(layer: torch.nn.Module) -> torch.dtype:
 
 
 def _rounding(layers: list[torch.nn.Module], linear, one_row: bool) -> str:
-    seen: set[tuple[type, int, int]] = set()
+    seen: set[tuple[type, int, int]] = set()  # (kernel class, out, in): each checked once
     one_row_differs = False
     with torch.inference_mode():
         for layer in layers:
-            shape = (type(layer), layer.out_features, layer.in_features)
-            if shape in seen:
+            key = (type(layer), layer.out_features, layer.in_features)
+            if key in seen:
                 continue
-            seen.add(shape)
+            seen.add(key)
             product = _product(layer, linear)
             generator = torch.Generator().manual_seed(len(seen))
             x = torch.randn(1, _ROW_COUNTS[-1], layer.in_features, generator=generator).to(_input_dtype(layer))
@@ -217,13 +235,17 @@ def linear_modules(model: torch.nn.Module) -> list[torch.nn.Linear]:
     return [m for m in model.modules() if type(m) in (torch.nn.Linear, WeightFirstLinear, PaddedRowLinear)]
 
 
+def check_cpu_kernels(mode: str) -> None:
+    if mode not in CPU_KERNEL_MODES:
+        raise SpecDecodeError(f"unknown cpu_kernels mode {mode!r}; use one of {', '.join(CPU_KERNEL_MODES)}.")
+
+
 def tune_linear_layers(model: torch.nn.Module, mode: str = "auto") -> str:
     """Choose the matmul orientation of a CPU model's linear layers: "auto" measures; "weight_first"
     ((W @ x^T)^T for few rows) or "standard" (F.linear) force one. Returns the orientation in use.
     A model whose layers are all tiny (test models) keeps "standard": timing them would be noise, and
     two loads of one model would then differ by rounding."""
-    if mode not in CPU_KERNEL_MODES:
-        raise SpecDecodeError(f"unknown cpu_kernels mode {mode!r}; use 'auto', 'weight_first' or 'standard'.")
+    check_cpu_kernels(mode)
     layers = linear_modules(model)
     if not layers or mode == "standard" or next(model.parameters()).device.type != "cpu":
         chosen = "standard"
@@ -244,21 +266,21 @@ def exact_one_token_steps(model: torch.nn.Module) -> str | None:
     (then speculative decoding is token-exact in bf16 too, not only up to near-ties of the logits).
 
     Needs products whose rows do not depend on the row count (`rows_agree`: float layers and weight-only
-    int8/int4 ones alike) and row-wise attention (rowwise_attention.py). A float layer's one-row input
-    always goes through PaddedRowLinear: a CPU's one-row path may round some rows differently
-    (`one_row_rounding`), and a random probe cannot prove that it never does. Returns the float layers'
+    int8/int4 ones alike) and row-wise attention (rowwise_attention.py). Every layer's one-row input is
+    padded (`PaddedRows`): a CPU's one-row path may round some rows differently (`one_row_rounding`), and
+    a random probe cannot prove that it never does. Returns the float layers'
     kernel now in use ("padded_row"; "quantized" when every layer is int8/int4), or None where this CPU's
     kernels do not allow it (the model is left as it was)."""
     layers = linear_modules(model)
     if layers and type(layers[0]) is not torch.nn.Linear:  # another orientation was chosen for speed
         return None
-    quantized = [m for m in model.modules() if isinstance(m, (Int8Linear, Int4Linear))]
+    quantized = [m for m in model.modules() if type(m) in (Int8Linear, Int4Linear)]
     if not (layers or quantized) or not rows_agree(layers + quantized):
         return None
     try:
         use_rowwise_attention(model)
     except SpecDecodeError:
         return None
-    for layer in layers:
-        layer.__class__ = PaddedRowLinear
+    for layer in layers + quantized:
+        layer.__class__ = _PADDED[type(layer)]
     return "padded_row" if layers else "quantized"

@@ -16,7 +16,7 @@ import torch
 
 from . import zoo
 from .errors import ModelLoadError, SpecDecodeError
-from .kernels import (CPU_KERNEL_MODES, exact_one_token_steps, fastest_decode_dtype, fastest_draft_quantization,
+from .kernels import (check_cpu_kernels, exact_one_token_steps, fastest_decode_dtype, fastest_draft_quantization,
                       tune_linear_layers)
 from .gguf_int4 import import_gguf_int4
 from .quantize import FBGEMM_MODES, check_mode, quantize_model
@@ -170,8 +170,7 @@ def load_model(
     if isinstance(spec, LoadedModel):
         return spec
     check_mode(quantize, drafter=drafts_only)
-    if cpu_kernels not in CPU_KERNEL_MODES:
-        raise SpecDecodeError(f"unknown cpu_kernels mode {cpu_kernels!r}; use one of {', '.join(CPU_KERNEL_MODES)}.")
+    check_cpu_kernels(cpu_kernels)
     if isinstance(spec, PreTrainedModel):
         quantize = None if quantize == "auto" else quantize  # your own model stays as you built it
         return _wrap_instance(spec, tokenizer, dtype, device, cpu_kernels, quantize, group_size, drafts_only)
@@ -340,7 +339,7 @@ def _finish(model, tokenizer, name: str, cpu_kernels: str, quantize: str | None 
         # rounding must not differ between steps.
         # Exactness comes before the orientation's timing (a gain near its threshold flipped between
         # loads on an AVX-512 BF16 EPYC, and the padded one-row product was the faster one there).
-        tune_linear_layers(model, "standard")
+        tune_linear_layers(model, "standard")  # plain nn.Linear again (a re-wrapped model may carry others)
         kernel = exact_one_token_steps(model)
         exact = kernel is not None
     if kernel is None:

@@ -20,6 +20,7 @@ from specdecode.cache import KVCache
 from specdecode.drafters.registry import DrafterOptions, make_drafter
 from specdecode.drafters import LookupDrafter, ModelDrafter, RetrievalDrafter
 from specdecode.errors import SpecDecodeError
+from specdecode import kernels
 from specdecode.kernels import fastest_draft_quantization
 from specdecode import quantize as quantize_module
 from specdecode.rowwise_attention import _visible
@@ -161,6 +162,26 @@ def test_a_prefill_on_rowwise_attention_runs_batched_sdpa(arch, monkeypatch):
         assert torch.equal(ours.values[..., :40, :], theirs.values[..., :40, :])
 
 
+def test_a_prefill_through_a_forward_without_keywords_stays_rowwise(monkeypatch):
+    """A model whose forward cannot take the prefill keyword (custom code) prefills row by row, no error."""
+    import specdecode.rowwise_attention as rowwise
+
+    model = tiny_model("llama", seed=4)
+    quantize_model(model, "w8a8")
+    original = model.base_model.forward
+
+    def forward(input_ids=None, position_ids=None, cache=None, use_cache=None):  # no **kwargs
+        return original(input_ids=input_ids, position_ids=position_ids, cache=cache, use_cache=use_cache)
+
+    monkeypatch.setattr(model.base_model, "forward", forward)
+    row_calls = []
+    monkeypatch.setattr(rowwise, "_visible", lambda *a: row_calls.append(1) or _visible(*a))
+    prompt = torch.tensor(random_prompt(4, length=20))
+    with torch.inference_mode():
+        hidden = SDPABackend().forward(model, KVCache(model), prompt, torch.arange(20), hidden=True, prefill=True)
+    assert hidden.shape == (20, model.config.hidden_size) and row_calls
+
+
 def test_sdpa_gives_a_strided_view_what_it_gives_a_contiguous_copy():
     """Row-wise attention hands SDPA slices of the cache (GrowingLayer's views) in one-token steps and
     verification rows alike, and gathered copies for tree rows: exact only if strides do not matter."""
@@ -281,11 +302,15 @@ def test_bf16_weight_only_targets_get_exact_steps_where_their_kernels_allow(mode
     """A weight-only int8/int4 target in bf16 computes its activations in bf16, whose logits tie often:
     its quantized kernels are probed like float layers (rows_agree) and, where every row keeps its bits
     whatever the row count, it attends row by row like an exact bf16 target."""
+    layer_class = Int8Linear if mode == "int8" else Int4Linear
+    original = layer_class.forward
+    probed = []
+    monkeypatch.setattr(kernels, "rows_agree", lambda layers: probed.extend(layers) or True)  # any CPU
     target = load_model(model_dir, dtype="bf16", quantize=mode, group_size=GROUP)
     assert target.exact_steps and target.linear_kernel == "quantized"
     assert target.model.config._attn_implementation == "specdecode_rowwise"
-    layer_class = Int8Linear if mode == "int8" else Int4Linear
-    original = layer_class.forward
+    assert probed and all(isinstance(layer, layer_class) for layer in probed)  # the quantized kernels probed
+    monkeypatch.undo()
 
     def by_row_count(self, x):  # a kernel whose rounding moves with the batch: no exact steps possible
         return original(self, x) + 1e-2 * x.shape[-2]
@@ -295,6 +320,40 @@ def test_bf16_weight_only_targets_get_exact_steps_where_their_kernels_allow(mode
     assert not unfixable.exact_steps and unfixable.model.config._attn_implementation == "sdpa"
     fp32 = load_model(model_dir, dtype="fp32", quantize=mode, group_size=GROUP)  # fp32 targets: as they were
     assert not fp32.exact_steps
+
+
+@pytest.mark.parametrize("mode", ["int8", "int4"])
+def test_bf16_weight_only_target_stays_exact_when_its_one_row_kernel_rounds_apart(model_dir, mode, monkeypatch):
+    """A stand-in for a quantized kernel whose lone rows round apart (rows agree among 2 to 65): it breaks
+    speculative decoding of a model left as it was, and exact steps pad its one-row inputs."""
+    layer_class = Int8Linear if mode == "int8" else Int4Linear
+    original = layer_class.forward
+
+    def one_row_apart(self, x):
+        out = original(self, x)
+        return out * 1.05 if x.numel() == x.shape[-1] else out
+
+    monkeypatch.setattr(layer_class, "forward", one_row_apart)
+    prompts = (random_prompt(5), repetitive_prompt(6))
+    drafters = lambda: (LookupDrafter(), RandomDrafter(3))  # noqa: E731
+    as_loaded = load_model(model_dir, dtype="bf16", quantize=mode, group_size=GROUP, cpu_kernels="weight_first")
+    assert not as_loaded.exact_steps
+    broken = []
+    for prompt in prompts:
+        plain = SpeculativeGenerator(as_loaded).generate(prompt, max_new_tokens=30, speculative=False).token_ids
+        broken += [d.name for d in drafters() if SpeculativeGenerator(as_loaded, drafter=d, cost_model=None)
+                   .generate(prompt, max_new_tokens=30).token_ids != plain]
+    assert broken  # this kernel does change speculative output of an unfixed model
+
+    target = load_model(model_dir, dtype="bf16", quantize=mode, group_size=GROUP)
+    assert target.exact_steps
+    assert all(type(m).__name__.startswith("PaddedRow") for m in target.model.modules()
+               if isinstance(m, layer_class))
+    for prompt in prompts:
+        plain = SpeculativeGenerator(target).generate(prompt, max_new_tokens=30, speculative=False).token_ids
+        for drafter in drafters():
+            out = SpeculativeGenerator(target, drafter=drafter, cost_model=None).generate(prompt, max_new_tokens=30)
+            assert out.token_ids == plain, f"{drafter.name} changed the bf16 {mode} model's output"
 
 
 def test_drafter_quantize_reaches_the_drafter_and_the_bench_assistant(model_dir):
