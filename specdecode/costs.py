@@ -109,11 +109,12 @@ def measure_forward_costs(model: torch.nn.Module, *, sizes: tuple[int, ...] = ME
 
 def costs_key(model: torch.nn.Module, quantization: str | None) -> str:
     """What the timings depend on: architecture and sizes, dtype, quantization, the kernels of its linear
-    layers and attention (kernels.py, rowwise_attention.py), machine, threads, torch."""
+    layers, float or quantized (padded one-row inputs or not: kernels.py), its attention
+    (rowwise_attention.py), machine, threads, torch."""
     config = model.config.to_dict()
     shape = {k: config.get(k) for k in ("model_type", "hidden_size", "intermediate_size", "num_hidden_layers",
                                         "num_attention_heads", "num_key_value_heads", "vocab_size", "head_dim")}
-    kernels = sorted({type(m).__name__ for m in model.modules() if isinstance(m, torch.nn.Linear)})
+    kernels = sorted({type(m).__name__ for m in model.modules() if hasattr(m, "in_features")})  # every product
     attention = getattr(model.config, "_attn_implementation", None)
     text = json.dumps([shape, str(model.dtype), str(model.device.type), quantization, kernels, attention,
                        machine_key(), torch.__version__, FORMAT_VERSION], sort_keys=True)

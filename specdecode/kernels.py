@@ -105,22 +105,15 @@ def one_row_rounding(layers: list[torch.nn.Module], linear=None) -> str:
 
 
 def _product(layer: torch.nn.Module, linear):
-    """x [1, rows, in] -> the layer's product [1, rows, out] (an output layer's first channels only)."""
+    """(x [1, rows, in] -> the layer's product [1, rows, out], the dtype x must have): a float or int8
+    layer's first `_PROBED_OUTPUTS` channels, an int4 layer whole."""
     if isinstance(layer, Int8Linear):  # the same codes and scales, first channels only
-        return layer.select_rows(torch.arange(min(layer.out_features, _PROBED_OUTPUTS)))
+        return layer.select_rows(torch.arange(min(layer.out_features, _PROBED_OUTPUTS))), layer.scale.dtype
     if isinstance(layer, Int4Linear):
-        return layer
+        return layer, layer.scales_and_zeros.dtype
     weight, bias = layer.weight[:_PROBED_OUTPUTS], layer.bias
     bias = None if bias is None else bias[:_PROBED_OUTPUTS]
-    return lambda x: linear(x, weight, bias)
-
-
-def _input_dtype(layer: torch.nn.Module) -> torch.dtype:
-    if isinstance(layer, Int8Linear):
-        return layer.scale.dtype
-    if isinstance(layer, Int4Linear):
-        return layer.scales_and_zeros.dtype
-    return layer.weight.dtype
+    return (lambda x: linear(x, weight, bias)), weight.dtype
 
 
 def _rounding(layers: list[torch.nn.Module], linear, one_row: bool) -> str:
@@ -132,15 +125,15 @@ def _rounding(layers: list[torch.nn.Module], linear, one_row: bool) -> str:
             if key in seen:
                 continue
             seen.add(key)
-            product = _product(layer, linear)
+            product, dtype = _product(layer, linear)
             generator = torch.Generator().manual_seed(len(seen))
-            x = torch.randn(1, _ROW_COUNTS[-1], layer.in_features, generator=generator).to(_input_dtype(layer))
-            reference = product(x)  # [1, 64, out]
+            x = torch.randn(1, _ROW_COUNTS[-1], layer.in_features, generator=generator).to(dtype)  # [1, 65, in]
+            reference = product(x)  # [1, 65, out]
             if any(not torch.equal(product(x[:, :rows]), reference[:, :rows]) for rows in _ROW_COUNTS[:-1]):
                 return "unstable"
-            one_row_differs = one_row_differs or (one_row and any(
-                not torch.equal(product(x[:, row:row + 1]), reference[:, row:row + 1])
-                for row in range(_ROW_COUNTS[-1])))
+            if one_row and not one_row_differs:
+                one_row_differs = any(not torch.equal(product(x[:, row:row + 1]), reference[:, row:row + 1])
+                                      for row in range(_ROW_COUNTS[-1]))
     return "batched" if one_row_differs else "stable"
 
 

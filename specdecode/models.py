@@ -45,8 +45,8 @@ class LoadedModel:
     device: torch.device
     linear_kernel: str = "standard"  # CPU matmul kernel of the linear layers (see kernels.py)
     quantization: str | None = None  # "int8" | "int4" | "fp16" | "w8a8" linear layers (quantize.py), or None
-    exact_steps: bool = False  # a verification computes bit for bit what one-token steps compute (w8a8; bf16
-    #                            on CPUs whose kernels allow it): speculative output equals plain decoding's
+    exact_steps: bool = False  # a verification computes bit for bit what one-token steps compute (w8a8; bf16,
+    #                            int8 or int4 on CPUs whose kernels allow it): speculative output equals plain
 
 
 def output_vocab_size(model: torch.nn.Module) -> int:

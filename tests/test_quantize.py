@@ -136,19 +136,25 @@ def test_w8a8_model_verifies_a_tree_exactly_as_it_decodes_one_token_at_a_time(ar
             assert torch.equal((chain if len(path) == 8 else tree)[path], steps), f"path {path}"
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen2"])
-def test_a_prefill_on_rowwise_attention_runs_batched_sdpa(arch, monkeypatch):
-    """The prompt's prefill is one forward that plain and speculative decoding share, so an exact model
-    attends it batched: its cache and hidden states are those of the same model on SDPA, bit for bit."""
+@pytest.fixture
+def row_calls(monkeypatch) -> list:
+    """Grows by one entry each time row-wise attention attends a row on its own."""
     import specdecode.rowwise_attention as rowwise
 
+    calls = []
+    monkeypatch.setattr(rowwise, "_visible", lambda *a: calls.append(1) or _visible(*a))
+    return calls
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_a_prefill_on_rowwise_attention_runs_batched_sdpa(arch, row_calls):
+    """The prompt's prefill is one forward that plain and speculative decoding share, so an exact model
+    attends it batched: its cache and hidden states are those of the same model on SDPA, bit for bit."""
     model = tiny_model(arch, seed=4)
     quantize_model(model, "w8a8")
     backend, prompt = SDPABackend(), torch.tensor(random_prompt(4, length=40))
-    row_calls = []
-    monkeypatch.setattr(rowwise, "_visible", lambda *a: row_calls.append(1) or _visible(*a))
     with torch.inference_mode():
-        batched_cache, sdpa_cache = KVCache(model), None
+        batched_cache = KVCache(model)
         batched = backend.forward(model, batched_cache, prompt, torch.arange(40), hidden=True, prefill=True)
         assert not row_calls  # no row attended on its own
         backend.forward(model, KVCache(model), prompt, torch.arange(40), hidden=True)
@@ -162,10 +168,8 @@ def test_a_prefill_on_rowwise_attention_runs_batched_sdpa(arch, monkeypatch):
         assert torch.equal(ours.values[..., :40, :], theirs.values[..., :40, :])
 
 
-def test_a_prefill_through_a_forward_without_keywords_stays_rowwise(monkeypatch):
+def test_a_prefill_through_a_forward_without_keywords_stays_rowwise(monkeypatch, row_calls):
     """A model whose forward cannot take the prefill keyword (custom code) prefills row by row, no error."""
-    import specdecode.rowwise_attention as rowwise
-
     model = tiny_model("llama", seed=4)
     quantize_model(model, "w8a8")
     original = model.base_model.forward
@@ -174,8 +178,6 @@ def test_a_prefill_through_a_forward_without_keywords_stays_rowwise(monkeypatch)
         return original(input_ids=input_ids, position_ids=position_ids, cache=cache, use_cache=use_cache)
 
     monkeypatch.setattr(model.base_model, "forward", forward)
-    row_calls = []
-    monkeypatch.setattr(rowwise, "_visible", lambda *a: row_calls.append(1) or _visible(*a))
     prompt = torch.tensor(random_prompt(4, length=20))
     with torch.inference_mode():
         hidden = SDPABackend().forward(model, KVCache(model), prompt, torch.arange(20), hidden=True, prefill=True)
