@@ -16,6 +16,7 @@ speculative decoding run the same modules.
 from __future__ import annotations
 
 import time
+from itertools import chain
 
 import torch
 import torch.nn.functional as F
@@ -127,7 +128,8 @@ def _rounding(layers: list[torch.nn.Module], linear, one_row: bool) -> str:
             seen.add(key)
             product, dtype = _product(layer, linear)
             generator = torch.Generator().manual_seed(len(seen))
-            x = torch.randn(1, _ROW_COUNTS[-1], layer.in_features, generator=generator).to(dtype)  # [1, 65, in]
+            x = torch.randn(1, _ROW_COUNTS[-1], layer.in_features, generator=generator)  # [1, 65, in]
+            x = x.to(device=next(chain(layer.parameters(), layer.buffers())).device, dtype=dtype)
             reference = product(x)  # [1, 65, out]
             if any(not torch.equal(product(x[:, :rows]), reference[:, :rows]) for rows in _ROW_COUNTS[:-1]):
                 return "unstable"
@@ -265,6 +267,8 @@ def exact_one_token_steps(model: torch.nn.Module) -> str | None:
     kernel now in use ("padded_row"; "quantized" when every layer is int8/int4), or None where this CPU's
     kernels do not allow it (the model is left as it was)."""
     layers = linear_modules(model)
+    if next(model.parameters()).device.type != "cpu":  # a GPU's kernels: not probed, and row-wise attention
+        return None  # would cost it far more than a CPU
     if layers and type(layers[0]) is not torch.nn.Linear:  # another orientation was chosen for speed
         return None
     quantized = [m for m in model.modules() if type(m) in (Int8Linear, Int4Linear)]

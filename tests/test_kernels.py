@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from tiny import (RandomDrafter, first_token_total_variation, hf_greedy, loaded, random_prompt, repetitive_prompt,
+from tiny import (RandomDrafter, cpu_model, first_token_total_variation, hf_greedy, loaded, random_prompt, repetitive_prompt,
                   tiny_model, tiny_tokenizer)
 
 from specdecode import SpecDecodeError, SpeculativeGenerator, load_model
@@ -17,6 +17,7 @@ from specdecode import kernels
 from specdecode.drafters import LookupDrafter, ModelDrafter
 from specdecode.kernels import (SMALL_ROWS, PaddedRowLinear, WeightFirstLinear, exact_one_token_steps,
                                 linear_modules, one_row_rounding, rows_agree, tune_linear_layers)
+
 
 
 @pytest.mark.parametrize("rows", [1, 3, 8, SMALL_ROWS, SMALL_ROWS + 1])
@@ -33,7 +34,7 @@ def test_weight_first_linear_matches_f_linear(rows, bias):
 
 
 def test_forced_and_measured_choices():
-    model = tiny_model("llama")
+    model = cpu_model("llama")
     assert tune_linear_layers(model, "weight_first") == "weight_first"
     assert all(type(m) is WeightFirstLinear for m in linear_modules(model))
     assert tune_linear_layers(model, "standard") == "standard"
@@ -44,7 +45,7 @@ def test_forced_and_measured_choices():
 
 
 def test_speculative_decoding_stays_exact_with_weight_first_layers():
-    model = tiny_model("qwen2", seed=0)
+    model = cpu_model("qwen2", seed=0)
     tune_linear_layers(model, "weight_first")
     target = loaded(model)
     prompt = random_prompt(11)
@@ -100,20 +101,20 @@ def test_padded_row_linear_feeds_one_row_through_the_batched_product(bias):
 
 
 def test_bf16_targets_get_exact_steps_where_the_kernels_allow_and_nothing_else_changes(monkeypatch):
-    bf16 = tiny_model("llama", seed=0).to(torch.bfloat16)
+    bf16 = cpu_model("llama", seed=0).to(torch.bfloat16)
     monkeypatch.setattr(kernels, "rows_agree", lambda layers: True)
     assert exact_one_token_steps(bf16) == "padded_row"
     assert all(type(m) is PaddedRowLinear for m in linear_modules(bf16))
     assert bf16.config._attn_implementation == "specdecode_rowwise"
-    unstable = tiny_model("llama", seed=0).to(torch.bfloat16)
+    unstable = cpu_model("llama", seed=0).to(torch.bfloat16)
     monkeypatch.setattr(kernels, "rows_agree", lambda layers: False)
     assert exact_one_token_steps(unstable) is None  # left as it was
     assert unstable.config._attn_implementation == "sdpa"
     assert all(type(m) is torch.nn.Linear for m in linear_modules(unstable))
     monkeypatch.undo()
-    fp32 = load_model(tiny_model("llama", seed=0), tokenizer=tiny_tokenizer(), dtype="fp32")
+    fp32 = load_model(cpu_model("llama", seed=0), tokenizer=tiny_tokenizer(), dtype="fp32")
     assert not fp32.exact_steps and fp32.model.config._attn_implementation == "sdpa"  # fp32: not needed
-    drafter = load_model(tiny_model("llama", seed=0), tokenizer=tiny_tokenizer(), dtype="bf16", drafts_only=True)
+    drafter = load_model(cpu_model("llama", seed=0), tokenizer=tiny_tokenizer(), dtype="bf16", drafts_only=True)
     assert not drafter.exact_steps and drafter.linear_kernel != "padded_row"  # a drafter never changes output
 
 
@@ -145,15 +146,15 @@ def generate_with_every_drafter(target, draft, prompt, tokens: int) -> tuple[lis
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])
 def test_bf16_target_with_exact_steps_is_token_exact_where_it_was_not(arch, one_row_apart_kernel):
     prompts = (random_prompt(3), repetitive_prompt(4))
-    draft = loaded(tiny_model(arch, seed=5).to(torch.bfloat16))
-    as_loaded = loaded(tiny_model(arch, seed=0).to(torch.bfloat16))
+    draft = loaded(cpu_model(arch, seed=5).to(torch.bfloat16))
+    as_loaded = loaded(cpu_model(arch, seed=0).to(torch.bfloat16))
     differing = []
     for prompt in prompts:
         plain, outputs = generate_with_every_drafter(as_loaded, draft, prompt, 40)
         differing += [name for name, ids in outputs.items() if ids != plain]
     assert differing  # this kernel does break speculative decoding of a model left as it was
 
-    model = tiny_model(arch, seed=0).to(torch.bfloat16)
+    model = cpu_model(arch, seed=0).to(torch.bfloat16)
     assert exact_one_token_steps(model) == "padded_row"
     for prompt in prompts:
         plain, outputs = generate_with_every_drafter(loaded(model), draft, prompt, 40)
@@ -199,8 +200,17 @@ def test_sampling_from_a_bf16_target_with_exact_steps_keeps_its_distribution(mon
     """Exact steps change how a bf16 target's products and attention are computed, not what it samples:
     first sampled token vs the target's own softmax (vocab 16, 2000 seeds, a model drafter)."""
     monkeypatch.setattr(kernels, "rows_agree", lambda layers: True)  # the padded path, on any CPU
-    model = tiny_model("llama", seed=0, vocab=16).to(torch.bfloat16)
+    model = cpu_model("llama", seed=0, vocab=16).to(torch.bfloat16)
     assert exact_one_token_steps(model) == "padded_row"
-    drafter = ModelDrafter(loaded(tiny_model("llama", seed=3, vocab=16)), k=2, confidence=0)
+    drafter = ModelDrafter(loaded(cpu_model("llama", seed=3, vocab=16)), k=2, confidence=0)
     gen = SpeculativeGenerator(loaded(model), drafter=drafter, cost_model=None)
     assert first_token_total_variation(gen, model, random_prompt(7, vocab=16), samples=2000) < 0.05  # ~0.02-0.03
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: checks that a GPU model is left as it was")
+def test_a_gpu_target_keeps_its_own_kernels_and_attention():
+    model = tiny_model("llama", seed=0, device=torch.device("cuda")).to(torch.bfloat16)
+    assert exact_one_token_steps(model) is None
+    assert model.config._attn_implementation == "sdpa"
+    assert all(type(m) is torch.nn.Linear for m in linear_modules(model))
+    assert not load_model(model, tokenizer=tiny_tokenizer(), dtype="bf16").exact_steps

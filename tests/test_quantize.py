@@ -7,10 +7,12 @@ on SmolLM2, and bad input."""
 
 from __future__ import annotations
 
+from functools import partial
+
 import pytest
 import torch
-from tiny import (RandomDrafter, first_token_total_variation, hf_greedy, loaded, random_prompt, repetitive_prompt,
-                  tiny_model, tiny_tokenizer)
+from tiny import (RandomDrafter, cpu_model, first_token_total_variation, hf_greedy, loaded, random_prompt,
+                  repetitive_prompt, tiny_model, tiny_tokenizer)
 
 import specdecode.models
 from specdecode import SpeculativeGenerator, load_model
@@ -28,6 +30,7 @@ from specdecode.quantize import (Fp16Linear, Int4Linear, Int8Linear, RowInt8Line
                                  quantize_model)
 
 GROUP = 32  # the tiny models are 64 wide
+load_cpu = partial(load_model, device="cpu")  # quantization uses the CPU's kernels (a GPU model is refused)
 MODES = ["int8", "int4", "fp16", "w8a8"]
 QUANTIZED = (Int8Linear, Int4Linear, Fp16Linear, RowInt8Linear)
 
@@ -115,7 +118,7 @@ def test_w8a8_model_verifies_a_tree_exactly_as_it_decodes_one_token_at_a_time(ar
     """Row-wise attention: a verification forward (causal chain or tree mask) gives every token the
     logits of a one-token step over the same keys, bit for bit (batched SDPA would differ by rounding,
     which w8a8's activation grid turns into different tokens)."""
-    model = tiny_model(arch, seed=2)
+    model = cpu_model(arch, seed=2)
     quantize_model(model, "w8a8")
     assert model.config._attn_implementation == "specdecode_rowwise"
     backend, prompt = SDPABackend(), torch.tensor(random_prompt(7))
@@ -150,7 +153,7 @@ def row_calls(monkeypatch) -> list:
 def test_a_prefill_on_rowwise_attention_runs_batched_sdpa(arch, row_calls):
     """The prompt's prefill is one forward that plain and speculative decoding share, so an exact model
     attends it batched: its cache and hidden states are those of the same model on SDPA, bit for bit."""
-    model = tiny_model(arch, seed=4)
+    model = cpu_model(arch, seed=4)
     quantize_model(model, "w8a8")
     backend, prompt = SDPABackend(), torch.tensor(random_prompt(4, length=40))
     with torch.inference_mode():
@@ -170,7 +173,7 @@ def test_a_prefill_on_rowwise_attention_runs_batched_sdpa(arch, row_calls):
 
 def test_a_prefill_through_a_forward_without_keywords_stays_rowwise(monkeypatch, row_calls):
     """A model whose forward cannot take the prefill keyword (custom code) prefills row by row, no error."""
-    model = tiny_model("llama", seed=4)
+    model = cpu_model("llama", seed=4)
     quantize_model(model, "w8a8")
     original = model.base_model.forward
 
@@ -199,16 +202,16 @@ def test_sdpa_gives_a_strided_view_what_it_gives_a_contiguous_copy():
 
 
 def test_loading_a_w8a8_instance_keeps_its_rowwise_attention():
-    model = tiny_model("llama", seed=2)
+    model = cpu_model("llama", seed=2)
     quantize_model(model, "w8a8")
-    target = load_model(model, tokenizer=tiny_tokenizer())  # the loader switches other attentions to SDPA
+    target = load_cpu(model, tokenizer=tiny_tokenizer())  # the loader switches other attentions to SDPA
     assert target.model.config._attn_implementation == "specdecode_rowwise"
 
 
 @pytest.mark.parametrize("mode", ["int8", "fp16", "w8a8"])
 def test_a_quantized_output_layer_selects_rows(mode):
     """What a pruned drafter head computes: the chosen rows of the quantized layer's output."""
-    model = tiny_model("llama", seed=4)
+    model = cpu_model("llama", seed=4)
     quantize_model(model, mode)
     head = model.lm_head
     rows = torch.tensor([0, 5, 17, 64, 95])
@@ -218,8 +221,8 @@ def test_a_quantized_output_layer_selects_rows(mode):
 
 @pytest.mark.parametrize("mode", ["int8", "w8a8"])
 def test_a_quantized_drafter_with_a_pruned_head_stays_lossless(mode):
-    target = tiny_model("llama", seed=0)
-    drafter_model = tiny_model("llama", seed=0)  # the same weights, quantized: drafts mostly right
+    target = cpu_model("llama", seed=0)
+    drafter_model = cpu_model("llama", seed=0)  # the same weights, quantized: drafts mostly right
     quantize_model(drafter_model, mode, exact_rows=False)
     drafter = ModelDrafter(loaded(drafter_model), k=4, confidence=0, draft_vocab=40)
     gen = SpeculativeGenerator(loaded(target), drafter=drafter, cost_model=None)
@@ -235,8 +238,8 @@ def test_sampling_with_a_pruned_w8a8_drafter_keeps_the_target_distribution():
     """Drafters are w8a8 by default on CPUs where it is faster ("auto"): their draft_probs come from
     quantized weights and a pruned head (zero outside the kept ids), which the acceptance rule must
     absorb. First sampled token vs the fp32 target's softmax (vocab 16, 4000 samples)."""
-    model = tiny_model("llama", seed=0, vocab=16)
-    drafter_model = tiny_model("llama", seed=0, vocab=16)
+    model = cpu_model("llama", seed=0, vocab=16)
+    drafter_model = cpu_model("llama", seed=0, vocab=16)
     quantize_model(drafter_model, "w8a8", exact_rows=False)
     prompt = random_prompt(7, vocab=16)
     drafter = ModelDrafter(loaded(drafter_model), k=2, confidence=0, draft_vocab=8)
@@ -247,19 +250,19 @@ def test_sampling_with_a_pruned_w8a8_drafter_keeps_the_target_distribution():
 
 def test_a_w8a8_drafter_keeps_batched_attention():
     """Row-wise attention costs time and only a verified target needs it: drafts need not be exact."""
-    drafter = load_model(tiny_model("llama", seed=2), tokenizer=tiny_tokenizer(), quantize="w8a8", drafts_only=True)
+    drafter = load_cpu(cpu_model("llama", seed=2), tokenizer=tiny_tokenizer(), quantize="w8a8", drafts_only=True)
     assert drafter.model.config._attn_implementation == "sdpa"
     assert isinstance(drafter.model.lm_head, RowInt8Linear)
-    target = load_model(tiny_model("llama", seed=2), tokenizer=tiny_tokenizer(), quantize="w8a8")
+    target = load_cpu(cpu_model("llama", seed=2), tokenizer=tiny_tokenizer(), quantize="w8a8")
     assert target.model.config._attn_implementation == "specdecode_rowwise"
 
 
 def test_w8a8_sampling_through_a_verification_follows_the_target_distribution():
     """The second token is sampled from a verification forward (the first from the prefill): with a
     mostly wrong drafter its distribution, given the first token, is the w8a8 target's softmax."""
-    model = tiny_model("llama", seed=0, vocab=16)
+    model = cpu_model("llama", seed=0, vocab=16)
     quantize_model(model, "w8a8")
-    drafter_model = tiny_model("llama", seed=3, vocab=16)
+    drafter_model = cpu_model("llama", seed=3, vocab=16)
     prompt = random_prompt(7, vocab=16)
     gen = SpeculativeGenerator(loaded(model), drafter=ModelDrafter(loaded(drafter_model), k=2, confidence=0),
                                cost_model=None)
@@ -278,7 +281,7 @@ def test_w8a8_sampling_through_a_verification_follows_the_target_distribution():
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     folder = tmp_path_factory.mktemp("tiny")
-    model = tiny_model("llama", seed=0)
+    model = cpu_model("llama", seed=0)
     model.save_pretrained(folder)
     tiny_tokenizer().save_pretrained(folder)
     return folder
@@ -286,13 +289,13 @@ def model_dir(tmp_path_factory):
 
 @pytest.mark.parametrize("mode", MODES)
 def test_loader_quantizes_every_linear_layer(model_dir, mode):
-    target = load_model(model_dir, dtype="fp32" if mode in ("int8", "int4") else "auto", quantize=mode,
+    target = load_cpu(model_dir, dtype="fp32" if mode in ("int8", "int4") else "auto", quantize=mode,
                         group_size=GROUP)
     assert target.quantization == mode and target.dtype == torch.float32
     layers = [m for m in target.model.modules() if isinstance(m, QUANTIZED)]
     assert len(layers) == 2 * 7 + 1  # 7 per decoder layer, plus the output layer
     assert not any(type(m) is torch.nn.Linear for m in target.model.modules())
-    reference = tiny_model("llama", seed=0)
+    reference = cpu_model("llama", seed=0)
     quantize_model(reference, mode, GROUP)
     prompt = random_prompt(4)
     ours = SpeculativeGenerator(target).generate(prompt, max_new_tokens=12).token_ids
@@ -308,7 +311,7 @@ def test_bf16_weight_only_targets_get_exact_steps_where_their_kernels_allow(mode
     original = layer_class.forward
     probed = []
     monkeypatch.setattr(kernels, "rows_agree", lambda layers: probed.extend(layers) or True)  # any CPU
-    target = load_model(model_dir, dtype="bf16", quantize=mode, group_size=GROUP)
+    target = load_cpu(model_dir, dtype="bf16", quantize=mode, group_size=GROUP)
     assert target.exact_steps and target.linear_kernel == "quantized"
     assert target.model.config._attn_implementation == "specdecode_rowwise"
     assert probed and all(isinstance(layer, layer_class) for layer in probed)  # the quantized kernels probed
@@ -318,9 +321,9 @@ def test_bf16_weight_only_targets_get_exact_steps_where_their_kernels_allow(mode
         return original(self, x) + 1e-2 * x.shape[-2]
 
     monkeypatch.setattr(layer_class, "forward", by_row_count)
-    unfixable = load_model(model_dir, dtype="bf16", quantize=mode, group_size=GROUP)
+    unfixable = load_cpu(model_dir, dtype="bf16", quantize=mode, group_size=GROUP)
     assert not unfixable.exact_steps and unfixable.model.config._attn_implementation == "sdpa"
-    fp32 = load_model(model_dir, dtype="fp32", quantize=mode, group_size=GROUP)  # fp32 targets: as they were
+    fp32 = load_cpu(model_dir, dtype="fp32", quantize=mode, group_size=GROUP)  # fp32 targets: as they were
     assert not fp32.exact_steps
 
 
@@ -338,7 +341,7 @@ def test_bf16_weight_only_target_stays_exact_when_its_one_row_kernel_rounds_apar
     monkeypatch.setattr(layer_class, "forward", one_row_apart)
     prompts = (random_prompt(5), repetitive_prompt(6))
     drafters = lambda: (LookupDrafter(), RandomDrafter(3))  # noqa: E731
-    as_loaded = load_model(model_dir, dtype="bf16", quantize=mode, group_size=GROUP, cpu_kernels="weight_first")
+    as_loaded = load_cpu(model_dir, dtype="bf16", quantize=mode, group_size=GROUP, cpu_kernels="weight_first")
     assert not as_loaded.exact_steps
     broken = []
     for prompt in prompts:
@@ -347,7 +350,7 @@ def test_bf16_weight_only_target_stays_exact_when_its_one_row_kernel_rounds_apar
                    .generate(prompt, max_new_tokens=30).token_ids != plain]
     assert broken  # this kernel does change speculative output of an unfixed model
 
-    target = load_model(model_dir, dtype="bf16", quantize=mode, group_size=GROUP)
+    target = load_cpu(model_dir, dtype="bf16", quantize=mode, group_size=GROUP)
     assert target.exact_steps
     assert all(type(m).__name__.startswith("PaddedRow") for m in target.model.modules()
                if isinstance(m, layer_class))
@@ -359,7 +362,7 @@ def test_bf16_weight_only_target_stays_exact_when_its_one_row_kernel_rounds_apar
 
 
 def test_drafter_quantize_reaches_the_drafter_and_the_bench_assistant(model_dir):
-    target = load_model(model_dir, dtype="fp32")
+    target = load_cpu(model_dir, dtype="fp32")
     drafter = make_drafter(f"model:{model_dir}", target, DrafterOptions(drafter_quantize="w8a8"))
     assert drafter.draft.quantization == "w8a8" and drafter.draft.dtype == torch.float32
     assert any(isinstance(m, RowInt8Linear) for m in drafter.model.modules())
@@ -376,31 +379,31 @@ def test_auto_drafter_weights_are_the_measured_fastest_and_never_a_targets(model
     # (w8a8 is a possible answer only where PyTorch has FBGEMM, on x86)
     for probed in (None, "w8a8") if fbgemm_available() else (None,):
         monkeypatch.setattr(specdecode.models, "fastest_draft_quantization", lambda device, probed=probed: probed)
-        drafter = load_model(model_dir, quantize="auto", drafts_only=True)
+        drafter = load_cpu(model_dir, quantize="auto", drafts_only=True)
         assert drafter.quantization == probed
         if probed == "w8a8":  # FBGEMM computes in fp32: "auto" weights override a bf16 dtype request
-            assert load_model(model_dir, dtype="bf16", quantize="auto", drafts_only=True).dtype == torch.float32
-        own = load_model(tiny_model("llama", seed=0), tokenizer=tiny_tokenizer(), quantize="auto", drafts_only=True)
+            assert load_cpu(model_dir, dtype="bf16", quantize="auto", drafts_only=True).dtype == torch.float32
+        own = load_cpu(cpu_model("llama", seed=0), tokenizer=tiny_tokenizer(), quantize="auto", drafts_only=True)
         assert own.quantization is None  # a model instance you built stays as you built it
         with pytest.raises(SpecDecodeError, match="drafter models only"):
-            load_model(model_dir, quantize="auto")
-        assert make_drafter(f"model:{model_dir}", load_model(model_dir)).draft.quantization == probed  # the default
+            load_cpu(model_dir, quantize="auto")
+        assert make_drafter(f"model:{model_dir}", load_cpu(model_dir)).draft.quantization == probed  # the default
 
 
 def test_bench_assistant_of_fbgemm_drafters_computes_in_fp32_whatever_the_targets_dtype(model_dir):
-    target = load_model(model_dir, dtype="bf16")
+    target = load_cpu(model_dir, dtype="bf16")
     assistant = DraftModels("fast-decode", quantize="w8a8")(str(model_dir), target, dtype=target.dtype)
     assert assistant.quantization == "w8a8" and assistant.dtype == torch.float32
 
 
 @pytest.mark.parametrize("mode", MODES)
 def test_speculative_decoding_of_a_quantized_model_equals_its_plain_decoding(mode):
-    target_model = tiny_model("llama", seed=0)
+    target_model = cpu_model("llama", seed=0)
     quantize_model(target_model, mode, GROUP)
     target = loaded(target_model)
-    drafter_model = tiny_model("llama", seed=0)
+    drafter_model = cpu_model("llama", seed=0)
     quantize_model(drafter_model, "int8" if mode == "int4" else "int4", GROUP)  # close to, not equal to, the target
-    other = tiny_model("llama", seed=1)
+    other = cpu_model("llama", seed=1)
     quantize_model(other, mode, GROUP)
     drafters = [ModelDrafter(loaded(drafter_model), k=4, confidence=0),
                 ModelDrafter(loaded(other), k=3, tree_width=2),
@@ -414,34 +417,34 @@ def test_speculative_decoding_of_a_quantized_model_equals_its_plain_decoding(mod
 
 def test_bad_input(monkeypatch):
     with pytest.raises(SpecDecodeError, match="unknown quantization 'int3'"):
-        quantize_model(tiny_model(), "int3")
+        quantize_model(cpu_model(), "int3")
     with pytest.raises(SpecDecodeError, match="group size 128 does not divide"):
-        quantize_model(tiny_model(), "int4", group_size=128)
+        quantize_model(cpu_model(), "int4", group_size=128)
     with pytest.raises(SpecDecodeError, match="int4 group size must be one of"):
-        quantize_model(tiny_model(), "int4", group_size=48)
+        quantize_model(cpu_model(), "int4", group_size=48)
     with pytest.raises(SpecDecodeError, match="fp32 or bf16"):
-        quantize_model(tiny_model().half(), "int8")
+        quantize_model(cpu_model().half(), "int8")
     with pytest.raises(SpecDecodeError, match="no linear layers"):
         quantize_model(torch.nn.Sequential(torch.nn.Embedding(4, 4)), "int8")
     with pytest.raises(SpecDecodeError, match="fp32 activations.*dtype='fp32'"):
-        quantize_model(tiny_model().to(torch.bfloat16), "w8a8")
+        quantize_model(cpu_model().to(torch.bfloat16), "w8a8")
     with monkeypatch.context() as patch:
         patch.setattr(quantize_module, "fbgemm_available", lambda: False)
         with pytest.raises(SpecDecodeError, match="needs FBGEMM.*use quantize='int8'"):
-            quantize_model(tiny_model(), "fp16")
-    quantized = tiny_model()
+            quantize_model(cpu_model(), "fp16")
+    quantized = cpu_model()
     quantize_model(quantized, "int4", GROUP)
     with pytest.raises(SpecDecodeError, match="Int4Linear.*cannot select rows"):
         ModelDrafter(loaded(quantized), draft_vocab=40)
     monkeypatch.setattr(quantize_module, "int4_kernel_available", lambda: False)
     with pytest.raises(SpecDecodeError, match="no CPU int4 kernel.*use quantize='int8'"):
-        quantize_model(tiny_model(), "int4", GROUP)
+        quantize_model(cpu_model(), "int4", GROUP)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: checks the refusal on a GPU model")
 def test_quantization_refuses_a_gpu_model():
     with pytest.raises(SpecDecodeError, match="CPU kernels"):
-        quantize_model(tiny_model().cuda(), "int8")
+        quantize_model(tiny_model(device=torch.device("cuda")), "int8")
 
 
 @pytest.mark.parametrize("qtype, block_bytes, scale_bytes", [("Q4_0", 18, 2), ("Q4_1", 20, 4), ("Q4_K", 144, 4)])
@@ -467,7 +470,7 @@ def test_gguf_4bit_blocks_become_codes_that_dequantize_like_gguf(qtype, block_by
 
 @pytest.mark.zoo
 def test_int4_keeps_smollm2_gguf_blocks_and_stays_lossless():
-    target = load_model("smollm2-135m-instruct", dtype="fp32", quantize="int4")
+    target = load_cpu("smollm2-135m-instruct", dtype="fp32", quantize="int4")
     int4 = [m for m in target.model.modules() if isinstance(m, Int4Linear)]
     assert len(int4) == 30 * 7 and all(m.group_size == 32 for m in int4)  # every Q4_1 layer, as published
     prompt = [{"role": "user", "content": "List three prime numbers and explain why they are prime."}]
@@ -483,13 +486,13 @@ def test_int4_keeps_smollm2_gguf_blocks_and_stays_lossless():
 def test_bf16_weight_only_smollm2_speculative_equals_plain(mode):
     """SmolLM2 in bf16 with int8 / int4 (its GGUF's blocks) weights: before exact steps, lookup, model
     and garbage drafts all left plain decoding on this prompt (AVX-512 BF16 EPYC)."""
-    target = load_model("smollm2-135m-instruct", dtype="bf16", quantize=mode)
+    target = load_cpu("smollm2-135m-instruct", dtype="bf16", quantize=mode)
     if not target.exact_steps:  # the loader found this CPU's kernels round rows by the batch: say so
         assert target.model.config._attn_implementation == "sdpa"
         return
     prompt = [{"role": "user", "content": "Repeat after me: the quick brown fox jumps over the lazy dog."}]
     plain = SpeculativeGenerator(target).generate(prompt, max_new_tokens=48, speculative=False)
-    drafter_model = load_model("smollm2-135m-instruct", dtype="fp32", drafts_only=True)
+    drafter_model = load_cpu("smollm2-135m-instruct", dtype="fp32", drafts_only=True)
     for drafter in (LookupDrafter(branches=2), ModelDrafter(drafter_model, k=5, confidence=0), RandomDrafter(7)):
         out = SpeculativeGenerator(target, drafter=drafter, cost_model=None).generate(prompt, max_new_tokens=48)
         assert out.token_ids == plain.token_ids, f"{drafter.name} changed the bf16 {mode} model's output"
@@ -497,11 +500,11 @@ def test_bf16_weight_only_smollm2_speculative_equals_plain(mode):
 
 @pytest.mark.zoo
 def test_w8a8_smollm2_speculative_equals_plain():
-    target = load_model("smollm2-135m-instruct", quantize="w8a8")
+    target = load_cpu("smollm2-135m-instruct", quantize="w8a8")
     assert target.dtype == torch.float32
     prompt = [{"role": "user", "content": "Repeat after me: the quick brown fox jumps over the lazy dog."}]
     plain = SpeculativeGenerator(target).generate(prompt, max_new_tokens=24)
-    drafter_model = load_model("smollm2-135m-instruct", dtype="fp32", quantize="int8")  # another model of it
+    drafter_model = load_cpu("smollm2-135m-instruct", dtype="fp32", quantize="int8")  # another model of it
     for drafter in (LookupDrafter(), ModelDrafter(drafter_model, k=4, confidence=0), RandomDrafter(3)):
         out = SpeculativeGenerator(target, drafter=drafter, cost_model=None).generate(prompt, max_new_tokens=24)
         assert out.token_ids == plain.token_ids, f"{drafter.name} changed the w8a8 model's output"

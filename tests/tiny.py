@@ -18,7 +18,8 @@ VOCAB = 96
 TEST_DEVICE = torch.device(os.environ.get("SPECDECODE_TEST_DEVICE", "cpu"))
 
 
-def tiny_model(arch: str = "llama", seed: int = 0, vocab: int = VOCAB, layers: int = 2) -> torch.nn.Module:
+def tiny_model(arch: str = "llama", seed: int = 0, vocab: int = VOCAB, layers: int = 2,
+               device: torch.device = TEST_DEVICE) -> torch.nn.Module:
     """A random 2-layer model in fp32; exactness holds for any weights."""
     common = dict(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=layers,
                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
@@ -32,7 +33,12 @@ def tiny_model(arch: str = "llama", seed: int = 0, vocab: int = VOCAB, layers: i
         raise ValueError(arch)
     model.config._attn_implementation = "sdpa"
     model.generation_config.eos_token_id = None  # tests choose their own end-of-sequence token
-    return model.to(TEST_DEVICE).eval()
+    return model.to(device).eval()
+
+
+def cpu_model(*args, **kwargs) -> torch.nn.Module:
+    """A tiny model on the CPU whatever SPECDECODE_TEST_DEVICE says: for tests of the CPU's kernels."""
+    return tiny_model(*args, device=torch.device("cpu"), **kwargs)
 
 
 def loaded(model: torch.nn.Module, name: str = "tiny") -> LoadedModel:
