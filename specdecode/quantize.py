@@ -28,6 +28,7 @@ import warnings
 import torch
 
 from .errors import SpecDecodeError
+from .fusion import fuse_projections
 from .rowwise_attention import use_rowwise_attention
 
 MODES = ("int8", "int4", "fp16", "w8a8")
@@ -296,6 +297,8 @@ def quantize_model(model: torch.nn.Module, mode: str, group_size: int = 128, exa
             if module.out_features % 16:
                 raise SpecDecodeError(f"the CPU int4 kernel packs output rows in sets of 16; {name} has "
                                       f"{module.out_features}. Use int8 for this model.")
+    if fuse_projections(model):  # one product per shared input (fusion.py), quantized like any layer
+        targets = [(name, module) for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)]
     for name, module in targets:
         with torch.no_grad():
             if mode == "int8":

@@ -290,10 +290,10 @@ def model_dir(tmp_path_factory):
 @pytest.mark.parametrize("mode", MODES)
 def test_loader_quantizes_every_linear_layer(model_dir, mode):
     target = load_cpu(model_dir, dtype="fp32" if mode in ("int8", "int4") else "auto", quantize=mode,
-                        group_size=GROUP)
+                      group_size=GROUP)
     assert target.quantization == mode and target.dtype == torch.float32
     layers = [m for m in target.model.modules() if isinstance(m, QUANTIZED)]
-    assert len(layers) == 2 * 7 + 1  # 7 per decoder layer, plus the output layer
+    assert len(layers) == 2 * 4 + 1  # per decoder layer q/k/v fused, o, gate/up fused, down; the output layer
     assert not any(type(m) is torch.nn.Linear for m in target.model.modules())
     reference = cpu_model("llama", seed=0)
     quantize_model(reference, mode, GROUP)
