@@ -146,7 +146,7 @@ class ScriptedDrafter(Drafter):
 def test_a_mixture_keeps_the_likelier_drafter_first_and_skips_one_that_cannot_make_the_cut():
     text = list(range(100, 160))
     wrong, right = ScriptedDrafter("wrong", text, right=False), ScriptedDrafter("right", text, right=True)
-    mixture = MixtureDrafter([wrong, right])  # list order puts the wrong one first
+    mixture = MixtureDrafter([wrong, right], cost_aware=False)  # list order puts the wrong one first; scores alone
     mixture.begin(text[:5])
     context = text[:5]
     first = mixture.propose(context, budget=2)

@@ -110,11 +110,13 @@ def add_histograms(histograms: Iterable[Sequence[int] | None]) -> tuple[int, ...
 
 
 def add_drafter_counts(reports: Iterable[dict | None]) -> dict | None:
-    """Per-drafter reports ({name: {"drafted": n, "accepted": n, ...}}) -> the two counts summed."""
+    """Per-drafter reports ({name: {"drafted": n, "accepted": n, ...}}) -> the counts summed (a mixture's
+    steps without a drafter too)."""
+    keys = ("drafted", "accepted", "skipped_steps", "skipped_for_cost")
     total: dict[str, dict[str, int]] = {}
     for report in reports:
         for name, counts in (report or {}).items():
-            entry = total.setdefault(name, {"drafted": 0, "accepted": 0})
-            entry["drafted"] += int(counts.get("drafted", 0))
-            entry["accepted"] += int(counts.get("accepted", 0))
+            entry = total.setdefault(name, dict.fromkeys(keys, 0))
+            for key in keys:
+                entry[key] += int(counts.get(key) or 0)
     return total or None

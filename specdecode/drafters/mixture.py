@@ -6,14 +6,26 @@ drafter has an acceptance estimate `alpha` (its levels accepted vs rejected, che
 committed tokens whether or not its nodes made it into the merged tree, decayed per step and pulled
 toward a prior); a node at depth d proposed by drafter i scores alpha_i^(d+1), a node several
 drafters proposed the best of their scores, and the `budget` best nodes are kept (whole paths: a
-node never scores above its parent). Drafters run in order of decreasing alpha, and a drafter whose
-best node (alpha_i) could not beat the `budget` nodes already proposed is not run at all: a small
-model is spared on the steps where a copy from the context is the better bet. Per drafter, the
-stats count the tokens it proposed into the merged tree and the ones accepted.
+node never scores above its parent). Drafters run in order of decreasing alpha (cheapest first when
+costs decide, below), and a drafter whose best node (alpha_i) could not beat the `budget` nodes
+already proposed is not run at all: a small model is spared on the steps where a copy from the
+context is the better bet. Per drafter, the stats count the tokens it proposed into the merged tree
+and the ones accepted, and the steps it was not run.
+
+Cost-aware skipping (`cost_aware=True`, greedy decoding): the mixture also times each drafter's
+proposals and the target's verifications (the seconds from a proposal to the committed tokens), and
+runs a drafter only when the step's expected tokens per second are higher with its draft than with the
+drafts already in hand: (1 + E_with) / (verify + its seconds) > (1 + E_without) / verify, where E sums
+the scores of the `budget` best nodes (as the merge keeps them). Its seconds are timed only on
+proposals that follow one of its own (else they include catching up on the skipped tokens, which would
+make a skipped drafter look ever costlier), and its depth is the depth it last drafted (not the
+engine's budget, which shrinks while it is skipped). Under sampling the drafts must not depend on
+timing (a seed gives the same tokens), so there only the scores decide.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 
 from ..errors import SpecDecodeError
@@ -25,7 +37,7 @@ from .base import Drafter, LevelAcceptance
 class MixtureDrafter(Drafter):
     """Merge the drafts of `drafters` into one tree of at most `budget` nodes, the likeliest first."""
 
-    def __init__(self, drafters: Sequence[Drafter], *, prior: float = 0.5):
+    def __init__(self, drafters: Sequence[Drafter], *, prior: float = 0.5, cost_aware: bool = True):
         drafters = list(drafters)
         if not drafters or not all(isinstance(d, Drafter) for d in drafters):
             raise SpecDecodeError("MixtureDrafter needs a non-empty list of drafters (Drafter instances).")
@@ -33,6 +45,10 @@ class MixtureDrafter(Drafter):
             raise SpecDecodeError(f"MixtureDrafter prior must be in (0, 1), got {prior}.")
         self.drafters = drafters
         self.prior = prior
+        self.cost_aware = cost_aware
+        # seconds, smoothed over steps and kept across generations (a property of the models and machine)
+        self.propose_s: list[float | None] = [None] * len(drafters)  # one proposal of each drafter
+        self.verify_s: float | None = None  # from a proposal to the committed tokens (the verification)
         self.names = _unique([getattr(d, "name", type(d).__name__) for d in drafters])
         self.name = "mixture(" + ",".join(self.names) + ")"
         self._reset()
@@ -45,6 +61,10 @@ class MixtureDrafter(Drafter):
         self.drafted = [0] * len(self.drafters)
         self.accepted = [0] * len(self.drafters)
         self.skipped = [0] * len(self.drafters)  # steps a drafter was not run (it could not make the cut)
+        self.cost_skipped = [0] * len(self.drafters)  # ... of which its draft was not worth its seconds
+        self.ran = [False] * len(self.drafters)  # whether each drafter ran in the last step
+        self.last_depth = [0] * len(self.drafters)  # the depth of each drafter's last own draft
+        self._proposed_at: float | None = None
 
     def check_target(self, target) -> None:
         for drafter in self.drafters:
@@ -67,12 +87,23 @@ class MixtureDrafter(Drafter):
         scores: list[float] = []  # of the nodes proposed so far, any order
         order = sorted(range(len(self.drafters)), key=lambda i: -alphas[i])  # stable: list order breaks ties
         self.trees = [DraftTree.empty() for _ in self.drafters]
-        for i in order:
+        ran = [False] * len(self.drafters)
+        for i in self._run_order(order):
             if len(scores) >= budget and sorted(scores, reverse=True)[budget - 1] >= alphas[i]:
                 self.skipped[i] += 1
                 continue
+            if not self._pays(i, alphas[i], scores, budget):
+                self.skipped[i] += 1
+                self.cost_skipped[i] += 1
+                continue
+            tick = time.perf_counter()
             self.trees[i] = self.drafters[i].propose(context_ids, budget)
+            if self.ran[i]:  # it ran on the step before: no catching up (nor a prefill) in this time
+                self.propose_s[i] = _smoothed(self.propose_s[i], time.perf_counter() - tick)
+            ran[i] = True
+            self.last_depth[i] = self.trees[i].depth
             scores += [alphas[i] ** (depth + 1) for depth in self.trees[i].depths.tolist()]
+        self.ran = ran
         # Merge in that order (the likeliest drafter's nodes first), then keep the `budget` best nodes.
         merged, located = DraftTree.merge_located([self.trees[i] for i in order])  # located[r][j]: merged node
         node_scores = [0.0] * len(merged)
@@ -88,9 +119,35 @@ class MixtureDrafter(Drafter):
                 if node in kept:
                     self.sources[kept[node]].add(i)
                     self.drafted[i] += 1
+        self._proposed_at = time.perf_counter() if len(self.tree) else None
         return self.tree
 
+    def _run_order(self, order: list[int]) -> list[int]:
+        """Likeliest first; when costs decide, the cheapest first (a costly drafter is then weighed
+        against what the cheap ones found)."""
+        if not self._costs_decide():
+            return order
+        return sorted(order, key=lambda i: self.propose_s[i] or 0.0)
+
+    def _costs_decide(self) -> bool:
+        return self.cost_aware and self.sampling.greedy and self.verify_s is not None
+
+    def _pays(self, i: int, alpha: float, scores: list[float], budget: int) -> bool:
+        """Whether drafter i's draft is worth its seconds this step (always, until both are timed): the
+        expected tokens of a step are the scores of its `budget` best nodes, with or without a chain of
+        drafter i's last depth scored alpha^(depth + 1)."""
+        seconds, verify = self.propose_s[i], self.verify_s
+        if not self._costs_decide() or seconds is None:
+            return True
+        depth = min(budget, self.last_depth[i] or budget)
+        without = sum(sorted(scores, reverse=True)[:budget])
+        with_it = sum(sorted(scores + [alpha ** (d + 1) for d in range(depth)], reverse=True)[:budget])
+        return (1 + with_it) * verify > (1 + without) * (verify + seconds)  # tokens per second, multiplied out
+
     def accept(self, token_ids: Sequence[int]) -> None:
+        if self._proposed_at is not None:
+            self.verify_s = _smoothed(self.verify_s, time.perf_counter() - self._proposed_at)
+            self._proposed_at = None
         for node in self.tree.matched_path(token_ids[:-1]):  # the last committed token is the target's own
             for source in self.sources[node]:
                 self.accepted[source] += 1
@@ -106,8 +163,14 @@ class MixtureDrafter(Drafter):
         """Per drafter: tokens it proposed into the merged tree, tokens accepted, steps it was not run,
         and its final acceptance-per-level estimate."""
         return {name: {"drafted": d, "accepted": a, "acceptance_rate": a / d if d else 0.0, "skipped_steps": s,
-                       "alpha": round(acc.alpha, 3)}
-                for name, d, a, s, acc in zip(self.names, self.drafted, self.accepted, self.skipped, self.acceptance)}
+                       "skipped_for_cost": c, "alpha": round(acc.alpha, 3),
+                       "propose_ms": None if t is None else round(t * 1000, 2)}
+                for name, d, a, s, c, acc, t in zip(self.names, self.drafted, self.accepted, self.skipped,
+                                                     self.cost_skipped, self.acceptance, self.propose_s)}
+
+
+def _smoothed(previous: float | None, seconds: float, weight: float = 0.3) -> float:
+    return seconds if previous is None else (1 - weight) * previous + weight * seconds
 
 
 def _unique(names: list[str]) -> list[str]:

@@ -1,0 +1,135 @@
+"""MixtureDrafter's cost-aware skipping, on hand-made drafters and a fake clock: a costly drafter runs
+only where its draft is worth its seconds, its catching-up is not counted as its cost, sampling ignores
+timing, and greedy output never changes."""
+
+from __future__ import annotations
+
+import pytest
+from tiny import hf_greedy, loaded, random_prompt, tiny_model
+
+from specdecode import SpeculativeGenerator
+from specdecode.drafters import MixtureDrafter
+from specdecode.drafters import mixture as mixture_module
+from specdecode.drafters.base import Drafter
+from specdecode.sampling import SamplingParams
+from specdecode.tree import DraftTree
+
+TEXT = list(range(100, 400))
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 0.0
+
+    def perf_counter(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock(monkeypatch) -> FakeClock:
+    fake = FakeClock()
+    monkeypatch.setattr(mixture_module, "time", fake)
+    return fake
+
+
+class TimedDrafter(Drafter):
+    """Proposes the next `depth` tokens of TEXT, right for the first `right` of them and wrong after; each
+    proposal costs `seconds` on the clock, plus `catch_up` per step it was not asked to propose (what a
+    model drafter pays to feed the tokens committed meanwhile)."""
+
+    def __init__(self, name: str, clock: FakeClock, depth: int, right: int, seconds: float, catch_up: float = 0.0,
+                 right_until: int = len(TEXT)):
+        self.name, self.clock, self.depth, self.right, self.right_until = name, clock, depth, right, right_until
+        self.seconds, self.catch_up = seconds, catch_up
+        self.calls, self.catch_ups, self.steps_since_proposal = 0, 0, 0
+
+    def propose(self, context_ids, budget):
+        self.calls += 1
+        self.catch_ups += self.steps_since_proposal > 1
+        self.clock.now += self.seconds + self.catch_up * max(0, self.steps_since_proposal - 1)
+        self.steps_since_proposal = 0
+        start = len(context_ids)
+        right = self.right if start < self.right_until else 0  # past right_until: wrong from the first token
+        tokens = TEXT[start : start + right] + [1] * (self.depth - right)
+        return DraftTree.chain(tokens[: min(self.depth, budget)])
+
+    def accept(self, token_ids):
+        self.steps_since_proposal += 1
+
+
+def run_steps(mixture: MixtureDrafter, clock: FakeClock, steps: int, budget: int = 8, verify_s: float = 0.1,
+              sampling: SamplingParams | None = None) -> None:
+    """Propose, verify (verify_s on the clock; the target commits TEXT's next tokens), accept."""
+    context = TEXT[:10]
+    mixture.begin(context, **({"sampling": sampling} if sampling else {}))
+    for _ in range(steps):
+        tree = mixture.propose(context, budget)
+        clock.now += verify_s
+        committed = TEXT[len(context) : len(context) + tree.matched_depth(TEXT[len(context):]) + 1]
+        mixture.accept(committed)
+        context = context + committed
+
+
+def test_a_costly_drafter_is_skipped_where_a_cheap_one_drafts_as_well(clock):
+    cheap = TimedDrafter("cheap", clock, depth=8, right=6, seconds=0.001)
+    costly = TimedDrafter("costly", clock, depth=4, right=3, seconds=0.2)  # 2x a verification
+    mixture = MixtureDrafter([costly, cheap])
+    run_steps(mixture, clock, steps=30)
+    report = mixture.report()
+    assert report["costly"]["skipped_for_cost"] > 20 and costly.calls < 10
+    assert report["costly"]["propose_ms"] == pytest.approx(200.0)
+    assert report["cheap"]["skipped_for_cost"] == 0
+
+
+def test_a_costly_drafter_runs_where_its_draft_is_worth_its_seconds(clock):
+    weak = TimedDrafter("weak", clock, depth=2, right=0, seconds=0.001)
+    model = TimedDrafter("model", clock, depth=4, right=4, seconds=0.05, catch_up=1.0)
+    mixture = MixtureDrafter([weak, model])
+    run_steps(mixture, clock, steps=30)
+    assert mixture.report()["model"]["skipped_steps"] == 0 and model.calls == 30
+
+
+def test_catching_up_after_a_skip_is_not_counted_as_a_drafters_cost(clock):
+    cheap = TimedDrafter("cheap", clock, depth=8, right=8, seconds=0.001, right_until=80)  # then always wrong
+    model = TimedDrafter("model", clock, depth=4, right=4, seconds=0.03, catch_up=0.5)
+    mixture = MixtureDrafter([model, cheap])
+    run_steps(mixture, clock, steps=40)
+    assert mixture.report()["model"]["skipped_for_cost"] > 0  # while the cheap drafter was as right and deeper
+    assert model.catch_ups > 0  # then it ran again, first feeding what was committed meanwhile
+    assert mixture.report()["model"]["propose_ms"] == pytest.approx(30.0)  # those catch-ups (>= 0.5 s) left out
+
+
+def test_under_sampling_timing_never_decides(clock):
+    cheap = TimedDrafter("cheap", clock, depth=8, right=6, seconds=0.001)
+    costly = TimedDrafter("costly", clock, depth=4, right=3, seconds=0.2)
+    mixture = MixtureDrafter([costly, cheap])
+    run_steps(mixture, clock, steps=20, sampling=SamplingParams(temperature=0.8))
+    assert mixture.report()["costly"]["skipped_for_cost"] == 0
+    off = MixtureDrafter([TimedDrafter("costly", clock, 4, 3, 0.2), TimedDrafter("cheap", clock, 8, 6, 0.001)],
+                         cost_aware=False)
+    run_steps(off, clock, steps=20)
+    assert off.report()["costly"]["skipped_for_cost"] == 0
+
+
+class SlowGarbage(Drafter):
+    """Wrong tokens, slowly (on the fake clock)."""
+
+    name = "garbage"
+
+    def __init__(self, clock: FakeClock):
+        self.clock = clock
+
+    def propose(self, context_ids, budget):
+        self.clock.now += 1.0
+        return DraftTree.chain([(t * 7 + 3) % 90 for t in context_ids[-min(budget, 4):]])
+
+
+def test_greedy_output_is_plain_decodings_whatever_the_mixture_skips(clock):
+    from specdecode.drafters import LookupDrafter
+
+    target = loaded(tiny_model("llama", seed=0))
+    prompt = random_prompt(7)
+    reference = hf_greedy(target.model, prompt, 30)
+    mixture = MixtureDrafter([SlowGarbage(clock), LookupDrafter()])
+    out = SpeculativeGenerator(target, drafter=mixture, cost_model=None).generate(prompt, 30)
+    assert out.token_ids == reference
