@@ -124,7 +124,8 @@ def test_each_drafter_in_a_mixture_adapts_to_its_own_acceptance(models):
     right = RetrievalDrafter(passages=[prompt[-2:] + reference], initial_k=4)
     noise = [random_prompt(s, length=40) for s in range(20, 30)]  # matches often, continues wrongly
     wrong = RetrievalDrafter(passages=noise, min_ngram=1, initial_k=4)
-    gen = SpeculativeGenerator(target, drafter=MixtureDrafter([right, wrong]), cost_model=None)
+    # cost_aware=False: timing would rightly stop running the wrong one, and then it could not adapt
+    gen = SpeculativeGenerator(target, drafter=MixtureDrafter([right, wrong], cost_aware=False), cost_model=None)
     out = gen.generate(prompt, NEW_TOKENS)
     assert out.token_ids == reference
     assert right.length.current > wrong.length.current  # the right one grew, the wrong one shrank

@@ -13,10 +13,11 @@ context is the better bet. Per drafter, the stats count the tokens it proposed i
 and the ones accepted, and the steps it was not run.
 
 Cost-aware skipping (`cost_aware=True`, greedy decoding): the mixture also times each drafter's
-proposals and the target's verifications (the seconds from a proposal to the committed tokens), and
+proposals (per drafted level) and the target's verifications (the seconds from a proposal to the committed tokens), and
 runs a drafter only when the step's expected tokens per second are higher with its draft than with the
-drafts already in hand: (1 + E_with) / (verify + its seconds) > (1 + E_without) / verify, where E sums
-the scores of the `budget` best nodes (as the merge keeps them). Its seconds are timed only on
+drafts already in hand: (1 + E_with) / (verify + its seconds) > (1 + E_without) / verify, where E is the
+expected accepted depth of the merged trees (a drafter's tree reaches level d with chance alpha^(d+1),
+however wide: a wide tree of weak copies is worth little more than its best path). Its seconds are timed only on
 proposals that follow one of its own (else they include catching up on the skipped tokens, which would
 make a skipped drafter look ever costlier), and its depth is the depth it last drafted (not the
 engine's budget, which shrinks while it is skipped). Under sampling the drafts must not depend on
@@ -47,7 +48,7 @@ class MixtureDrafter(Drafter):
         self.prior = prior
         self.cost_aware = cost_aware
         # seconds, smoothed over steps and kept across generations (a property of the models and machine)
-        self.propose_s: list[float | None] = [None] * len(drafters)  # one proposal of each drafter
+        self.level_s: list[float | None] = [None] * len(drafters)  # each drafter's seconds per drafted level
         self.verify_s: float | None = None  # from a proposal to the committed tokens (the verification)
         self.names = _unique([getattr(d, "name", type(d).__name__) for d in drafters])
         self.name = "mixture(" + ",".join(self.names) + ")"
@@ -92,14 +93,16 @@ class MixtureDrafter(Drafter):
             if len(scores) >= budget and sorted(scores, reverse=True)[budget - 1] >= alphas[i]:
                 self.skipped[i] += 1
                 continue
-            if not self._pays(i, alphas[i], scores, budget):
+            if not self._pays(i, alphas[i], [(alphas[j], self.trees[j].depth) for j in range(len(ran)) if ran[j]],
+                              budget):
                 self.skipped[i] += 1
                 self.cost_skipped[i] += 1
                 continue
             tick = time.perf_counter()
             self.trees[i] = self.drafters[i].propose(context_ids, budget)
-            if self.ran[i]:  # it ran on the step before: no catching up (nor a prefill) in this time
-                self.propose_s[i] = _smoothed(self.propose_s[i], time.perf_counter() - tick)
+            if self.ran[i] and self.trees[i].depth:  # it ran on the step before: no catching up (nor prefill)
+                per_level = (time.perf_counter() - tick) / self.trees[i].depth  # a model drafts level by level
+                self.level_s[i] = _smoothed(self.level_s[i], per_level)
             ran[i] = True
             self.last_depth[i] = self.trees[i].depth
             scores += [alphas[i] ** (depth + 1) for depth in self.trees[i].depths.tolist()]
@@ -127,21 +130,24 @@ class MixtureDrafter(Drafter):
         against what the cheap ones found)."""
         if not self._costs_decide():
             return order
-        return sorted(order, key=lambda i: self.propose_s[i] or 0.0)
+        return sorted(order, key=lambda i: self.level_s[i] or 0.0)
 
     def _costs_decide(self) -> bool:
         return self.cost_aware and self.sampling.greedy and self.verify_s is not None
 
-    def _pays(self, i: int, alpha: float, scores: list[float], budget: int) -> bool:
-        """Whether drafter i's draft is worth its seconds this step (always, until both are timed): the
-        expected tokens of a step are the scores of its `budget` best nodes, with or without a chain of
-        drafter i's last depth scored alpha^(depth + 1)."""
-        seconds, verify = self.propose_s[i], self.verify_s
-        if not self._costs_decide() or seconds is None:
+    def _pays(self, i: int, alpha: float, drafted: list[tuple[float, int]], budget: int) -> bool:
+        """Whether drafter i's draft is worth its seconds this step (always, until both are timed).
+        `drafted`: (alpha, depth) of the drafters already run. A drafter's tree reaches level d with
+        probability alpha^(d+1) however wide it is (alpha is measured on its whole tree); several trees,
+        taken as independent, reach it unless all miss. Drafter i would draft as deep as it last did (within
+        the budget), at its seconds per level."""
+        per_level, verify = self.level_s[i], self.verify_s
+        if not self._costs_decide() or per_level is None:
             return True
         depth = min(budget, self.last_depth[i] or budget)
-        without = sum(sorted(scores, reverse=True)[:budget])
-        with_it = sum(sorted(scores + [alpha ** (d + 1) for d in range(depth)], reverse=True)[:budget])
+        seconds = per_level * depth
+        without = _expected_levels(drafted, budget)
+        with_it = _expected_levels(drafted + [(alpha, depth)], budget)
         return (1 + with_it) * verify > (1 + without) * (verify + seconds)  # tokens per second, multiplied out
 
     def accept(self, token_ids: Sequence[int]) -> None:
@@ -164,9 +170,22 @@ class MixtureDrafter(Drafter):
         and its final acceptance-per-level estimate."""
         return {name: {"drafted": d, "accepted": a, "acceptance_rate": a / d if d else 0.0, "skipped_steps": s,
                        "skipped_for_cost": c, "alpha": round(acc.alpha, 3),
-                       "propose_ms": None if t is None else round(t * 1000, 2)}
+                       "ms_per_level": None if t is None else round(t * 1000, 2)}
                 for name, d, a, s, c, acc, t in zip(self.names, self.drafted, self.accepted, self.skipped,
-                                                     self.cost_skipped, self.acceptance, self.propose_s)}
+                                                     self.cost_skipped, self.acceptance, self.level_s)}
+
+
+def _expected_levels(trees: list[tuple[float, int]], most: int) -> float:
+    """Expected accepted draft tokens of merged trees, each (alpha, depth): the sum over levels of the
+    chance that some tree reaches the level."""
+    expected = 0.0
+    for level in range(min(most, max((depth for _, depth in trees), default=0))):
+        all_miss = 1.0
+        for alpha, depth in trees:
+            if level < depth:
+                all_miss *= 1 - alpha ** (level + 1)
+        expected += 1 - all_miss
+    return expected
 
 
 def _smoothed(previous: float | None, seconds: float, weight: float = 0.3) -> float:
