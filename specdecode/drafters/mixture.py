@@ -93,8 +93,8 @@ class MixtureDrafter(Drafter):
             if len(scores) >= budget and sorted(scores, reverse=True)[budget - 1] >= alphas[i]:
                 self.skipped[i] += 1
                 continue
-            if not self._pays(i, alphas[i], [(alphas[j], self.trees[j].depth) for j in range(len(ran)) if ran[j]],
-                              budget):
+            in_hand = [(alphas[j], self.trees[j].depth) for j, done in enumerate(ran) if done]
+            if not self._pays(i, alphas[i], in_hand, budget):
                 self.skipped[i] += 1
                 self.cost_skipped[i] += 1
                 continue
@@ -166,8 +166,8 @@ class MixtureDrafter(Drafter):
             drafter.accept(token_ids)
 
     def report(self) -> dict:
-        """Per drafter: tokens it proposed into the merged tree, tokens accepted, steps it was not run,
-        and its final acceptance-per-level estimate."""
+        """Per drafter: tokens it proposed into the merged tree, tokens accepted, steps it was not run (of
+        which for cost), its final acceptance-per-level estimate and its measured milliseconds per level."""
         return {name: {"drafted": d, "accepted": a, "acceptance_rate": a / d if d else 0.0, "skipped_steps": s,
                        "skipped_for_cost": c, "alpha": round(acc.alpha, 3),
                        "ms_per_level": None if t is None else round(t * 1000, 2)}
