@@ -2,12 +2,14 @@
 
     python scripts/forward_cost.py qwen2.5-coder-1.5b-instruct --dtype fp32 --cpu-kernels auto
     python scripts/forward_cost.py qwen2.5-coder-1.5b-instruct --variants none,fp16,w8a8,w8a8:sdpa --context 400
+    python scripts/forward_cost.py qwen2.5-coder-1.5b-instruct --variants w8a8,w8a8-unfused --sizes 1,4 --context 400
 
 Prints the median milliseconds of one forward of q tokens (q = 1, 2, 4, ...) after `--context`
 tokens, the ratio to q = 1, and the context's prefill in seconds. `--variants` loads the model once
 per quantization (`none`, `fp16`, `w8a8`, `int8`, `int4`; `w8a8:sdpa` = w8a8 with batched SDPA
-instead of its row-wise attention, to show what exactness costs) and measures them side by side:
-rounds interleaved over variants and q, so machine drift hits all alike.
+instead of its row-wise attention, to show what exactness costs; `w8a8-unfused` = w8a8 without
+fused q/k/v and gate/up products, fusion.py) and measures them side by side: rounds interleaved over
+variants and q, so machine drift hits all alike. `--drafts-only` loads as a drafter (batched attention).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import time
 
 import torch
 
+import specdecode.quantize as quantize_module
 from specdecode import load_model
 from specdecode.attention import SDPABackend
 from specdecode.cache import KVCache
@@ -32,14 +35,20 @@ def main() -> None:
     parser.add_argument("--context", type=int, default=512)
     parser.add_argument("--sizes", default="1,2,4,8,16,32")
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--drafts-only", action="store_true")
     args = parser.parse_args()
     variants = [v.strip() for v in args.variants.split(",")]
     loaded = {}
+    fuse = quantize_module.fuse_projections
     for variant in variants:
-        quantize = variant.split(":")[0]
-        if quantize not in loaded:
-            loaded[quantize] = load_model(args.model, dtype=args.dtype, cpu_kernels=args.cpu_kernels,
-                                          quantize=None if quantize == "none" else quantize)
+        weights = variant.split(":")[0]
+        if weights not in loaded:
+            quantize = weights.removesuffix("-unfused")
+            quantize_module.fuse_projections = (lambda model: 0) if weights.endswith("-unfused") else fuse
+            loaded[weights] = load_model(args.model, dtype=args.dtype, cpu_kernels=args.cpu_kernels,
+                                         quantize=None if quantize == "none" else quantize,
+                                         drafts_only=args.drafts_only)
+    quantize_module.fuse_projections = fuse
     sizes = [int(s) for s in args.sizes.split(",")]
     backend, generator = SDPABackend(), torch.Generator().manual_seed(0)
     context = torch.randint(0, 1000, (args.context,), generator=generator)

@@ -5,9 +5,10 @@ gate_proj and up_proj: five small products where two would do. On a CPU each pro
 besides reading its weights (a w8a8 layer also quantizes its input: ~10 small ops). On an AVX-512 BF16
 EPYC, 2 threads, one token of Qwen2.5-1.5B's shapes in w8a8: q+k+v 107 us as three products, 49 as one;
 gate+up 226 vs 182 us (int8 weight-only: 79 vs 59 and 488 vs 467). Whole one-token steps after 400 tokens,
-fused and separate models alternated in one process (median ms): the 1.5B w8a8 target 47.8 -> 45.9 and
-47.4 -> 46.3 (two runs), the 0.5B w8a8 drafter 22.5 -> 21.4. Quantized models are fused (quantize_model);
-float ones are not (bf16 gate+up measured no faster fused).
+fused and separate models alternated in one process (scripts/forward_cost.py, variants w8a8 and
+w8a8-unfused, median ms): the 1.5B w8a8 target 41 -> 39 and 53 -> 52 (two runs), the 0.5B w8a8 drafter
+25 -> 23. Quantized models are fused (quantize_model); float ones are not (bf16 gate+up measured no
+faster fused).
 
 `fuse_projections` concatenates each such group's weights into one `nn.Linear` (`FusedProjection.fused`;
 quantized afterwards like any other layer: per-output-channel scales give the same codes) and puts a
@@ -35,16 +36,14 @@ class FusedProjection(torch.nn.Module):
     def __init__(self, layers: list[torch.nn.Linear]):
         super().__init__()
         self.sizes = [layer.out_features for layer in layers]
-        weight = torch.cat([layer.weight.detach() for layer in layers])  # [sum(out), in]
-        has_bias = any(layer.bias is not None for layer in layers)
-        self.fused = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=has_bias, device=weight.device,
-                                     dtype=weight.dtype)
-        with torch.no_grad():
-            self.fused.weight.copy_(weight)
-            if has_bias:
-                self.fused.bias.copy_(torch.cat([
-                    layer.bias.detach() if layer.bias is not None else layer.weight.new_zeros(layer.out_features)
-                    for layer in layers]))
+        first = layers[0].weight
+        self.fused = torch.nn.Linear(first.shape[1], sum(self.sizes), bias=False, device="meta")  # no init
+        self.fused.weight = torch.nn.Parameter(torch.cat([layer.weight.detach() for layer in layers]),
+                                               requires_grad=first.requires_grad)  # [sum(out), in]
+        if any(layer.bias is not None for layer in layers):
+            self.fused.bias = torch.nn.Parameter(torch.cat([
+                layer.bias.detach() if layer.bias is not None else first.new_zeros(layer.out_features)
+                for layer in layers]), requires_grad=first.requires_grad)  # [sum(out)]
         self._input: torch.Tensor | None = None  # the input of the product held, and its version
         self._version = -1
         self._parts: tuple[torch.Tensor, ...] = ()
@@ -87,9 +86,9 @@ def fuse_projections(model: torch.nn.Module) -> int:
                 continue
             if len({(layer.in_features, layer.weight.dtype, layer.weight.device) for layer in layers}) != 1:
                 continue
-            group = FusedProjection(layers)
             if hasattr(module, group_name):
                 continue
+            group = FusedProjection(layers)
             module.add_module(group_name, group)
             for index, name in enumerate(names):
                 setattr(module, name, ProjectionPart(group, index))

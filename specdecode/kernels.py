@@ -266,9 +266,9 @@ def exact_one_token_steps(model: torch.nn.Module) -> str | None:
     a random probe cannot prove that it never does. Returns the float layers'
     kernel now in use ("padded_row"; "quantized" when every layer is int8/int4), or None where this CPU's
     kernels do not allow it (the model is left as it was)."""
-    layers = linear_modules(model)
     if next(model.parameters()).device.type != "cpu":  # a GPU's kernels: not probed, and row-wise attention
         return None  # would cost it far more than a CPU
+    layers = linear_modules(model)
     if layers and type(layers[0]) is not torch.nn.Linear:  # another orientation was chosen for speed
         return None
     quantized = [m for m in model.modules() if type(m) in (Int8Linear, Int4Linear)]

@@ -8,7 +8,7 @@ import pytest
 from tiny import hf_greedy, loaded, random_prompt, tiny_model
 
 from specdecode import SpeculativeGenerator
-from specdecode.drafters import MixtureDrafter
+from specdecode.drafters import LookupDrafter, MixtureDrafter
 from specdecode.drafters import mixture as mixture_module
 from specdecode.drafters.base import Drafter
 from specdecode.sampling import SamplingParams
@@ -150,8 +150,6 @@ class SlowGarbage(Drafter):
 
 
 def test_greedy_output_is_plain_decodings_whatever_the_mixture_skips(clock):
-    from specdecode.drafters import LookupDrafter
-
     target = loaded(tiny_model("llama", seed=0))
     prompt = random_prompt(7)
     reference = hf_greedy(target.model, prompt, 30)
