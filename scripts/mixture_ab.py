@@ -1,18 +1,20 @@
-"""The cost-aware MixtureDrafter against the same mixture with scores alone, side by side in one bench run.
+"""The MixtureDrafter against a twin with one of its rules switched off, side by side in one bench run.
 
-    python scripts/mixture_ab.py OUT                 # dev subset: rag + summarization, 2 questions each
-    python scripts/mixture_ab.py OUT pydoc           # docs/benchmarks/pydoc-questions.jsonl over the python-docs store
+    python scripts/mixture_ab.py OUT                        # dev subset: rag + summarization, 2 questions each
+    python scripts/mixture_ab.py OUT pydoc                  # docs/benchmarks/pydoc-questions.jsonl, python-docs store
+    python scripts/mixture_ab.py OUT w8a8 --twin no-probes  # w8a8 target, dev subset (2 per category), llama.cpp too
 
-Methods, interleaved per question on one loaded target (qwen2.5-coder-1.5b-instruct, dtype auto):
-plain, lookup, `retrieval+model:qwen2.5-coder-0.5b-instruct` (the default, cost-aware mixture) and
-`model:qwen2.5-coder-0.5b-instruct+retrieval`, which this script makes the same mixture [retrieval, model]
-with cost_aware=False (scores alone decide, as before the cost-aware rule): read that row's name as
-"retrieval+model, scores only".
+Methods, interleaved per question on one loaded target (qwen2.5-coder-1.5b-instruct; dtype auto, or w8a8):
+plain, lookup, `CHEAP+model:qwen2.5-coder-0.5b-instruct` (the default mixture; CHEAP = retrieval over a
+store, lookup otherwise) and `model:qwen2.5-coder-0.5b-instruct+CHEAP`, which this script makes the same
+mixture [CHEAP, model] with one rule off: `--twin scores-only` (cost_aware=False: scores alone decide, as
+before the cost-aware rule) or `--twin no-probes` (probe_gap=None: a drafter skipped for cost is never tried
+again). Read that row's name as "CHEAP+model, <twin>". The w8a8 run adds llama.cpp's plain decoding.
 """
 
 from __future__ import annotations
 
-import sys
+import argparse
 from pathlib import Path
 
 import specdecode.bench.methods as methods_module
@@ -21,29 +23,38 @@ from specdecode.drafters import MixtureDrafter
 from specdecode.drafters.registry import make_drafter
 
 DRAFT = "qwen2.5-coder-0.5b-instruct"
-SCORES_ONLY = f"model:{DRAFT}+retrieval"
-
-
-def make_drafter_with_scores_only_twin(name, target, options, load_draft=None):
-    if name == SCORES_ONLY:
-        parts = [make_drafter(part, target, options, load_draft) for part in ("retrieval", f"model:{DRAFT}")]
-        return MixtureDrafter(parts, cost_aware=False)
-    return make_drafter(name, target, options, load_draft)
+TWINS = {"scores-only": {"cost_aware": False}, "no-probes": {"probe_gap": None}}
 
 
 def main() -> None:
-    out, corpus = Path(sys.argv[1]), (sys.argv[2] if len(sys.argv) > 2 else "dev")
-    if corpus == "pydoc":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("out", type=Path)
+    parser.add_argument("corpus", nargs="?", default="dev", choices=("dev", "pydoc", "w8a8"))
+    parser.add_argument("--twin", default="scores-only", choices=sorted(TWINS))
+    args = parser.parse_args()
+    dev = dict(questions=Path("../shared/data/spec_bench/question.jsonl"), limit_per_category=2)
+    if args.corpus == "pydoc":
         questions = dict(questions=Path("docs/benchmarks/pydoc-questions.jsonl"),
                          store=Path.home() / ".cache/specdecode/stores/python-docs")
+    elif args.corpus == "w8a8":
+        questions = dict(dev, quantize="w8a8")
     else:
-        questions = dict(questions=Path("../shared/data/spec_bench/question.jsonl"),
-                         categories=("rag", "summarization"), limit_per_category=2)
-    methods_module.make_drafter = make_drafter_with_scores_only_twin
-    config = BenchConfig(model="qwen2.5-coder-1.5b-instruct", out=out,
-                         methods=f"plain,lookup,retrieval+model:{DRAFT},{SCORES_ONLY}", **questions)
+        questions = dict(dev, categories=("rag", "summarization"))
+    cheap = "lookup" if args.corpus == "w8a8" else "retrieval"
+    twin = f"model:{DRAFT}+{cheap}"
+
+    def make_drafter_with_twin(name, target, options, load_draft=None):
+        if name == twin:
+            parts = [make_drafter(part, target, options, load_draft) for part in (cheap, f"model:{DRAFT}")]
+            return MixtureDrafter(parts, **TWINS[args.twin])
+        return make_drafter(name, target, options, load_draft)
+
+    methods_module.make_drafter = make_drafter_with_twin
+    peers = ",llama-cpp" if args.corpus == "w8a8" else ""
+    config = BenchConfig(model="qwen2.5-coder-1.5b-instruct", out=args.out,
+                         methods=f"plain,lookup,{cheap}+model:{DRAFT},{twin}{peers}", **questions)
     run_benchmark(config)
-    print((out / "report.md").read_text())
+    print((args.out / "report.md").read_text())
 
 
 if __name__ == "__main__":

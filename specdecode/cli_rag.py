@@ -93,8 +93,8 @@ def run_ask(config: AskConfig, write: Write) -> None:
           f"tau {stats.mean_accepted:.2f}]\n")
     for name, counts in stats.drafters.items():
         skipped = f" (not run on {counts['skipped_steps']} steps: others' drafts were likelier, or, on " \
-            f"{counts.get('skipped_for_cost', 0)} of them, its draft was not worth its time)" \
-            if counts.get("skipped_steps") else ""
+            f"{counts.get('skipped_for_cost', 0)} of them, its draft was not worth its time; run as a probe " \
+            f"on {counts.get('probes', 0)})" if counts.get("skipped_steps") else ""
         write(f"  drafter {name}: {counts['accepted']} of {counts['drafted']} drafted tokens accepted{skipped}\n")
     if config.compare:
         write("\n" + comparison_report(comparison) + "\n")

@@ -11,6 +11,7 @@ from specdecode import SpeculativeGenerator
 from specdecode.drafters import LookupDrafter, MixtureDrafter
 from specdecode.drafters import mixture as mixture_module
 from specdecode.drafters.base import Drafter
+from specdecode.errors import SpecDecodeError
 from specdecode.sampling import SamplingParams
 from specdecode.tree import DraftTree
 
@@ -134,6 +135,43 @@ def test_under_sampling_timing_never_decides(clock):
                          cost_aware=False)
     run_steps(off, clock, steps=20)
     assert off.report()["costly"]["skipped_for_cost"] == 0
+
+
+def test_a_skipped_drafter_is_probed_and_found_again_when_the_text_turns_its_way(clock):
+    weak = TimedDrafter("weak", clock, depth=2, right=0, seconds=0.001)
+    model = TimedDrafter("model", clock, depth=4, right=4, seconds=0.2, right_until=0)  # wrong ...
+    mixture = MixtureDrafter([weak, model])
+    run_steps(mixture, clock, steps=40)  # ... so it is skipped for cost (and its estimate decays to the prior)
+    skipped, calls = mixture.report()["model"]["skipped_for_cost"], model.calls
+    assert skipped > 20
+    model.right_until = len(TEXT)  # the text turns its way; a generation starts from the prior again
+    run_steps(mixture, clock, steps=40)
+    assert mixture.report()["model"]["probes"] >= 1
+    assert model.calls - calls > 25  # found by a probe, then run on its merits
+
+    model_without = TimedDrafter("model", clock, depth=4, right=4, seconds=0.2, right_until=0)
+    without = MixtureDrafter([TimedDrafter("weak", clock, depth=2, right=0, seconds=0.001), model_without],
+                             probe_gap=None)  # without probes it stays skipped
+    run_steps(without, clock, steps=40)
+    model_without.right_until, calls = len(TEXT), model_without.calls
+    run_steps(without, clock, steps=40)
+    assert model_without.calls - calls <= 2
+
+
+def test_probes_back_off_when_a_drafter_never_pays(clock):
+    weak = TimedDrafter("weak", clock, depth=2, right=0, seconds=0.001)
+    model = TimedDrafter("model", clock, depth=4, right=0, seconds=0.2)  # costly and always wrong
+    mixture = MixtureDrafter([weak, model])
+    run_steps(mixture, clock, steps=250)
+    probes = mixture.report()["model"]["probes"]
+    assert 2 <= probes <= 6  # gaps 8, 16, 32, 64, 128: a handful per generation, not one every 8 steps
+    assert model.calls <= probes + 3
+
+
+@pytest.mark.parametrize("gap", [0, -3, 2.5, "8"])
+def test_a_probe_gap_that_is_not_a_whole_number_of_steps_is_refused(gap):
+    with pytest.raises(SpecDecodeError, match="probe_gap"):
+        MixtureDrafter([LookupDrafter()], probe_gap=gap)
 
 
 class SlowGarbage(Drafter):

@@ -84,14 +84,15 @@ def markdown_report(document: dict, table: dict[str, list[MethodSummary]]) -> st
                   "drafted = a drafter's tokens that made it into the verified tree; accepted = those the target kept "
                   "(a token proposed by two drafters counts for both); steps not run = steps the mixture did not "
                   "run the drafter (others' drafts were likelier, or, in brackets, its draft was not worth its "
-                  "seconds).", "",
-                  "| method | drafter | drafted | accepted | acceptance | steps not run |",
-                  "| --- | --- | --- | --- | --- | --- |"]
+                  "seconds); probes = steps it ran although not worth it, to measure it again.", "",
+                  "| method | drafter | drafted | accepted | acceptance | steps not run | probes |",
+                  "| --- | --- | --- | --- | --- | --- | --- |"]
         for row in mixtures:
             for name, counts in row.drafters.items():
                 rate = counts["accepted"] / counts["drafted"] if counts["drafted"] else 0.0
                 lines.append(f"| {row.method} | {name} | {counts['drafted']} | {counts['accepted']} | {rate:.0%} | "
-                             f"{counts.get('skipped_steps', 0)} ({counts.get('skipped_for_cost', 0)}) |")
+                             f"{counts.get('skipped_steps', 0)} ({counts.get('skipped_for_cost', 0)}) | "
+                             f"{counts.get('probes', 0)} |")
         lines.append("")
     if document["divergences"]:
         lines += ["## outputs that differ from plain decoding", ""]

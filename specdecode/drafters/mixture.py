@@ -20,8 +20,13 @@ expected accepted depth of the merged trees (a drafter's tree reaches level d wi
 however wide: a wide tree of weak copies is worth little more than its best path). Its seconds are timed only on
 proposals that follow one of its own (else they include catching up on the skipped tokens, which would
 make a skipped drafter look ever costlier), and its depth is the depth it last drafted (not the
-engine's budget, which shrinks while it is skipped). Under sampling the drafts must not depend on
-timing (a seed gives the same tokens), so there only the scores decide.
+engine's budget, which shrinks while it is skipped). A skipped drafter's acceptance is not observed, so
+its estimate drifts back to the prior, at which a costly drafter may never pay again (a new generation
+starts from the prior too): after `probe_gap` steps skipped for cost in a row (default 8; None: never) it runs
+once anyway (a probe), and the gap doubles after each probe that does not win it back (up to `MAX_PROBE_GAP`), so a
+drafter that never pays costs a few probes per generation and one that pays on this text is found. Under
+sampling the drafts must not depend on timing (a seed gives the same tokens), so there only the scores
+decide.
 """
 
 from __future__ import annotations
@@ -34,19 +39,27 @@ from ..sampling import GREEDY
 from ..tree import DraftTree
 from .base import Drafter, LevelAcceptance
 
+FIRST_PROBE_GAP = 8  # steps skipped for cost before a drafter is tried again; doubled after each probe
+MAX_PROBE_GAP = 128
+
 
 class MixtureDrafter(Drafter):
     """Merge the drafts of `drafters` into one tree of at most `budget` nodes, the likeliest first."""
 
-    def __init__(self, drafters: Sequence[Drafter], *, prior: float = 0.5, cost_aware: bool = True):
+    def __init__(self, drafters: Sequence[Drafter], *, prior: float = 0.5, cost_aware: bool = True,
+                 probe_gap: int | None = FIRST_PROBE_GAP):
         drafters = list(drafters)
         if not drafters or not all(isinstance(d, Drafter) for d in drafters):
             raise SpecDecodeError("MixtureDrafter needs a non-empty list of drafters (Drafter instances).")
         if not 0 < prior < 1:
             raise SpecDecodeError(f"MixtureDrafter prior must be in (0, 1), got {prior}.")
+        if probe_gap is not None and (not isinstance(probe_gap, int) or probe_gap < 1):
+            raise SpecDecodeError(f"MixtureDrafter probe_gap must be a whole number >= 1 (steps) or None (never "
+                                  f"probe), got {probe_gap!r}.")
         self.drafters = drafters
         self.prior = prior
         self.cost_aware = cost_aware
+        self.first_probe_gap = probe_gap
         # seconds, smoothed over steps and kept across generations (a property of the models and machine)
         self.level_s: list[float | None] = [None] * len(drafters)  # each drafter's seconds per drafted level
         self.verify_s: float | None = None  # from a proposal to the committed tokens (the verification)
@@ -63,6 +76,9 @@ class MixtureDrafter(Drafter):
         self.accepted = [0] * len(self.drafters)
         self.skipped = [0] * len(self.drafters)  # steps a drafter was not run (it could not make the cut)
         self.cost_skipped = [0] * len(self.drafters)  # ... of which its draft was not worth its seconds
+        self.probes = [0] * len(self.drafters)  # steps it ran although not worth it (to measure it again)
+        self.probe_gap = [self.first_probe_gap] * len(self.drafters)  # None: never probe
+        self.cost_skips_in_row = [0] * len(self.drafters)
         self.ran = [False] * len(self.drafters)  # whether each drafter ran in the last step
         self.last_depth = [0] * len(self.drafters)  # the depth of each drafter's last own draft
         self._proposed_at: float | None = None
@@ -94,10 +110,17 @@ class MixtureDrafter(Drafter):
                 self.skipped[i] += 1
                 continue
             in_hand = [(alphas[j], self.trees[j].depth) for j, done in enumerate(ran) if done]
-            if not self._pays(i, alphas[i], in_hand, budget):
+            if self._pays(i, alphas[i], in_hand, budget):
+                self.probe_gap[i] = self.first_probe_gap
+            elif self.probe_gap[i] is None or self.cost_skips_in_row[i] < self.probe_gap[i]:
                 self.skipped[i] += 1
                 self.cost_skipped[i] += 1
+                self.cost_skips_in_row[i] += 1
                 continue
+            else:  # a probe: its acceptance on this text is measured again
+                self.probes[i] += 1
+                self.probe_gap[i] = max(self.probe_gap[i], min(2 * self.probe_gap[i], MAX_PROBE_GAP))
+            self.cost_skips_in_row[i] = 0
             tick = time.perf_counter()
             self.trees[i] = self.drafters[i].propose(context_ids, budget)
             if self.ran[i] and self.trees[i].depth:  # it ran on the step before: no catching up (nor prefill)
@@ -167,12 +190,14 @@ class MixtureDrafter(Drafter):
 
     def report(self) -> dict:
         """Per drafter: tokens it proposed into the merged tree, tokens accepted, steps it was not run (of
-        which for cost), its final acceptance-per-level estimate and its measured milliseconds per level."""
+        which for cost), steps it ran as a probe, its final acceptance-per-level estimate and its measured
+        milliseconds per level."""
         return {name: {"drafted": d, "accepted": a, "acceptance_rate": a / d if d else 0.0, "skipped_steps": s,
-                       "skipped_for_cost": c, "alpha": round(acc.alpha, 3),
+                       "skipped_for_cost": c, "probes": p, "alpha": round(acc.alpha, 3),
                        "ms_per_level": None if t is None else round(t * 1000, 2)}
-                for name, d, a, s, c, acc, t in zip(self.names, self.drafted, self.accepted, self.skipped,
-                                                     self.cost_skipped, self.acceptance, self.level_s)}
+                for name, d, a, s, c, p, acc, t in zip(self.names, self.drafted, self.accepted, self.skipped,
+                                                        self.cost_skipped, self.probes, self.acceptance,
+                                                        self.level_s)}
 
 
 def _expected_levels(trees: list[tuple[float, int]], most: int) -> float:
