@@ -141,6 +141,7 @@ class SpeculativeGenerator:
         if drafter is not None:
             drafter.begin(request.prompt_ids, sampling=request.sampling, generator=generator)
             run.sizer = self._sizer()
+            drafter.set_verify_costs(run.sizer.verify if run.sizer is not None else None)
 
         while True:
             remaining = request.max_new_tokens - len(run.generated)

@@ -354,9 +354,12 @@ def test_llama_cpp_peer_runs_the_gguf_or_says_how_to_install(questions_file, tmp
     target = zoo["tiny-target"]
     opened = []
 
+    class FakeLookup:  # llama-cpp-python's prompt-lookup draft model
+        pass
+
     class FakeLlama:  # llama.cpp's greedy decoding of the same model, as llama-cpp-python exposes it
         def __init__(self, model_path, **options):
-            opened.append((model_path, options["n_threads"]))
+            opened.append((model_path, options["n_threads"], type(options.get("draft_model")).__name__))
 
         def generate(self, tokens, **sampling):
             assert sampling["temp"] == 0.0 and sampling["top_k"] == 1
@@ -364,11 +367,16 @@ def test_llama_cpp_peer_runs_the_gguf_or_says_how_to_install(questions_file, tmp
 
     fake = types.ModuleType("llama_cpp")
     fake.Llama = FakeLlama
+    speculative = types.ModuleType("llama_cpp.llama_speculative")
+    speculative.LlamaPromptLookupDecoding = FakeLookup
     monkeypatch.setitem(sys.modules, "llama_cpp", fake)
+    monkeypatch.setitem(sys.modules, "llama_cpp.llama_speculative", speculative)
     out = tmp_path / "b"
-    run_benchmark(config(questions_file, out, methods="llama-cpp", model=str(gguf)), target=target,
+    run_benchmark(config(questions_file, out, methods="llama-cpp,llama-cpp-lookup", model=str(gguf)), target=target,
                   load=lambda spec, **_: zoo[spec])
-    rows = [r for r in results(out) if r["method"] == "llama-cpp"]
-    assert len(rows) == 3 and all(r["identical"] for r in rows) and opened[0][0] == str(gguf)
+    for method in ("llama-cpp", "llama-cpp-lookup"):
+        rows = [r for r in results(out) if r["method"] == method]
+        assert len(rows) == 3 and all(r["identical"] for r in rows)
+    assert [(path, draft) for path, _, draft in opened] == [(str(gguf), "NoneType"), (str(gguf), "FakeLookup")]
     with pytest.raises(SpecDecodeError, match="neither a zoo model nor a .gguf"):
         run(config(questions_file, tmp_path / "c", methods="llama-cpp"), zoo)

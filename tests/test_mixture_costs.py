@@ -4,12 +4,16 @@ timing, and greedy output never changes."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 from tiny import hf_greedy, loaded, random_prompt, tiny_model
 
 from specdecode import SpeculativeGenerator
+from specdecode.costs import ForwardCosts
 from specdecode.drafters import LookupDrafter, MixtureDrafter
 from specdecode.drafters import mixture as mixture_module
+from specdecode.drafters.mixture import VerifyTimes
 from specdecode.drafters.base import Drafter
 from specdecode.errors import SpecDecodeError
 from specdecode.sampling import SamplingParams
@@ -58,14 +62,15 @@ class TimedDrafter(Drafter):
         self.steps_since_proposal += 1
 
 
-def run_steps(mixture: MixtureDrafter, clock: FakeClock, steps: int, budget: int = 8, verify_s: float = 0.1,
-              sampling: SamplingParams | None = None) -> None:
-    """Propose, verify (verify_s on the clock; the target commits TEXT's next tokens), accept."""
+def run_steps(mixture: MixtureDrafter, clock: FakeClock, steps: int, budget: int = 8,
+              verify_s: float | Callable[[int], float] = 0.1, sampling: SamplingParams | None = None) -> None:
+    """Propose, verify (verify_s on the clock, or verify_s(rows fed); the target commits TEXT's next
+    tokens), accept."""
     context = TEXT[:10]
     mixture.begin(context, **({"sampling": sampling} if sampling else {}))
     for _ in range(steps):
         tree = mixture.propose(context, budget)
-        clock.now += verify_s
+        clock.now += verify_s(1 + len(tree)) if callable(verify_s) else verify_s
         committed = TEXT[len(context) : len(context) + tree.matched_depth(TEXT[len(context):]) + 1]
         mixture.accept(committed)
         context = context + committed
@@ -88,6 +93,46 @@ def test_a_costly_drafter_runs_where_its_draft_is_worth_its_seconds(clock):
     mixture = MixtureDrafter([weak, model])
     run_steps(mixture, clock, steps=30)
     assert mixture.report()["model"]["skipped_steps"] == 0 and model.calls == 30
+
+
+def test_a_drafter_whose_bigger_tree_costs_more_to_verify_than_it_gains_is_skipped(clock):
+    # verifying 3 rows costs 0.11 s, 7 rows 0.23 s; the model's 4 levels (2 right) cost 0.12 s more: with it a
+    # step commits 3 tokens in 0.35 s (8.6 tokens/s), without it 1 token in 0.11 s (9.1 tokens/s)
+    weak = TimedDrafter("weak", clock, depth=2, right=0, seconds=0.001)
+    model = TimedDrafter("model", clock, depth=4, right=2, seconds=0.12)
+    mixture = MixtureDrafter([weak, model])
+    mixture.set_verify_costs(lambda rows: 0.01 + 0.015 * rows)  # the engine's measured curve: half the times seen
+    run_steps(mixture, clock, steps=60, verify_s=lambda rows: 0.02 + 0.03 * rows)
+    assert mixture.report()["model"]["skipped_for_cost"] > 40
+    assert mixture.verify.seconds(7) == pytest.approx(0.23) and mixture.verify.seconds(3) == pytest.approx(0.11)
+
+    blind = MixtureDrafter([TimedDrafter("weak", clock, 2, 0, 0.001), TimedDrafter("model", clock, 4, 2, 0.12)])
+    run_steps(blind, clock, steps=60, verify_s=lambda rows: 0.02 + 0.03 * rows)  # no curve, always 7 rows seen:
+    assert blind.report()["model"]["skipped_for_cost"] == 0  # it cannot tell what a smaller tree would cost
+
+
+def test_the_engine_hands_its_measured_forward_costs_to_the_mixture():
+    target = loaded(tiny_model("llama", seed=0))
+    costs = ForwardCosts(sizes=(1, 4, 16), seconds=(0.01, 0.012, 0.03))
+    mixture = MixtureDrafter([LookupDrafter(), MixtureDrafter([LookupDrafter()])])
+    SpeculativeGenerator(target, drafter=mixture, cost_model=costs).generate(random_prompt(3), 8)
+    assert mixture.verify.curve is costs and mixture.drafters[1].verify.curve is costs
+    SpeculativeGenerator(target, drafter=mixture, cost_model=None).generate(random_prompt(3), 8)
+    assert mixture.verify.curve is None
+
+
+def test_verification_times_fit_a_line_once_the_rows_vary():
+    times = VerifyTimes(decay=1.0)
+    times.add(4, 0.2)
+    times.add(4, 0.3)
+    assert times.seconds(1) == times.seconds(9) == pytest.approx(0.25)  # one size seen: its mean
+    for rows in (2, 6, 3, 8):
+        times.add(rows, 0.05 + 0.01 * rows)
+    assert times.seconds(10) > times.seconds(2) > 0  # never a negative slope nor a negative time
+    times = VerifyTimes()
+    for rows in range(1, 9):
+        times.add(rows, 0.05 + 0.01 * rows)
+    assert times.seconds(12) == pytest.approx(0.17)
 
 
 class WideDrafter(Drafter):

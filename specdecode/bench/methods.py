@@ -5,7 +5,9 @@ Ours: `plain` (our plain decoding) and every drafter name of `drafters.registry`
 Peers, on the same loaded target: `hf-plain` (`model.generate`, greedy), `hf-assisted:NAME`
 (`assistant_model=` NAME loaded in the target's dtype), `hf-lookup` (`prompt_lookup_num_tokens=10`). A
 peer's target forwards are counted with a forward hook on the target module (the assistant is another
-module). `llama-cpp` (optional, needs llama-cpp-python) decodes the target's own GGUF file with llama.cpp.
+module). `llama-cpp` (optional, needs llama-cpp-python) decodes the target's own GGUF file with llama.cpp;
+`llama-cpp-lookup` the same with llama-cpp-python's speculative decoding (`LlamaPromptLookupDecoding`,
+its defaults: drafts of up to 10 tokens copied after a matching 2-gram of the context).
 """
 
 from __future__ import annotations
@@ -27,9 +29,10 @@ from ..pipelines.rag import hand_passages
 from ..prompts import eos_token_ids
 from ..quantize import FBGEMM_MODES
 
-PEERS = ("hf-plain", "hf-assisted", "hf-lookup", "llama-cpp")
-METHOD_NAMES = (f"plain, {', '.join(DRAFTER_PATTERNS)}, hf-plain, hf-assisted:NAME, hf-lookup, llama-cpp "
-                f"({MIXTURE_HELP}; {MODEL_SPEC_HELP})")
+PEERS = ("hf-plain", "hf-assisted", "hf-lookup", "llama-cpp", "llama-cpp-lookup")
+LLAMA_CPP_PEERS = ("llama-cpp", "llama-cpp-lookup")
+METHOD_NAMES = (f"plain, {', '.join(DRAFTER_PATTERNS)}, hf-plain, hf-assisted:NAME, hf-lookup, llama-cpp, "
+                f"llama-cpp-lookup ({MIXTURE_HELP}; {MODEL_SPEC_HELP})")
 LLAMA_CPP_INSTALL = ('pip install llama-cpp-python (it compiles llama.cpp: needs a C++ compiler and cmake; '
                      'CMAKE_ARGS="-DGGML_NATIVE=ON" builds for this CPU)')
 HF_LOOKUP_TOKENS = 10  # prompt_lookup_num_tokens, as in transformers' documentation
@@ -171,19 +174,27 @@ class HFMethod:
 
 
 class LlamaCppMethod:
-    """llama.cpp's plain greedy decoding (llama-cpp-python) of the GGUF file the target was loaded from:
-    its own quantized kernels, so tokens/s are comparable in absolute terms; its token ids may differ
-    from ours, which decode the dequantized weights (the identical flag says so)."""
+    """llama.cpp's greedy decoding (llama-cpp-python) of the GGUF file the target was loaded from: its
+    own quantized kernels, so tokens/s are comparable in absolute terms; its token ids may differ from
+    ours, which decode the dequantized weights (the identical flag says so). `lookup`: with
+    llama-cpp-python's prompt-lookup speculative decoding (its batched verification is not bit-equal to
+    its one-token steps, so its tokens may differ from its own plain decoding too)."""
 
-    def __init__(self, name: str, gguf: Path, target: LoadedModel):
+    def __init__(self, name: str, gguf: Path, target: LoadedModel, lookup: bool = False):
         try:
             from llama_cpp import Llama
         except ImportError:
-            raise SpecDecodeError(f"method llama-cpp needs llama-cpp-python: {LLAMA_CPP_INSTALL}.") from None
+            raise SpecDecodeError(f"method {name} needs llama-cpp-python: {LLAMA_CPP_INSTALL}.") from None
         threads = torch.get_num_threads()
         self.name, self.tokenizer = name, target.tokenizer
         self.eos = eos_token_ids(target.model, target.tokenizer)
-        self.llm = Llama(model_path=str(gguf), n_ctx=8192, n_threads=threads, n_threads_batch=threads, verbose=False)
+        options = {}
+        if lookup:
+            from llama_cpp.llama_speculative import LlamaPromptLookupDecoding
+
+            options["draft_model"] = LlamaPromptLookupDecoding()
+        self.llm = Llama(model_path=str(gguf), n_ctx=8192, n_threads=threads, n_threads_batch=threads, verbose=False,
+                         **options)
 
     def run(self, prompt_ids: list[int], max_new_tokens: int, passages: Sequence = ()) -> TurnResult:
         token_ids: list[int] = []
@@ -200,11 +211,12 @@ class LlamaCppMethod:
 
 def check_peers_available(names: Sequence[MethodName], model_spec: str) -> None:
     """Fail before any model loads when an optional peer cannot run."""
-    if any(n.peer == "llama-cpp" for n in names):
+    llama = [n.text for n in names if n.peer in LLAMA_CPP_PEERS]
+    if llama:
         try:
             import llama_cpp  # noqa: F401
         except ImportError:
-            raise SpecDecodeError(f"method llama-cpp needs llama-cpp-python: {LLAMA_CPP_INSTALL}.") from None
+            raise SpecDecodeError(f"method {llama[0]} needs llama-cpp-python: {LLAMA_CPP_INSTALL}.") from None
         gguf_file(model_spec)
 
 
@@ -224,8 +236,9 @@ def build_methods(names: Sequence[MethodName], target: LoadedModel, options: Dra
     `cost_model`: our generators' draft sizing, see SpeculativeGenerator)."""
     methods: list[Method] = []
     for name in names:
-        if name.peer == "llama-cpp":
-            methods.append(LlamaCppMethod(name.text, gguf_file(model_spec or target.name), target))
+        if name.peer in LLAMA_CPP_PEERS:
+            methods.append(LlamaCppMethod(name.text, gguf_file(model_spec or target.name), target,
+                                          lookup=name.peer == "llama-cpp-lookup"))
         elif name.peer == "hf-plain":
             methods.append(HFMethod(name.text, target))
         elif name.peer == "hf-lookup":

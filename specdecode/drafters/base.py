@@ -7,7 +7,7 @@ only what the target itself would have produced, so a drafter can never change t
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -27,6 +27,8 @@ class Drafter:
     - `accept(token_ids)`: the tokens committed by the last step (accepted draft tokens + the
       target's next token); update adaptive state here.
     - `report() -> dict` (optional): statistics of the last generation, shown in the stats.
+    - `set_verify_costs(costs)` (optional): the target's forward seconds vs rows fed, for drafters that
+      weigh their own cost against verification (MixtureDrafter).
     """
 
     name = "custom"
@@ -50,6 +52,11 @@ class Drafter:
     def report(self) -> dict:
         """Extra statistics of the last generation for GenerationStats.drafters (default: none)."""
         return {}
+
+    def set_verify_costs(self, costs: Callable[[int], float] | None) -> None:
+        """The target's forward seconds vs rows fed, as the engine's cost model measured them on this
+        machine (handed over before each generation; None without a cost model). Default: unused."""
+        return None
 
     def check_target(self, target) -> None:
         """Raise IncompatibleDrafterError if this drafter cannot draft for `target` (a LoadedModel)."""

@@ -15,7 +15,10 @@ and the ones accepted, and the steps it was not run.
 Cost-aware skipping (`cost_aware=True`, greedy decoding): the mixture also times each drafter's
 proposals (per drafted level) and the target's verifications (the seconds from a proposal to the committed tokens), and
 runs a drafter only when the step's expected tokens per second are higher with its draft than with the
-drafts already in hand: (1 + E_with) / (verify + its seconds) > (1 + E_without) / verify, where E is the
+drafts already in hand: (1 + E_with) / (verify(rows_with) + its seconds) > (1 + E_without) / verify(rows_without),
+where verify(rows) follows the engine's measured forward costs (`set_verify_costs`; a bigger tree costs
+more to verify: on a w8a8 target 4 rows cost ~1.3x one), scaled to the verifications timed here (without
+a cost model: a line fitted to their seconds against the rows they fed), and E is the
 expected accepted depth of the merged trees (a drafter's tree reaches level d with chance alpha^(d+1),
 however wide: a wide tree of weak copies is worth little more than its best path). Its seconds are timed only on
 proposals that follow one of its own (else they include catching up on the skipped tokens, which would
@@ -32,7 +35,8 @@ decide.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 from ..errors import SpecDecodeError
 from ..sampling import GREEDY
@@ -62,7 +66,7 @@ class MixtureDrafter(Drafter):
         self.first_probe_gap = probe_gap
         # seconds, smoothed over steps and kept across generations (a property of the models and machine)
         self.level_s: list[float | None] = [None] * len(drafters)  # each drafter's seconds per drafted level
-        self.verify_s: float | None = None  # from a proposal to the committed tokens (the verification)
+        self.verify = VerifyTimes()  # from a proposal to the committed tokens (the verification), by rows fed
         self.names = _unique([getattr(d, "name", type(d).__name__) for d in drafters])
         self.name = "mixture(" + ",".join(self.names) + ")"
         self._reset()
@@ -81,11 +85,17 @@ class MixtureDrafter(Drafter):
         self.cost_skips_in_row = [0] * len(self.drafters)
         self.ran = [False] * len(self.drafters)  # whether each drafter ran in the last step
         self.last_depth = [0] * len(self.drafters)  # the depth of each drafter's last own draft
+        self.last_nodes = [0] * len(self.drafters)  # ... and its nodes
         self._proposed_at: float | None = None
 
     def check_target(self, target) -> None:
         for drafter in self.drafters:
             drafter.check_target(target)
+
+    def set_verify_costs(self, costs: Callable[[int], float] | None) -> None:
+        self.verify.curve = costs
+        for drafter in self.drafters:
+            drafter.set_verify_costs(costs)
 
     def set_passages(self, passages: Sequence[Sequence[int]]) -> None:
         """Hand retrieved passages (token ids) to the drafters that copy from them."""
@@ -109,7 +119,7 @@ class MixtureDrafter(Drafter):
             if len(scores) >= budget and sorted(scores, reverse=True)[budget - 1] >= alphas[i]:
                 self.skipped[i] += 1
                 continue
-            in_hand = [(alphas[j], self.trees[j].depth) for j, done in enumerate(ran) if done]
+            in_hand = [(alphas[j], self.trees[j].depth, len(self.trees[j])) for j, done in enumerate(ran) if done]
             if self._pays(i, alphas[i], in_hand, budget):
                 self.probe_gap[i] = self.first_probe_gap
             elif self.probe_gap[i] is None or self.cost_skips_in_row[i] < self.probe_gap[i]:
@@ -127,7 +137,7 @@ class MixtureDrafter(Drafter):
                 per_level = (time.perf_counter() - tick) / self.trees[i].depth  # a model drafts level by level
                 self.level_s[i] = _smoothed(self.level_s[i], per_level)
             ran[i] = True
-            self.last_depth[i] = self.trees[i].depth
+            self.last_depth[i], self.last_nodes[i] = self.trees[i].depth, len(self.trees[i])
             scores += [alphas[i] ** (depth + 1) for depth in self.trees[i].depths.tolist()]
         self.ran = ran
         # Merge in that order (the likeliest drafter's nodes first), then keep the `budget` best nodes.
@@ -156,26 +166,29 @@ class MixtureDrafter(Drafter):
         return sorted(order, key=lambda i: self.level_s[i] or 0.0)
 
     def _costs_decide(self) -> bool:
-        return self.cost_aware and self.sampling.greedy and self.verify_s is not None
+        return self.cost_aware and self.sampling.greedy and self.verify.count > 0
 
-    def _pays(self, i: int, alpha: float, drafted: list[tuple[float, int]], budget: int) -> bool:
+    def _pays(self, i: int, alpha: float, drafted: list[tuple[float, int, int]], budget: int) -> bool:
         """Whether drafter i's draft is worth its seconds this step (always, until both are timed).
-        `drafted`: (alpha, depth) of the drafters already run. A drafter's tree reaches level d with
+        `drafted`: (alpha, depth, nodes) of the drafters already run. A drafter's tree reaches level d with
         probability alpha^(d+1) however wide it is (alpha is measured on its whole tree); several trees,
-        taken as independent, reach it unless all miss. Drafter i would draft as deep as it last did (within
-        the budget), at its seconds per level."""
-        per_level, verify = self.level_s[i], self.verify_s
+        taken as independent, reach it unless all miss. Drafter i would draft as deep and as many nodes as
+        it last did (within the budget), at its seconds per level; the verification feeds 1 + the nodes."""
+        per_level = self.level_s[i]
         if not self._costs_decide() or per_level is None:
             return True
         depth = min(budget, self.last_depth[i] or budget)
-        seconds = per_level * depth
-        without = _expected_levels(drafted, budget)
-        with_it = _expected_levels(drafted + [(alpha, depth)], budget)
-        return (1 + with_it) * verify > (1 + without) * (verify + seconds)  # tokens per second, multiplied out
+        rows_without = 1 + min(budget, sum(nodes for _, _, nodes in drafted))
+        rows_with = 1 + min(budget, rows_without - 1 + (self.last_nodes[i] or depth))
+        without = _expected_levels([(a, d) for a, d, _ in drafted], budget)
+        with_it = _expected_levels([(a, d) for a, d, _ in drafted] + [(alpha, depth)], budget)
+        # tokens per second, multiplied out
+        return (1 + with_it) * self.verify.seconds(rows_without) > \
+            (1 + without) * (self.verify.seconds(rows_with) + per_level * depth)
 
     def accept(self, token_ids: Sequence[int]) -> None:
         if self._proposed_at is not None:
-            self.verify_s = _smoothed(self.verify_s, time.perf_counter() - self._proposed_at)
+            self.verify.add(1 + len(self.tree), time.perf_counter() - self._proposed_at)
             self._proposed_at = None
         for node in self.tree.matched_path(token_ids[:-1]):  # the last committed token is the target's own
             for source in self.sources[node]:
@@ -211,6 +224,42 @@ def _expected_levels(trees: list[tuple[float, int]], most: int) -> float:
                 all_miss *= 1 - alpha ** (level + 1)
         expected += 1 - all_miss
     return expected
+
+
+@dataclass
+class VerifyTimes:
+    """Verification seconds against rows fed, from the verifications timed so far (older ones decayed by
+    `decay` per verification). With `curve` (the target's measured forward seconds vs rows): the curve,
+    scaled so that it matches the timed seconds on average (a forward after a longer context, plus the
+    step's bookkeeping, costs more than the curve's). Without: a least-squares line, its slope never
+    negative, and 0 until the rows have varied (then every size is predicted the mean)."""
+
+    decay: float = 0.98
+    curve: Callable[[int], float] | None = None
+    count: int = 0
+    weight: float = 0.0
+    rows: float = 0.0  # decayed sums: of rows, seconds, rows^2, rows * seconds, curve(rows)
+    seconds_sum: float = 0.0
+    rows_sq: float = 0.0
+    rows_seconds: float = 0.0
+    curve_sum: float = 0.0
+
+    def add(self, rows: int, seconds: float) -> None:
+        self.count += 1
+        self.weight = self.weight * self.decay + 1
+        self.rows = self.rows * self.decay + rows
+        self.seconds_sum = self.seconds_sum * self.decay + seconds
+        self.rows_sq = self.rows_sq * self.decay + rows * rows
+        self.rows_seconds = self.rows_seconds * self.decay + rows * seconds
+        self.curve_sum = self.curve_sum * self.decay + (self.curve(rows) if self.curve is not None else 0.0)
+
+    def seconds(self, rows: int) -> float:
+        if self.curve is not None and self.curve_sum > 0:
+            return self.seconds_sum / self.curve_sum * self.curve(rows)
+        mean_rows, mean_seconds = self.rows / self.weight, self.seconds_sum / self.weight
+        variance = self.rows_sq / self.weight - mean_rows ** 2
+        slope = (self.rows_seconds / self.weight - mean_rows * mean_seconds) / variance if variance > 0.25 else 0.0
+        return max(mean_seconds + max(slope, 0.0) * (rows - mean_rows), 1e-6)
 
 
 def _smoothed(previous: float | None, seconds: float, weight: float = 0.3) -> float:
