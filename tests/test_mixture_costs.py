@@ -213,6 +213,18 @@ def test_probes_back_off_when_a_drafter_never_pays(clock):
     assert model.calls <= probes + 3
 
 
+def test_a_probe_waits_while_catching_up_would_cost_more_than_a_share_of_the_time_skipped(clock):
+    def probes(catch_up: float) -> int:
+        weak = TimedDrafter("weak", clock, depth=2, right=0, seconds=0.001)
+        model = TimedDrafter("model", clock, depth=4, right=0, seconds=0.2, catch_up=catch_up)
+        mixture = MixtureDrafter([weak, model])
+        run_steps(mixture, clock, steps=120)
+        return mixture.report()["model"]["probes"]
+
+    assert probes(catch_up=0.001) >= 3  # cheap to bring up to date: probed at gaps 8, 16, 32, ...
+    assert probes(catch_up=0.5) == 1  # the first probe shows feeding 8 tokens costs 4 s: no more in 12 s
+
+
 @pytest.mark.parametrize("gap", [0, -3, 2.5, "8"])
 def test_a_probe_gap_that_is_not_a_whole_number_of_steps_is_refused(gap):
     with pytest.raises(SpecDecodeError, match="probe_gap"):

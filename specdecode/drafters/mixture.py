@@ -27,7 +27,11 @@ engine's budget, which shrinks while it is skipped). A skipped drafter's accepta
 its estimate drifts back to the prior, at which a costly drafter may never pay again (a new generation
 starts from the prior too): after `probe_gap` steps skipped for cost in a row (default 8; None: never) it runs
 once anyway (a probe), and the gap doubles after each probe that does not win it back (up to `MAX_PROBE_GAP`), so a
-drafter that never pays costs a few probes per generation and one that pays on this text is found. Under
+drafter that never pays costs a few probes per generation and one that pays on this text is found. A probe
+first feeds the drafter every token since it last ran (a model drafter skipped from a generation's start:
+the whole prompt), so it waits until that catching up (timed per token on its earlier catch-ups) costs at
+most `PROBE_SHARE` of the seconds since the drafter last ran: a summary's 1500-token prompt is not
+prefilled into the 0.5B model to learn that copying wins again. Under
 sampling the drafts must not depend on timing (a seed gives the same tokens), so there only the scores
 decide.
 """
@@ -45,6 +49,7 @@ from .base import Drafter, LevelAcceptance
 
 FIRST_PROBE_GAP = 8  # steps skipped for cost before a drafter is tried again; doubled after each probe
 MAX_PROBE_GAP = 128
+PROBE_SHARE = 0.25  # a probe's catching up may cost this share of the seconds since the drafter last ran
 
 
 class MixtureDrafter(Drafter):
@@ -66,6 +71,7 @@ class MixtureDrafter(Drafter):
         self.first_probe_gap = probe_gap
         # seconds, smoothed over steps and kept across generations (a property of the models and machine)
         self.level_s: list[float | None] = [None] * len(drafters)  # each drafter's seconds per drafted level
+        self.catch_up_s: list[float | None] = [None] * len(drafters)  # ... per token fed to catch up after a skip
         self.verify = VerifyTimes()  # from a proposal to the committed tokens (the verification), by rows fed
         self.names = _unique([getattr(d, "name", type(d).__name__) for d in drafters])
         self.name = "mixture(" + ",".join(self.names) + ")"
@@ -83,6 +89,8 @@ class MixtureDrafter(Drafter):
         self.probes = [0] * len(self.drafters)  # steps it ran although not worth it (to measure it again)
         self.probe_gap = [self.first_probe_gap] * len(self.drafters)  # None: never probe
         self.cost_skips_in_row = [0] * len(self.drafters)
+        self.fed = [0] * len(self.drafters)  # the context length at each drafter's last proposal
+        self.last_run_at = [time.perf_counter()] * len(self.drafters)  # when it last proposed (or the start)
         self.ran = [False] * len(self.drafters)  # whether each drafter ran in the last step
         self.last_depth = [0] * len(self.drafters)  # the depth of each drafter's last own draft
         self.last_nodes = [0] * len(self.drafters)  # ... and its nodes
@@ -120,22 +128,9 @@ class MixtureDrafter(Drafter):
                 self.skipped[i] += 1
                 continue
             in_hand = [(alphas[j], self.trees[j].depth, len(self.trees[j])) for j, done in enumerate(ran) if done]
-            if self._pays(i, alphas[i], in_hand, budget):
-                self.probe_gap[i] = self.first_probe_gap
-            elif self.probe_gap[i] is None or self.cost_skips_in_row[i] < self.probe_gap[i]:
-                self.skipped[i] += 1
-                self.cost_skipped[i] += 1
-                self.cost_skips_in_row[i] += 1
+            if not self._runs(i, alphas[i], in_hand, budget, len(context_ids)):
                 continue
-            else:  # a probe: its acceptance on this text is measured again
-                self.probes[i] += 1
-                self.probe_gap[i] = max(self.probe_gap[i], min(2 * self.probe_gap[i], MAX_PROBE_GAP))
-            self.cost_skips_in_row[i] = 0
-            tick = time.perf_counter()
-            self.trees[i] = self.drafters[i].propose(context_ids, budget)
-            if self.ran[i] and self.trees[i].depth:  # it ran on the step before: no catching up (nor prefill)
-                per_level = (time.perf_counter() - tick) / self.trees[i].depth  # a model drafts level by level
-                self.level_s[i] = _smoothed(self.level_s[i], per_level)
+            self.trees[i] = self._timed_propose(i, context_ids, budget)
             ran[i] = True
             self.last_depth[i], self.last_nodes[i] = self.trees[i].depth, len(self.trees[i])
             scores += [alphas[i] ** (depth + 1) for depth in self.trees[i].depths.tolist()]
@@ -157,6 +152,38 @@ class MixtureDrafter(Drafter):
                     self.drafted[i] += 1
         self._proposed_at = time.perf_counter() if len(self.tree) else None
         return self.tree
+
+    def _runs(self, i: int, alpha: float, in_hand: list[tuple[float, int, int]], budget: int, context: int) -> bool:
+        """Whether drafter i runs this step: its draft pays, or it is time for a probe (and the probe's
+        catching up costs at most PROBE_SHARE of the seconds since it last ran)."""
+        if self._pays(i, alpha, in_hand, budget):
+            self.probe_gap[i], self.cost_skips_in_row[i] = self.first_probe_gap, 0
+            return True
+        gap = self.probe_gap[i]
+        catch_up = (self.catch_up_s[i] or 0.0) * (context - self.fed[i])
+        if gap is not None and self.cost_skips_in_row[i] >= gap and \
+                catch_up <= PROBE_SHARE * (time.perf_counter() - self.last_run_at[i]):
+            self.probes[i] += 1  # its acceptance on this text is measured again
+            self.probe_gap[i], self.cost_skips_in_row[i] = max(gap, min(2 * gap, MAX_PROBE_GAP)), 0
+            return True
+        self.skipped[i] += 1
+        self.cost_skipped[i] += 1
+        self.cost_skips_in_row[i] += 1
+        return False
+
+    def _timed_propose(self, i: int, context_ids: Sequence[int], budget: int) -> DraftTree:
+        """Drafter i's proposal, timed: per drafted level when it ran on the step before (no catching up,
+        nor prefill), else the catching up per token fed (beyond its levels' seconds)."""
+        tick = time.perf_counter()
+        tree = self.drafters[i].propose(context_ids, budget)
+        seconds = time.perf_counter() - tick
+        if self.ran[i] and tree.depth:  # a model drafts level by level
+            self.level_s[i] = _smoothed(self.level_s[i], seconds / tree.depth)
+        elif tree.depth and self.level_s[i] is not None and len(context_ids) - self.fed[i] > 1:
+            per_token = max(seconds - self.level_s[i] * tree.depth, 0.0) / (len(context_ids) - self.fed[i])
+            self.catch_up_s[i] = _smoothed(self.catch_up_s[i], per_token)
+        self.fed[i], self.last_run_at[i] = len(context_ids), time.perf_counter()
+        return tree
 
     def _run_order(self, order: list[int]) -> list[int]:
         """Likeliest first; when costs decide, the cheapest first (a costly drafter is then weighed
