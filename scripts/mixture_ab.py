@@ -1,15 +1,15 @@
-"""The MixtureDrafter against a twin with one of its rules switched off, side by side in one bench run.
+"""The MixtureDrafter against a twin with one of its rules changed, side by side in one bench run.
 
     python scripts/mixture_ab.py OUT                        # dev subset: rag + summarization, 2 questions each
     python scripts/mixture_ab.py OUT pydoc                  # docs/benchmarks/pydoc-questions.jsonl, python-docs store
-    python scripts/mixture_ab.py OUT w8a8 --twin no-probes  # w8a8 target, dev subset (2 per category), llama.cpp too
+    python scripts/mixture_ab.py OUT w8a8 --twin probes     # w8a8 target, dev subset (2 per category), llama.cpp too
 
 Methods, interleaved per question on one loaded target (qwen2.5-coder-1.5b-instruct; dtype auto, or w8a8):
 plain, lookup, `CHEAP+model:qwen2.5-coder-0.5b-instruct` (the default mixture; CHEAP = retrieval over a
 store, lookup otherwise) and `model:qwen2.5-coder-0.5b-instruct+CHEAP`, which this script makes the same
-mixture [CHEAP, model] with one rule off: `--twin scores-only` (cost_aware=False: scores alone decide, as
-before the cost-aware rule) or `--twin no-probes` (probe_gap=None: a drafter skipped for cost is never tried
-again). Read that row's name as "CHEAP+model, <twin>". The w8a8 run adds llama.cpp's plain decoding.
+mixture [CHEAP, model] with one rule changed: `--twin scores-only` (cost_aware=False: scores alone decide, as
+before the cost-aware rule) or `--twin probes` (probe_gap=8: a drafter skipped for cost is tried again now
+and then; the default mixture never does). Read that row's name as "CHEAP+model, <twin>". The w8a8 run adds llama.cpp's plain decoding.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from specdecode.drafters import MixtureDrafter
 from specdecode.drafters.registry import make_drafter
 
 DRAFT = "qwen2.5-coder-0.5b-instruct"
-TWINS = {"scores-only": {"cost_aware": False}, "no-probes": {"probe_gap": None}}
+TWINS = {"scores-only": {"cost_aware": False}, "probes": {"probe_gap": 8}}
 
 
 def main() -> None:

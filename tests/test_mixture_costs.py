@@ -185,7 +185,7 @@ def test_under_sampling_timing_never_decides(clock):
 def test_a_skipped_drafter_is_probed_and_found_again_when_the_text_turns_its_way(clock):
     weak = TimedDrafter("weak", clock, depth=2, right=0, seconds=0.001)
     model = TimedDrafter("model", clock, depth=4, right=4, seconds=0.2, right_until=0)  # wrong ...
-    mixture = MixtureDrafter([weak, model])
+    mixture = MixtureDrafter([weak, model], probe_gap=8)
     run_steps(mixture, clock, steps=40)  # ... so it is skipped for cost (and its estimate decays to the prior)
     skipped, calls = mixture.report()["model"]["skipped_for_cost"], model.calls
     assert skipped > 20
@@ -195,8 +195,8 @@ def test_a_skipped_drafter_is_probed_and_found_again_when_the_text_turns_its_way
     assert model.calls - calls > 25  # found by a probe, then run on its merits
 
     model_without = TimedDrafter("model", clock, depth=4, right=4, seconds=0.2, right_until=0)
-    without = MixtureDrafter([TimedDrafter("weak", clock, depth=2, right=0, seconds=0.001), model_without],
-                             probe_gap=None)  # without probes it stays skipped
+    without = MixtureDrafter([TimedDrafter("weak", clock, depth=2, right=0, seconds=0.001), model_without])
+    # without probes (the default) it stays skipped
     run_steps(without, clock, steps=40)
     model_without.right_until, calls = len(TEXT), model_without.calls
     run_steps(without, clock, steps=40)
@@ -206,7 +206,7 @@ def test_a_skipped_drafter_is_probed_and_found_again_when_the_text_turns_its_way
 def test_probes_back_off_when_a_drafter_never_pays(clock):
     weak = TimedDrafter("weak", clock, depth=2, right=0, seconds=0.001)
     model = TimedDrafter("model", clock, depth=4, right=0, seconds=0.2)  # costly and always wrong
-    mixture = MixtureDrafter([weak, model])
+    mixture = MixtureDrafter([weak, model], probe_gap=8)
     run_steps(mixture, clock, steps=250)
     probes = mixture.report()["model"]["probes"]
     assert 2 <= probes <= 6  # gaps 8, 16, 32, 64, 128: a handful per generation, not one every 8 steps
@@ -217,7 +217,7 @@ def test_a_probe_waits_while_catching_up_would_cost_more_than_a_share_of_the_tim
     def probes(catch_up: float) -> int:
         weak = TimedDrafter("weak", clock, depth=2, right=0, seconds=0.001)
         model = TimedDrafter("model", clock, depth=4, right=0, seconds=0.2, catch_up=catch_up)
-        mixture = MixtureDrafter([weak, model])
+        mixture = MixtureDrafter([weak, model], probe_gap=8)
         run_steps(mixture, clock, steps=120)
         return mixture.report()["model"]["probes"]
 
