@@ -192,7 +192,9 @@ class LlamaCppMethod:
         if lookup:
             from llama_cpp.llama_speculative import LlamaPromptLookupDecoding
 
-            options["draft_model"] = LlamaPromptLookupDecoding()
+            # logits of every fed token, which its verification reads: llama-cpp-python forces this on with a
+            # draft model but (0.3.36) sizes its logits buffer from the argument, failing past n_batch tokens
+            options.update(draft_model=LlamaPromptLookupDecoding(), logits_all=True)
         self.llm = Llama(model_path=str(gguf), n_ctx=8192, n_threads=threads, n_threads_batch=threads, verbose=False,
                          **options)
 
