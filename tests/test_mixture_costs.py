@@ -121,22 +121,6 @@ def test_the_engine_hands_its_measured_forward_costs_to_the_mixture():
     assert mixture.verify.curve is None
 
 
-def test_a_drafter_right_only_where_the_others_are_too_is_skipped(clock):
-    # taken as independent of the cheap drafter, the echo would add ~0.85 levels per step, worth its 0.02 s;
-    # measured, it adds none: its right tokens are the cheap one's
-    cheap = TimedDrafter("cheap", clock, depth=4, right=2, seconds=0.001)
-    echo = TimedDrafter("echo", clock, depth=4, right=2, seconds=0.02)
-    mixture = MixtureDrafter([echo, cheap])
-    run_steps(mixture, clock, steps=30, budget=8)
-    assert mixture.report()["echo"]["skipped_for_cost"] > 20 and mixture.marginal[0].mean == 0
-    # one that is right beyond them keeps running
-    cheap = TimedDrafter("cheap", clock, depth=4, right=2, seconds=0.001)
-    further = TimedDrafter("further", clock, depth=4, right=4, seconds=0.02)
-    mixture = MixtureDrafter([further, cheap])
-    run_steps(mixture, clock, steps=30, budget=8)
-    assert mixture.report()["further"]["skipped_for_cost"] <= 2
-
-
 def test_verification_times_fit_a_line_once_the_rows_vary():
     times = VerifyTimes(decay=1.0)
     times.add(4, 0.2)

@@ -20,10 +20,7 @@ where verify(rows) follows the engine's measured forward costs (`set_verify_cost
 more to verify: on a w8a8 target 4 rows cost ~1.3x one), scaled to the verifications timed here (without
 a cost model: a line fitted to their seconds against the rows they fed), and E is the
 expected accepted depth of the merged trees (a drafter's tree reaches level d with chance alpha^(d+1),
-however wide: a wide tree of weak copies is worth little more than its best path). Trees are taken as
-independent, which overrates a drafter whose right tokens are the ones the others get right too (a model on
-code that lookup copies), so where the drafts in hand are not empty, its gain E_with - E_without is capped
-by the levels it was measured to add beyond the others' drafts on recent steps where they drafted too. Its seconds are timed only on
+however wide: a wide tree of weak copies is worth little more than its best path). Its seconds are timed only on
 proposals that follow one of its own (else they include catching up on the skipped tokens, which would
 make a skipped drafter look ever costlier), and its depth is the depth it last drafted (not the
 engine's budget, which shrinks while it is skipped). A skipped drafter's acceptance is not observed, so
@@ -55,7 +52,6 @@ from ..tree import DraftTree
 from .base import Drafter, LevelAcceptance
 
 MAX_PROBE_GAP = 128
-MIN_MARGINAL_WEIGHT = 2.0  # decayed steps of evidence before a drafter's measured added levels count
 PROBE_SHARE = 0.25  # a probe's catching up may cost this share of the seconds since the drafter last ran
 
 
@@ -89,7 +85,6 @@ class MixtureDrafter(Drafter):
         self.trees = [DraftTree.empty() for _ in self.drafters]  # each drafter's own proposal this step
         self.sources: list[set[int]] = []  # merged node -> indices of the drafters that proposed it
         self.acceptance = [LevelAcceptance(prior=self.prior) for _ in self.drafters]
-        self.marginal = [DecayedMean() for _ in self.drafters]  # levels it added where others drafted too
         self.drafted = [0] * len(self.drafters)
         self.accepted = [0] * len(self.drafters)
         self.skipped = [0] * len(self.drafters)  # steps a drafter was not run (it could not make the cut)
@@ -216,11 +211,9 @@ class MixtureDrafter(Drafter):
         rows_without = 1 + min(budget, sum(nodes for _, _, nodes in drafted))
         rows_with = 1 + min(budget, rows_without - 1 + (self.last_nodes[i] or depth))
         without = _expected_levels([(a, d) for a, d, _ in drafted], budget)
-        gain = _expected_levels([(a, d) for a, d, _ in drafted] + [(alpha, depth)], budget) - without
-        if any(d for _, d, _ in drafted) and self.marginal[i].weight >= MIN_MARGINAL_WEIGHT:
-            gain = min(gain, self.marginal[i].mean)  # what it added to others' drafts: they overlap
+        with_it = _expected_levels([(a, d) for a, d, _ in drafted] + [(alpha, depth)], budget)
         # tokens per second, multiplied out
-        return (1 + without + gain) * self.verify.seconds(rows_without) > \
+        return (1 + with_it) * self.verify.seconds(rows_without) > \
             (1 + without) * (self.verify.seconds(rows_with) + per_level * depth)
 
     def accept(self, token_ids: Sequence[int]) -> None:
@@ -230,13 +223,9 @@ class MixtureDrafter(Drafter):
         for node in self.tree.matched_path(token_ids[:-1]):  # the last committed token is the target's own
             for source in self.sources[node]:
                 self.accepted[source] += 1
-        matched = [tree.matched_depth(token_ids) for tree in self.trees]  # the target's own last token counts
-        for acceptance, tree, depth in zip(self.acceptance, self.trees, matched):  # each drafter's own tree
-            acceptance.step(depth, missed=depth < min(tree.depth, len(token_ids)))  # beyond its depth: unknown
-        for i, depth in enumerate(matched):  # the levels a drafter adds to the others' drafts, where they had any
-            others = [matched[j] for j, tree in enumerate(self.trees) if j != i and tree.depth]
-            if self.trees[i].depth and others:
-                self.marginal[i].add(max(depth - max(others), 0))
+        for acceptance, tree in zip(self.acceptance, self.trees):  # each drafter's own tree, verified or not
+            matched = tree.matched_depth(token_ids)  # the target's own last token counts: it is the truth too
+            acceptance.step(matched, missed=matched < min(tree.depth, len(token_ids)))  # beyond: unknown
         self.tree, self.sources = DraftTree.empty(), []  # consumed (a step without a draft counts nothing)
         self.trees = [DraftTree.empty() for _ in self.drafters]
         for drafter in self.drafters:
@@ -301,23 +290,6 @@ class VerifyTimes:
         variance = self.rows_sq / self.weight - mean_rows ** 2
         slope = (self.rows_seconds / self.weight - mean_rows * mean_seconds) / variance if variance > 0.25 else 0.0
         return max(mean_seconds + max(slope, 0.0) * (rows - mean_rows), 1e-6)
-
-
-@dataclass
-class DecayedMean:
-    """A mean over recent observations, older ones decayed by `decay` per observation."""
-
-    decay: float = 0.9
-    weight: float = 0.0
-    total: float = 0.0
-
-    def add(self, value: float) -> None:
-        self.weight = self.weight * self.decay + 1
-        self.total = self.total * self.decay + value
-
-    @property
-    def mean(self) -> float:
-        return self.total / self.weight if self.weight else 0.0
 
 
 def _smoothed(previous: float | None, seconds: float, weight: float = 0.3) -> float:
