@@ -23,7 +23,8 @@ expected accepted depth of the merged trees (a drafter's tree reaches level d wi
 however wide: a wide tree of weak copies is worth little more than its best path). Its seconds are timed only on
 proposals that follow one of its own (else they include catching up on the skipped tokens, which would
 make a skipped drafter look ever costlier), and its depth is the depth it last drafted (not the
-engine's budget, which shrinks while it is skipped). A skipped drafter's acceptance is not observed, so
+engine's budget, which shrinks while it is skipped); a drafter that did not run on the step before is also
+charged its catching up (timed per token on its earlier catch-ups). A skipped drafter's acceptance is not observed, so
 its estimate drifts back to the prior, at which a costly drafter may never pay again (a new generation
 starts from the prior too). With `probe_gap=N` (default None: never), after N steps skipped for cost in a row
 it runs once anyway (a probe), and the gap doubles after each probe that does not win it back (up to `MAX_PROBE_GAP`), so a
@@ -159,11 +160,11 @@ class MixtureDrafter(Drafter):
     def _runs(self, i: int, alpha: float, in_hand: list[tuple[float, int, int]], budget: int, context: int) -> bool:
         """Whether drafter i runs this step: its draft pays, or it is time for a probe (and the probe's
         catching up costs at most PROBE_SHARE of the seconds since it last ran)."""
-        if self._pays(i, alpha, in_hand, budget):
+        catch_up = 0.0 if self.ran[i] else (self.catch_up_s[i] or 0.0) * (context - self.fed[i])
+        if self._pays(i, alpha, in_hand, budget, catch_up):
             self.probe_gap[i], self.cost_skips_in_row[i] = self.first_probe_gap, 0
             return True
         gap = self.probe_gap[i]
-        catch_up = (self.catch_up_s[i] or 0.0) * (context - self.fed[i])
         if gap is not None and self.cost_skips_in_row[i] >= gap and \
                 catch_up <= PROBE_SHARE * (time.perf_counter() - self.last_run_at[i]):
             self.probes[i] += 1  # its acceptance on this text is measured again
@@ -198,12 +199,14 @@ class MixtureDrafter(Drafter):
     def _costs_decide(self) -> bool:
         return self.cost_aware and self.sampling.greedy and self.verify.count > 0
 
-    def _pays(self, i: int, alpha: float, drafted: list[tuple[float, int, int]], budget: int) -> bool:
+    def _pays(self, i: int, alpha: float, drafted: list[tuple[float, int, int]], budget: int,
+              catch_up: float = 0.0) -> bool:
         """Whether drafter i's draft is worth its seconds this step (always, until both are timed).
         `drafted`: (alpha, depth, nodes) of the drafters already run. A drafter's tree reaches level d with
         probability alpha^(d+1) however wide it is (alpha is measured on its whole tree); several trees,
         taken as independent, reach it unless all miss. Drafter i would draft as deep and as many nodes as
-        it last did (within the budget), at its seconds per level; the verification feeds 1 + the nodes."""
+        it last did (within the budget), at its seconds per level, plus `catch_up` seconds (feeding it the
+        tokens committed since it last ran); the verification feeds 1 + the nodes."""
         per_level = self.level_s[i]
         if not self._costs_decide() or per_level is None:
             return True
@@ -214,7 +217,7 @@ class MixtureDrafter(Drafter):
         with_it = _expected_levels([(a, d) for a, d, _ in drafted] + [(alpha, depth)], budget)
         # tokens per second, multiplied out
         return (1 + with_it) * self.verify.seconds(rows_without) > \
-            (1 + without) * (self.verify.seconds(rows_with) + per_level * depth)
+            (1 + without) * (self.verify.seconds(rows_with) + per_level * depth + catch_up)
 
     def accept(self, token_ids: Sequence[int]) -> None:
         if self._proposed_at is not None:
