@@ -377,6 +377,7 @@ def test_llama_cpp_peer_runs_the_gguf_or_says_how_to_install(questions_file, tmp
     for method in ("llama-cpp", "llama-cpp-lookup"):
         rows = [r for r in results(out) if r["method"] == method]
         assert len(rows) == 3 and all(r["identical"] for r in rows)
+    assert all(r["target_forwards"] is None for r in results(out) if r["method"] == "llama-cpp-lookup")  # not counted
     assert [(path, draft) for path, _, draft in opened] == [(str(gguf), "NoneType"), (str(gguf), "FakeLookup")]
     with pytest.raises(SpecDecodeError, match="neither a zoo model nor a .gguf"):
         run(config(questions_file, tmp_path / "c", methods="llama-cpp"), zoo)

@@ -225,7 +225,7 @@ def test_a_probe_waits_while_catching_up_would_cost_more_than_a_share_of_the_tim
     assert probes(catch_up=0.5) == 1  # the first probe shows feeding 8 tokens costs 4 s: no more in 12 s
 
 
-@pytest.mark.parametrize("gap", [0, -3, 2.5, "8"])
+@pytest.mark.parametrize("gap", [0, -3, 2.5, "8", True])
 def test_a_probe_gap_that_is_not_a_whole_number_of_steps_is_refused(gap):
     with pytest.raises(SpecDecodeError, match="probe_gap"):
         MixtureDrafter([LookupDrafter()], probe_gap=gap)

@@ -186,7 +186,7 @@ class LlamaCppMethod:
         except ImportError:
             raise SpecDecodeError(f"method {name} needs llama-cpp-python: {LLAMA_CPP_INSTALL}.") from None
         threads = torch.get_num_threads()
-        self.name, self.tokenizer = name, target.tokenizer
+        self.name, self.tokenizer, self.lookup = name, target.tokenizer, lookup
         self.eos = eos_token_ids(target.model, target.tokenizer)
         options = {}
         if lookup:
@@ -208,7 +208,8 @@ class LlamaCppMethod:
                 break
         wall_s = time.perf_counter() - start
         text = self.tokenizer.decode(token_ids, skip_special_tokens=True)
-        return TurnResult(tuple(token_ids), text, wall_s, len(token_ids), None, None)
+        forwards = None if self.lookup else len(token_ids)  # its verifications are not counted: no tau
+        return TurnResult(tuple(token_ids), text, wall_s, forwards, None, None)
 
 
 def check_peers_available(names: Sequence[MethodName], model_spec: str) -> None:
@@ -219,16 +220,16 @@ def check_peers_available(names: Sequence[MethodName], model_spec: str) -> None:
             import llama_cpp  # noqa: F401
         except ImportError:
             raise SpecDecodeError(f"method {llama[0]} needs llama-cpp-python: {LLAMA_CPP_INSTALL}.") from None
-        gguf_file(model_spec)
+        gguf_file(model_spec, llama[0])
 
 
-def gguf_file(spec: str) -> Path:
+def gguf_file(spec: str, method: str = "llama-cpp") -> Path:
     """The GGUF a model spec names: a zoo model's own file, or a .gguf path."""
     path = gguf_origin(spec)
     if path is not None:
         return path
-    raise SpecDecodeError(f"method llama-cpp runs a GGUF file; --model {spec!r} is neither a zoo model nor a "
-                          ".gguf file. Pass the .gguf file as --model, or drop llama-cpp from --methods.")
+    raise SpecDecodeError(f"method {method} runs a GGUF file; --model {spec!r} is neither a zoo model nor a "
+                          f".gguf file. Pass the .gguf file as --model, or drop {method} from --methods.")
 
 
 def build_methods(names: Sequence[MethodName], target: LoadedModel, options: DrafterOptions,
@@ -239,7 +240,7 @@ def build_methods(names: Sequence[MethodName], target: LoadedModel, options: Dra
     methods: list[Method] = []
     for name in names:
         if name.peer in LLAMA_CPP_PEERS:
-            methods.append(LlamaCppMethod(name.text, gguf_file(model_spec or target.name), target,
+            methods.append(LlamaCppMethod(name.text, gguf_file(model_spec or target.name, name.text), target,
                                           lookup=name.peer == "llama-cpp-lookup"))
         elif name.peer == "hf-plain":
             methods.append(HFMethod(name.text, target))

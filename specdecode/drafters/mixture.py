@@ -12,33 +12,33 @@ already proposed is not run at all: a small model is spared on the steps where a
 context is the better bet. Per drafter, the stats count the tokens it proposed into the merged tree
 and the ones accepted, and the steps it was not run.
 
-Cost-aware skipping (`cost_aware=True`, greedy decoding): the mixture also times each drafter's
-proposals (per drafted level) and the target's verifications (the seconds from a proposal to the committed tokens), and
-runs a drafter only when the step's expected tokens per second are higher with its draft than with the
-drafts already in hand: (1 + E_with) / (verify(rows_with) + its seconds) > (1 + E_without) / verify(rows_without),
-where verify(rows) follows the engine's measured forward costs (`set_verify_costs`; a bigger tree costs
-more to verify: on a w8a8 target 4 rows cost ~1.3x one), scaled to the verifications timed here (without
-a cost model: a line fitted to their seconds against the rows they fed), and E is the
-expected accepted depth of the merged trees (a drafter's tree reaches level d with chance alpha^(d+1),
-however wide: a wide tree of weak copies is worth little more than its best path). Its seconds are timed only on
-proposals that follow one of its own (else they include catching up on the skipped tokens, which would
-make a skipped drafter look ever costlier), and its depth is the depth it last drafted (not the
-engine's budget, which shrinks while it is skipped); a drafter that did not run on the step before is also
-charged its catching up (timed per token on its earlier catch-ups). A skipped drafter's acceptance is not observed, so
-its estimate drifts back to the prior, at which a costly drafter may never pay again (a new generation
-starts from the prior too). With `probe_gap=N` (default None: never), after N steps skipped for cost in a row
-it runs once anyway (a probe), and the gap doubles after each probe that does not win it back (up to `MAX_PROBE_GAP`), so a
-drafter that never pays costs a few probes per generation and one that pays on this text is found. A probe
+Cost-aware skipping (`cost_aware=True`, greedy decoding): the mixture also times each drafter's proposals
+(per drafted level) and the target's verifications (the seconds from a proposal to the committed tokens),
+and runs a drafter only when the step's expected tokens per second are higher with its draft than with the
+drafts already in hand: (1 + E_with) / (verify(rows_with) + its seconds) > (1 + E_without) /
+verify(rows_without), where verify(rows) follows the engine's measured forward costs (`set_verify_costs`; a
+bigger tree costs more to verify: on a w8a8 target 4 rows cost ~1.3x one), scaled to the verifications timed
+here (without a cost model: a line fitted to their seconds against the rows they fed), and E is the expected
+accepted depth of the merged trees (a drafter's tree reaches level d with chance alpha^(d+1), however wide:
+a wide tree of weak copies is worth little more than its best path). Its seconds are timed only on proposals
+that follow one of its own (else they include catching up on the skipped tokens, which would make a skipped
+drafter look ever costlier), and its depth is the depth it last drafted (not the engine's budget, which
+shrinks while it is skipped); a drafter that did not run on the step before is also charged its catching up
+(timed per token on its earlier catch-ups). A skipped drafter's acceptance is not observed, so its estimate
+drifts back to the prior, at which a costly drafter may never pay again (a new generation starts from the
+prior too). With `probe_gap=N` (default None: never), after N steps skipped for cost in a row it runs once
+anyway (a probe), and the gap doubles after each probe that does not win it back (up to `MAX_PROBE_GAP`), so
+a drafter that never pays costs a few probes per generation and one that pays on this text is found. A probe
 first feeds the drafter every token since it last ran (a model drafter skipped from a generation's start:
 the whole prompt), so it waits until that catching up (timed per token on its earlier catch-ups) costs at
-most `PROBE_SHARE` of the seconds since the drafter last ran: a summary's 1500-token prompt is not
-prefilled into the 0.5B model to learn that copying wins again. Probes are off by default because they
-measured worse: on a w8a8 target (dev subset, 2 questions per category, side by side) they found the 0.5B
-model where it pays (math 1.45x vs 1.38x) but cost more elsewhere than they found (overall 1.13x vs 1.18x):
-the rule's gain for a drafter it runs is optimistic where its right tokens are the ones the copies get right
-too (drafters are taken as independent). Under
-sampling the drafts must not depend on timing (a seed gives the same tokens), so there only the scores
-decide.
+most `PROBE_SHARE` of the seconds since the drafter last ran: a summary's 1500-token prompt is not prefilled
+into the 0.5B model to learn that copying wins again. Probes are off by default because they measured worse:
+on a w8a8 target (dev subset, 2 questions per category, side by side) they found the 0.5B model where it
+pays (math 1.42x vs 1.24x) but cost more elsewhere than they found (overall 1.13x vs 1.16x;
+docs/benchmarks.md, "Probes, verification costs ..."): once found, the rule runs the model on steps where it
+expects a gain that the runs do not show (not from overlap with lookup's copies: capping the gain by the
+levels the model was measured to add beyond them changed nothing). Under sampling the drafts must not depend
+on timing (a seed gives the same tokens), so there only the scores decide.
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ class MixtureDrafter(Drafter):
             raise SpecDecodeError("MixtureDrafter needs a non-empty list of drafters (Drafter instances).")
         if not 0 < prior < 1:
             raise SpecDecodeError(f"MixtureDrafter prior must be in (0, 1), got {prior}.")
-        if probe_gap is not None and (not isinstance(probe_gap, int) or probe_gap < 1):
+        if probe_gap is not None and (isinstance(probe_gap, bool) or not isinstance(probe_gap, int) or probe_gap < 1):
             raise SpecDecodeError(f"MixtureDrafter probe_gap must be a whole number >= 1 (steps) or None (never "
                                   f"probe), got {probe_gap!r}.")
         self.drafters = drafters
@@ -180,12 +180,11 @@ class MixtureDrafter(Drafter):
         nor prefill), else the catching up per token fed (beyond its levels' seconds)."""
         tick = time.perf_counter()
         tree = self.drafters[i].propose(context_ids, budget)
-        seconds = time.perf_counter() - tick
+        seconds, fed = time.perf_counter() - tick, len(context_ids) - self.fed[i]  # fed: tokens it caught up on
         if self.ran[i] and tree.depth:  # a model drafts level by level
             self.level_s[i] = _smoothed(self.level_s[i], seconds / tree.depth)
-        elif tree.depth and self.level_s[i] is not None and len(context_ids) - self.fed[i] > 1:
-            per_token = max(seconds - self.level_s[i] * tree.depth, 0.0) / (len(context_ids) - self.fed[i])
-            self.catch_up_s[i] = _smoothed(self.catch_up_s[i], per_token)
+        elif tree.depth and self.level_s[i] is not None and fed > 1:
+            self.catch_up_s[i] = _smoothed(self.catch_up_s[i], max(seconds - self.level_s[i] * tree.depth, 0.0) / fed)
         self.fed[i], self.last_run_at[i] = len(context_ids), time.perf_counter()
         return tree
 
@@ -213,8 +212,9 @@ class MixtureDrafter(Drafter):
         depth = min(budget, self.last_depth[i] or budget)
         rows_without = 1 + min(budget, sum(nodes for _, _, nodes in drafted))
         rows_with = 1 + min(budget, rows_without - 1 + (self.last_nodes[i] or depth))
-        without = _expected_levels([(a, d) for a, d, _ in drafted], budget)
-        with_it = _expected_levels([(a, d) for a, d, _ in drafted] + [(alpha, depth)], budget)
+        trees = [(a, d) for a, d, _ in drafted]
+        without = _expected_levels(trees, budget)
+        with_it = _expected_levels(trees + [(alpha, depth)], budget)
         # tokens per second, multiplied out
         return (1 + with_it) * self.verify.seconds(rows_without) > \
             (1 + without) * (self.verify.seconds(rows_with) + per_level * depth + catch_up)
