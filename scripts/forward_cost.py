@@ -3,11 +3,13 @@
     python scripts/forward_cost.py qwen2.5-coder-1.5b-instruct --dtype fp32 --cpu-kernels auto
     python scripts/forward_cost.py qwen2.5-coder-1.5b-instruct --variants none,fp16,w8a8,w8a8:sdpa --context 400
     python scripts/forward_cost.py qwen2.5-coder-1.5b-instruct --variants w8a8,w8a8-unfused --sizes 1,4 --context 400
+    python scripts/forward_cost.py qwen2.5-coder-1.5b-instruct --variants w8a8,w8a8:own --sizes 1,4,16 --context 400
 
 Prints the median milliseconds of one forward of q tokens (q = 1, 2, 4, ...) after `--context`
 tokens, the ratio to q = 1, and the context's prefill in seconds. `--variants` loads the model once
 per quantization (`none`, `fp16`, `w8a8`, `int8`, `int4`; `w8a8:sdpa` = w8a8 with batched SDPA
-instead of its row-wise attention, to show what exactness costs; `w8a8-unfused` = w8a8 without
+instead of its row-wise attention, to show what exactness costs; `w8a8:own` = w8a8 through
+transformers' own forward instead of lean_forward.py's; `w8a8-unfused` = w8a8 without
 fused q/k/v and gate/up products, fusion.py) and measures them side by side: rounds interleaved over
 variants and q, so machine drift hits all alike. `--drafts-only` loads as a drafter (batched attention).
 """
@@ -50,7 +52,7 @@ def main() -> None:
                                          drafts_only=args.drafts_only)
     quantize_module.fuse_projections = fuse
     sizes = [int(s) for s in args.sizes.split(",")]
-    backend, generator = SDPABackend(), torch.Generator().manual_seed(0)
+    backends, generator = {True: SDPABackend(), False: SDPABackend(lean=False)}, torch.Generator().manual_seed(0)
     context = torch.randint(0, 1000, (args.context,), generator=generator)
     times: dict[tuple[str, int | str], list[float]] = {}
     with torch.inference_mode():
@@ -59,7 +61,8 @@ def main() -> None:
                 quantize, _, attention = variant.partition(":")
                 model = loaded[quantize].model
                 own_attention = model.config._attn_implementation
-                if attention:
+                backend = backends[attention != "own"]
+                if attention and attention != "own":
                     model.set_attn_implementation(attention)
                 cache = KVCache(model)
                 start = time.perf_counter()

@@ -10,12 +10,14 @@ both run their models through this one function, so there is a single tree-forwa
 from __future__ import annotations
 
 import inspect
+import weakref
 from typing import Protocol
 
 import torch
 
 from .cache import KVCache
 from .errors import SpecDecodeError
+from .lean_forward import LeanForward, lean_forward
 from .rowwise_attention import BATCHED_PREFILL, ROWWISE
 
 
@@ -46,9 +48,17 @@ class AttentionBackend(Protocol):
 
 
 class SDPABackend:
-    """PyTorch scaled-dot-product attention through the model's own sdpa attention layers."""
+    """PyTorch scaled-dot-product attention through the model's own sdpa attention layers.
+
+    lean: after the prompt, run a model on row-wise attention through LeanForward where it gives the
+    model's own results bit for bit (checked once per model, lean_forward.py); False: always the
+    model's own forward."""
 
     name = "sdpa"
+
+    def __init__(self, lean: bool = True):
+        self.lean = lean
+        self._lean_forwards: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> LeanForward | None
 
     def forward(self, model, cache, input_ids, positions, tree_mask=None, logits_to_keep=0, hidden=False,
                 prefill=False):
@@ -60,6 +70,10 @@ class SDPABackend:
             full_mask = torch.ones(q, past + q, dtype=torch.bool, device=device)  # [q, past+q]
             full_mask[:, past + q - tree_mask.shape[-1] :] = tree_mask.to(device)
             kwargs["attention_mask"] = full_mask[None, None]  # [1, 1, q, past+q], True = attend
+        lean = None if prefill else self._lean_forward(model)
+        if lean is not None:
+            return lean(cache, input_ids.to(device), positions.to(device), kwargs.get("attention_mask"),
+                        logits_to_keep, hidden)
         called = model.base_model if hidden else model
         if prefill and model.config._attn_implementation == ROWWISE and _passes_keywords(called):
             kwargs[BATCHED_PREFILL] = True  # else (a forward without **kwargs) the prefill stays row-wise
@@ -73,6 +87,13 @@ class SDPABackend:
         if hidden:
             return called(**inputs).last_hidden_state[0]  # [q, hidden_size]
         return model(**inputs, logits_to_keep=logits_to_keep).logits[0]  # [q or logits_to_keep, vocab]
+
+    def _lean_forward(self, model) -> LeanForward | None:
+        if not self.lean:
+            return None
+        if model not in self._lean_forwards:
+            self._lean_forwards[model] = lean_forward(model)
+        return self._lean_forwards[model]
 
 
 def _passes_keywords(module: torch.nn.Module) -> bool:

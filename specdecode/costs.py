@@ -43,7 +43,7 @@ from .errors import SpecDecodeError
 from .machine import machine_key
 
 MEASURED_SIZES = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: decode forwards through lean_forward.py
 
 
 @dataclass(frozen=True)

@@ -44,22 +44,33 @@ class FusedProjection(torch.nn.Module):
             self.fused.bias = torch.nn.Parameter(torch.cat([
                 layer.bias.detach() if layer.bias is not None else first.new_zeros(layer.out_features)
                 for layer in layers]), requires_grad=first.requires_grad)  # [sum(out)]
-        self._input: torch.Tensor | None = None  # the input of the product held, and its version
-        self._version = -1
-        self._parts: tuple[torch.Tensor, ...] = ()
-        self._untaken: set[int] = set()
+        self._held = _HeldProduct()  # a plain object: setting its fields skips nn.Module's __setattr__
 
     def part(self, x: torch.Tensor, index: int) -> torch.Tensor:
         """Projection `index` of x [..., in] -> [..., sizes[index]]."""
+        held = self._held
         version = -1 if x.is_inference() else x._version  # inference tensors keep no version counter
-        if self._input is not x or self._version != version or index not in self._untaken:
-            self._parts = self.fused(x).split(self.sizes, dim=-1)  # each [..., sizes[i]], a view
-            self._input, self._version, self._untaken = x, version, set(range(len(self.sizes)))
-        self._untaken.discard(index)
-        part = self._parts[index]
-        if not self._untaken:
-            self._input, self._parts = None, ()
+        if held.input is not x or held.version != version or index not in held.untaken:
+            held.parts = self.fused(x).split(self.sizes, dim=-1)  # each [..., sizes[i]], a view
+            held.input, held.version, held.untaken = x, version, set(range(len(self.sizes)))
+        held.untaken.discard(index)
+        part = held.parts[index]
+        if not held.untaken:
+            held.input, held.parts = None, ()
         return part
+
+
+class _HeldProduct:
+    """The product a FusedProjection holds between its parts' calls: its input (and version), its slices
+    and the parts that have not taken theirs yet."""
+
+    __slots__ = ("input", "version", "parts", "untaken")
+
+    def __init__(self):
+        self.input: torch.Tensor | None = None
+        self.version = -1
+        self.parts: tuple[torch.Tensor, ...] = ()
+        self.untaken: set[int] = set()
 
 
 class ProjectionPart(torch.nn.Module):

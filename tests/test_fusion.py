@@ -66,7 +66,7 @@ def test_one_product_per_input_and_a_new_one_for_another():
         for part, layer in zip((q(x), k(x), v(x)), layers):
             torch.testing.assert_close(part, layer(x))
     assert len(products) == 4
-    assert group._parts == ()  # every part taken: nothing held
+    assert group._held.parts == () and group._held.input is None  # every part taken: nothing held
 
 
 def test_groups_of_another_kind_are_left_alone():
