@@ -20,6 +20,8 @@ w8a8 (exact integer sums), and elsewhere plain and speculative decoding both run
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+
 import torch
 
 # attribute names of the projections that share an input (transformers' Llama, Qwen2, Mistral, Gemma, ...)
@@ -84,6 +86,18 @@ class ProjectionPart(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._group[0].part(x, self.index)
+
+
+def products_of(layers: Sequence[torch.nn.Module]) -> Callable[[torch.Tensor], Sequence[torch.Tensor]]:
+    """A function x [..., in] -> each layer's product of x: the fused group's one product split in its slices
+    where `layers` are a FusedProjection's parts in order (what calling the parts one by one computes, without
+    the bookkeeping between their calls), else each layer called on its own."""
+    groups = {id(layer._group[0]) for layer in layers if type(layer) is ProjectionPart}
+    if len(groups) == 1 and all(type(layer) is ProjectionPart for layer in layers) and \
+            [layer.index for layer in layers] == list(range(len(layers[0]._group[0].sizes))):
+        group = layers[0]._group[0]
+        return lambda x: group.fused(x).split(group.sizes, dim=-1)  # each [..., sizes[i]], a view
+    return lambda x: [layer(x) for layer in layers]
 
 
 def fuse_projections(model: torch.nn.Module) -> int:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import torch
 
 from .cache import KVCache
+from .fusion import products_of
 from .rowwise_attention import ROWWISE, rowwise_attention
 
 ATTENTION = ("sdpa", ROWWISE)  # the attention implementations a lean forward calls as transformers would
@@ -49,6 +50,9 @@ class LeanForward:
             from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
             self.attend = sdpa_attention_forward  # None = no mask for one token, SDPA's is_causal for more
+        self.qkv = [products_of([layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj])
+                    for layer in self.body.layers]  # per layer: x -> (query, key, value) states
+        self.gate_up = [products_of([layer.mlp.gate_proj, layer.mlp.up_proj]) for layer in self.body.layers]
 
     @staticmethod
     def fits(model: torch.nn.Module) -> bool:
@@ -85,30 +89,32 @@ class LeanForward:
         cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # [1, 1, q, head_dim]
         for index, layer in enumerate(body.layers):
             residual = states
-            states = residual + self._attention(layer.self_attn, layer.input_layernorm(states), cos, sin,
+            query, key, value = self.qkv[index](layer.input_layernorm(states))  # [1, q, heads * d] ...
+            states = residual + self._attention(layer.self_attn, query, key, value, cos, sin,
                                                 cache.hf.layers[index], attention_mask)
             residual = states
-            mlp = layer.mlp
-            normed = layer.post_attention_layernorm(states)
-            states = residual + mlp.down_proj(mlp.act_fn(mlp.gate_proj(normed)) * mlp.up_proj(normed))
+            gate, up = self.gate_up[index](layer.post_attention_layernorm(states))  # [1, q, intermediate] each
+            states = residual + layer.mlp.down_proj(layer.mlp.act_fn(gate) * up)
         states = body.norm(states)  # [1, q, hidden]
         if hidden:
             return states[0]
         kept = states if not logits_to_keep else states[:, -logits_to_keep:]
         return self.model.lm_head(kept)[0]  # [q or logits_to_keep, vocab]
 
-    def _attention(self, attention: torch.nn.Module, states: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                   cache_layer, attention_mask: torch.Tensor | None) -> torch.Tensor:
-        """states [1, q, hidden] -> the attention block's output [1, q, hidden] (o_proj applied)."""
-        shape = (*states.shape[:-1], -1, attention.head_dim)  # [1, q, heads, head_dim]
-        query = attention.q_proj(states).view(shape).transpose(1, 2)  # [1, heads, q, d]
-        key = attention.k_proj(states).view(shape).transpose(1, 2)  # [1, kv_heads, q, d]
-        value = attention.v_proj(states).view(shape).transpose(1, 2)  # [1, kv_heads, q, d]
+    def _attention(self, attention: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                   cos: torch.Tensor, sin: torch.Tensor, cache_layer,
+                   attention_mask: torch.Tensor | None) -> torch.Tensor:
+        """The projected query, key, value states [1, q, (kv_)heads * d] -> the attention block's output
+        [1, q, hidden] (o_proj applied)."""
+        shape = (*query.shape[:-1], -1, attention.head_dim)  # [1, q, heads, head_dim]
+        query = query.view(shape).transpose(1, 2)  # [1, heads, q, d]
+        key = key.view(shape).transpose(1, 2)  # [1, kv_heads, q, d]
+        value = value.view(shape).transpose(1, 2)  # [1, kv_heads, q, d]
         query, key = _rotate(query, cos, sin), _rotate(key, cos, sin)
         keys, values = cache_layer.update(key, value)  # [1, kv_heads, past + q, d] each
         out, _ = self.attend(attention, query, keys, values, attention_mask, dropout=0.0,
                              scaling=attention.scaling)  # [1, q, heads, d]
-        return attention.o_proj(out.reshape(*states.shape[:-1], -1).contiguous())  # [1, q, hidden]
+        return attention.o_proj(out.reshape(*shape[:-2], -1).contiguous())  # [1, q, hidden]
 
 
 def _rotate(states: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

@@ -54,6 +54,8 @@ def rowwise_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.T
         row_key, row_value = _visible(key, value, attention_mask, row, q_len)  # [1, kv_heads, visible, d]
         out = F.scaled_dot_product_attention(grouped[row], row_key, row_value, scale=scaling)  # [1, kv_heads, groups, d]
         rows.append(out.reshape(heads, head_dim))
+    if q_len == 1:  # a one-token step: the same values without stack's copy
+        return rows[0].reshape(1, 1, heads, head_dim), None
     return torch.stack(rows)[None], None  # [1, q, heads, d]
 
 
