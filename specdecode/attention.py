@@ -17,7 +17,7 @@ import torch
 
 from .cache import KVCache
 from .errors import SpecDecodeError
-from .lean_forward import LeanForward, lean_forward
+from .lean_forward import lean_forward, matches_own_forward
 from .rowwise_attention import BATCHED_PREFILL, ROWWISE
 
 
@@ -50,15 +50,15 @@ class AttentionBackend(Protocol):
 class SDPABackend:
     """PyTorch scaled-dot-product attention through the model's own sdpa attention layers.
 
-    lean: after the prompt, run a model on row-wise attention through LeanForward where it gives the
-    model's own results bit for bit (checked once per model, lean_forward.py); False: always the
-    model's own forward."""
+    lean: after the prompt (a forward with prefill=False on a cache with entries), run a Llama-family CPU
+    model through LeanForward where it gives the model's own results bit for bit (checked once per
+    model, lean_forward.py); False: always the model's own forward."""
 
     name = "sdpa"
 
     def __init__(self, lean: bool = True):
         self.lean = lean
-        self._lean_forwards: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> LeanForward | None
+        self._lean_models: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> matches_own_forward
 
     def forward(self, model, cache, input_ids, positions, tree_mask=None, logits_to_keep=0, hidden=False,
                 prefill=False):
@@ -70,10 +70,9 @@ class SDPABackend:
             full_mask = torch.ones(q, past + q, dtype=torch.bool, device=device)  # [q, past+q]
             full_mask[:, past + q - tree_mask.shape[-1] :] = tree_mask.to(device)
             kwargs["attention_mask"] = full_mask[None, None]  # [1, 1, q, past+q], True = attend
-        lean = None if prefill else self._lean_forward(model)
-        if lean is not None:
-            return lean(cache, input_ids.to(device), positions.to(device), kwargs.get("attention_mask"),
-                        logits_to_keep, hidden)
+        if past and not prefill and self.runs_lean(model):  # after a prompt: the cache has its layers
+            return lean_forward(model, cache, input_ids.to(device), positions.to(device),
+                                kwargs.get("attention_mask"), logits_to_keep, hidden)
         called = model.base_model if hidden else model
         if prefill and model.config._attn_implementation == ROWWISE and _passes_keywords(called):
             kwargs[BATCHED_PREFILL] = True  # else (a forward without **kwargs) the prefill stays row-wise
@@ -88,12 +87,13 @@ class SDPABackend:
             return called(**inputs).last_hidden_state[0]  # [q, hidden_size]
         return model(**inputs, logits_to_keep=logits_to_keep).logits[0]  # [q or logits_to_keep, vocab]
 
-    def _lean_forward(self, model) -> LeanForward | None:
+    def runs_lean(self, model) -> bool:
+        """Whether steps after the prompt run through lean_forward (asked of the model once, then kept)."""
         if not self.lean:
-            return None
-        if model not in self._lean_forwards:
-            self._lean_forwards[model] = lean_forward(model)
-        return self._lean_forwards[model]
+            return False
+        if model not in self._lean_models:
+            self._lean_models[model] = matches_own_forward(model)
+        return self._lean_models[model]
 
 
 def _passes_keywords(module: torch.nn.Module) -> bool:

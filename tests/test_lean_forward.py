@@ -9,7 +9,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 from specdecode.attention import SDPABackend
 from specdecode.cache import KVCache
-from specdecode.lean_forward import LeanForward, lean_forward
+from specdecode.lean_forward import fits, matches_own_forward
 from specdecode.quantize import quantize_model
 from specdecode.rowwise_attention import use_rowwise_attention
 
@@ -46,10 +46,10 @@ def steps(backend: SDPABackend, model: torch.nn.Module) -> list[torch.Tensor]:
 def test_lean_steps_equal_the_models_own_bit_for_bit(arch, kind):
     model = variant(arch, kind)
     with torch.inference_mode():
-        assert lean_forward(model) is not None
+        assert matches_own_forward(model)
         lean, own = SDPABackend(), SDPABackend(lean=False)
         lean_outputs, own_outputs = steps(lean, model), steps(own, model)
-    assert lean._lean_forwards[model] is not None and own._lean_forwards.get(model) is None
+    assert lean.runs_lean(model) and not own.runs_lean(model)
     assert [tuple(o.shape) for o in lean_outputs] == [(1, 96), (1, 96), (3, 96), (4, 96), (2, 64), (1, 96)]
     for mine, theirs in zip(lean_outputs, own_outputs):
         assert torch.equal(mine, theirs)
@@ -58,14 +58,14 @@ def test_lean_steps_equal_the_models_own_bit_for_bit(arch, kind):
 def test_a_model_whose_forward_differs_keeps_its_own():
     """A hook on a decoder layer runs in the model's own forward only: such a model keeps that forward."""
     model = cpu_model("llama", seed=4)
-    assert lean_forward(model) is not None
+    assert matches_own_forward(model)
     model.model.layers[1].register_forward_hook(lambda module, args, output: output * 1.5)
-    assert not LeanForward.fits(model) and lean_forward(model) is None
+    assert not fits(model) and not matches_own_forward(model)
     layer = model.model.layers[1]
     layer._forward_hooks.clear()
     own_forward = layer.forward
     layer.forward = lambda *args, **kwargs: own_forward(*args, **kwargs) * 1.5  # not a hook: the probe must see it
-    assert LeanForward.fits(model) and lean_forward(model) is None
+    assert fits(model) and not matches_own_forward(model)
     backend = SDPABackend()
     with torch.inference_mode():
         cache = KVCache(model)
@@ -76,8 +76,29 @@ def test_a_model_whose_forward_differs_keeps_its_own():
     assert torch.equal(step, own)  # the hook's effect is kept: transformers' forward ran
 
 
+def test_a_first_forward_without_prefill_runs_the_models_own():
+    """The lean forward serves steps after a prompt; a first forward on an empty cache goes to transformers."""
+    model = cpu_model("llama", seed=6)
+    backend = SDPABackend()
+    with torch.inference_mode():
+        first = backend.forward(model, KVCache(model), torch.tensor([1, 2, 3]), torch.arange(3))
+        own = SDPABackend(lean=False).forward(model, KVCache(model), torch.tensor([1, 2, 3]), torch.arange(3))
+    assert torch.equal(first, own) and model not in backend._lean_models
+
+
 def test_other_models_and_attentions_keep_their_own():
     gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=96, n_embd=32, n_layer=1, n_head=2)).eval()
     eager = cpu_model("qwen2", seed=5)
     eager.config._attn_implementation = "eager"
-    assert lean_forward(gpt2) is None and lean_forward(eager) is None
+    assert not matches_own_forward(gpt2) and not matches_own_forward(eager)
+
+
+def test_a_model_changed_after_its_probe_runs_what_it_has_now():
+    """Modules are looked up on every call: a model quantized after its first steps is run as quantized."""
+    model = cpu_model("qwen2", seed=7)
+    lean = SDPABackend()
+    with torch.inference_mode():
+        steps(lean, model)
+        assert lean.runs_lean(model)
+        quantize_model(model, "w8a8")  # new layers, fused products, row-wise attention
+        assert all(torch.equal(a, b) for a, b in zip(steps(lean, model), steps(SDPABackend(lean=False), model)))
