@@ -185,8 +185,9 @@ class SpeculativeGenerator:
             committed.extend(new_tokens)
             run.generated.extend(new_tokens)
             tally.record_step(drafted=len(tree), accepted=len(acceptance.accepted), fed=size)
-            if run.sizer is not None:
-                run.sizer.observe(len(tree), tree.depth, len(acceptance.accepted), draft_s,
+            if run.sizer is not None:  # drafting seconds without a drafter's one-time feeding of the prompt
+                run.sizer.observe(len(tree), tree.depth, len(acceptance.accepted),
+                                  draft_s - (drafter.prefill_s if drafter is not None and len(tree) else 0.0),
                                   first=tally.drafted_tokens == len(tree))
             if drafter is not None:
                 drafter.accept(new_tokens)

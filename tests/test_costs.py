@@ -4,13 +4,15 @@ timings, and the engine with it: sizes follow the costs, the output never change
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
+import torch
 from tiny import OracleDrafter, hf_greedy, loaded, random_prompt, tiny_model
 
 from specdecode import SpeculativeGenerator
 from specdecode.costs import DraftSizer, ForwardCosts, forward_costs, measure_forward_costs
-from specdecode.drafters import LookupDrafter
+from specdecode.drafters import LookupDrafter, ModelDrafter
 from specdecode.errors import SpecDecodeError
 
 FLAT = ForwardCosts((1, 64), (1.0, 1.0))  # verifying 64 tokens costs what one does
@@ -105,6 +107,34 @@ def test_engine_sizes_drafts_by_the_cost_model_and_stays_exact(costs):
     assert report["mean_budget"] > (8 if costs is FLAT else 0)
 
 
+class LatePrefillDrafter(OracleDrafter):
+    """An oracle whose third proposal first feeds its prompt (0.3 s), as a model drafter does when a mixture
+    first runs it a few steps into a generation, and says so in `prefill_s`."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.calls = 0
+
+    def propose(self, context_ids, budget):
+        self.calls += 1
+        self.prefill_s = 0.0
+        if self.calls == 3:
+            time.sleep(0.3)
+            self.prefill_s = 0.3
+        return super().propose(context_ids, budget)
+
+
+def test_a_drafters_feeding_of_its_prompt_is_not_counted_as_drafting():
+    target = loaded(tiny_model("llama", seed=0))
+    prompt = random_prompt(3)
+    truth = hf_greedy(target.model, prompt, 40)
+    drafter = LatePrefillDrafter(prompt, truth, seed=1)
+    out = SpeculativeGenerator(target, drafter=drafter, cost_model=FLAT).generate(prompt, max_new_tokens=40)
+    assert out.token_ids == truth and drafter.calls > 3
+    assert out.stats.draft_s >= 0.3  # the time is spent and reported, not used to size drafts:
+    assert out.stats.cost_model["draft_ms_per_node"] < 0.5  # the oracle drafts in microseconds
+
+
 def test_steep_costs_draft_less_than_flat_costs_for_the_same_drafter():
     target = loaded(tiny_model("llama", seed=0))
     prompt = [5, 6, 7, 8, 9] * 6
@@ -127,7 +157,7 @@ def test_cost_model_option_is_checked():
 def test_measured_cost_model_keeps_every_drafter_lossless(tmp_path, monkeypatch):
     from tiny import RandomDrafter
 
-    from specdecode.drafters import ModelDrafter, RetrievalDrafter
+    from specdecode.drafters import RetrievalDrafter
 
     monkeypatch.setenv("SPECDECODE_HOME", str(tmp_path))  # the measured table is cached here
     target = loaded(tiny_model("llama", seed=0))
@@ -140,3 +170,18 @@ def test_measured_cost_model_keeps_every_drafter_lossless(tmp_path, monkeypatch)
         assert out.token_ids == truth, drafter.name
         assert set(out.stats.cost_model["verify_ms"]) == {1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64}
     assert len(list((tmp_path / "costs").iterdir())) == 1  # measured once for the four generators
+
+
+def test_a_model_drafter_reports_feeding_its_prompt_on_its_first_proposal_only():
+    drafter = ModelDrafter(loaded(tiny_model("llama", seed=1)), k=3, confidence=0)
+    prompt = random_prompt(4, length=30)
+    with torch.inference_mode():  # as the engine calls drafters
+        drafter.begin(prompt)
+        tree = drafter.propose(prompt, 3)
+        assert drafter.prefill_s > 0
+        drafter.accept(tree.token_list[:1] + [7])
+        drafter.propose(prompt + tree.token_list[:1] + [7], 3)
+        assert drafter.prefill_s == 0.0
+        drafter.begin(prompt)  # a new generation feeds its prompt again
+        drafter.propose(prompt, 3)
+        assert drafter.prefill_s > 0

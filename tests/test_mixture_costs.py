@@ -213,6 +213,19 @@ def test_probes_back_off_when_a_drafter_never_pays(clock):
     assert model.calls <= probes + 3
 
 
+def test_a_new_generation_does_not_charge_feeding_the_prompt_to_its_first_step(clock):
+    """Catching up after a skip is charged to the step that pays it; feeding a new generation's prompt is
+    not (one step's gain could never repay it, and the drafter would never run in that generation)."""
+    weak = TimedDrafter("weak", clock, depth=2, right=0, seconds=0.001)
+    model = TimedDrafter("model", clock, depth=4, right=4, seconds=0.02)  # pays even at the prior's 50%
+    mixture = MixtureDrafter([weak, model])
+    run_steps(mixture, clock, steps=10, budget=4)
+    assert model.calls == 10
+    mixture.catch_up_s[1] = 0.5  # as timed on a catch-up after a skip: the 10-token prompt would cost 5 s
+    run_steps(mixture, clock, steps=10, budget=4)  # a second generation
+    assert model.calls == 20 and mixture.report()["model"]["skipped_for_cost"] == 0
+
+
 def test_a_probe_waits_while_catching_up_would_cost_more_than_a_share_of_the_time_skipped(clock):
     def probes(catch_up: float) -> int:
         weak = TimedDrafter("weak", clock, depth=2, right=0, seconds=0.001)

@@ -29,9 +29,13 @@ class Drafter:
     - `report() -> dict` (optional): statistics of the last generation, shown in the stats.
     - `set_verify_costs(costs)` (optional): the target's forward seconds vs rows fed, for drafters that
       weigh their own cost against verification (MixtureDrafter).
+    - `prefill_s` (optional): seconds the last `propose` spent feeding the prompt (a model drafter does it
+      on its first proposal of a generation): a one-time cost, which the engine's cost model leaves out of
+      the drafting seconds it sizes drafts by.
     """
 
     name = "custom"
+    prefill_s = 0.0
 
     def begin(
         self,

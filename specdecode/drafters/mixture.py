@@ -93,7 +93,8 @@ class MixtureDrafter(Drafter):
         self.probes = [0] * len(self.drafters)  # steps it ran although not worth it (to measure it again)
         self.probe_gap = [self.first_probe_gap] * len(self.drafters)  # None: never probe
         self.cost_skips_in_row = [0] * len(self.drafters)
-        self.fed = [0] * len(self.drafters)  # the context length at each drafter's last proposal
+        self.fed = [0] * len(self.drafters)  # the context length at each drafter's last proposal (0: none yet)
+        self.prompt_length = 0
         self.last_run_at = [time.perf_counter()] * len(self.drafters)  # when it last proposed (or the start)
         self.ran = [False] * len(self.drafters)  # whether each drafter ran in the last step
         self.last_depth = [0] * len(self.drafters)  # the depth of each drafter's last own draft
@@ -120,6 +121,7 @@ class MixtureDrafter(Drafter):
         for drafter in self.drafters:
             drafter.begin(prompt_ids, sampling=sampling, generator=generator)
         self._reset()
+        self.prompt_length = len(prompt_ids)
 
     def propose(self, context_ids: Sequence[int], budget: int) -> DraftTree:
         alphas = [min(a.alpha, 1 - 1e-6) for a in self.acceptance]
@@ -139,6 +141,7 @@ class MixtureDrafter(Drafter):
             self.last_depth[i], self.last_nodes[i] = self.trees[i].depth, len(self.trees[i])
             scores += [alphas[i] ** (depth + 1) for depth in self.trees[i].depths.tolist()]
         self.ran = ran
+        self.prefill_s = sum(self.drafters[i].prefill_s for i, did in enumerate(ran) if did)
         # Merge in that order (the likeliest drafter's nodes first), then keep the `budget` best nodes.
         merged, located = DraftTree.merge_located([self.trees[i] for i in order])  # located[r][j]: merged node
         node_scores = [0.0] * len(merged)
@@ -159,14 +162,20 @@ class MixtureDrafter(Drafter):
 
     def _runs(self, i: int, alpha: float, in_hand: list[tuple[float, int, int]], budget: int, context: int) -> bool:
         """Whether drafter i runs this step: its draft pays, or it is time for a probe (and the probe's
-        catching up costs at most PROBE_SHARE of the seconds since it last ran)."""
-        catch_up = 0.0 if self.ran[i] else (self.catch_up_s[i] or 0.0) * (context - self.fed[i])
+        catching up costs at most PROBE_SHARE of the seconds since it last ran).
+
+        The cost rule charges catching up on the tokens generated since the drafter last ran, not on the
+        prompt: feeding the prompt is a one-time cost of using the drafter in this generation (as the
+        target's prefill is), which one step's gain could never repay, so charging it to the first step
+        shut a model drafter out of every generation once its catching up had been timed."""
+        per_token = 0.0 if self.ran[i] else (self.catch_up_s[i] or 0.0)
+        catch_up = per_token * (context - max(self.fed[i], self.prompt_length))
         if self._pays(i, alpha, in_hand, budget, catch_up):
             self.probe_gap[i], self.cost_skips_in_row[i] = self.first_probe_gap, 0
             return True
         gap = self.probe_gap[i]
         if gap is not None and self.cost_skips_in_row[i] >= gap and \
-                catch_up <= PROBE_SHARE * (time.perf_counter() - self.last_run_at[i]):
+                per_token * (context - self.fed[i]) <= PROBE_SHARE * (time.perf_counter() - self.last_run_at[i]):
             self.probes[i] += 1  # its acceptance on this text is measured again
             self.probe_gap[i], self.cost_skips_in_row[i] = max(gap, min(2 * gap, MAX_PROBE_GAP)), 0
             return True
@@ -177,13 +186,14 @@ class MixtureDrafter(Drafter):
 
     def _timed_propose(self, i: int, context_ids: Sequence[int], budget: int) -> DraftTree:
         """Drafter i's proposal, timed: per drafted level when it ran on the step before (no catching up,
-        nor prefill), else the catching up per token fed (beyond its levels' seconds)."""
+        nor prefill), else the catching up per token fed (beyond its levels' seconds) when it ran earlier in
+        this generation (a first run also feeds the prompt, in one batch: not a catch-up)."""
         tick = time.perf_counter()
         tree = self.drafters[i].propose(context_ids, budget)
         seconds, fed = time.perf_counter() - tick, len(context_ids) - self.fed[i]  # fed: tokens it caught up on
         if self.ran[i] and tree.depth:  # a model drafts level by level
             self.level_s[i] = _smoothed(self.level_s[i], seconds / tree.depth)
-        elif tree.depth and self.level_s[i] is not None and fed > 1:
+        elif tree.depth and self.level_s[i] is not None and fed > 1 and self.fed[i] >= self.prompt_length > 0:
             self.catch_up_s[i] = _smoothed(self.catch_up_s[i], max(seconds - self.level_s[i] * tree.depth, 0.0) / fed)
         self.fed[i], self.last_run_at[i] = len(context_ids), time.perf_counter()
         return tree

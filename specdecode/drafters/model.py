@@ -18,9 +18,9 @@ drafter prefills through an fp32 twin and converts the KV entries to bf16 (`pref
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-
 import copy
+import time
+from collections.abc import Callable, Sequence
 from functools import partial
 
 import torch
@@ -179,6 +179,7 @@ class ModelDrafter(Drafter):
             self.head = PrunedHead(self.model.get_output_embeddings(), self.head_size, self.head_base, prompt_ids)
 
     def propose(self, context_ids: Sequence[int], budget: int) -> DraftTree:
+        self.prefill_s = 0.0
         depth = min(self.length.current, budget)
         if depth <= 0:
             self.length.drafted(DraftTree.empty())
@@ -225,10 +226,12 @@ class ModelDrafter(Drafter):
             shared += 1
         self.cache.crop(shared)
         feed = list(context_ids[shared:])
+        tick = time.perf_counter()
         if self.twin is not None and shared == 0 and len(feed) >= TWIN_MIN_TOKENS:
             self._twin_prefill(feed[:-1])
             shared, feed = len(feed) - 1, feed[-1:]
         logits = self._forward(feed, shared, last_only=True)[-1]  # [vocab]
+        self.prefill_s = time.perf_counter() - tick if not self.cached_ids else 0.0  # the prompt, fed once
         self.cached_ids = list(context_ids)
         return logits
 
