@@ -51,7 +51,7 @@ class SDPABackend:
     """PyTorch scaled-dot-product attention through the model's own sdpa attention layers.
 
     lean: after the prompt (a forward with prefill=False on a cache with entries), run a Llama-family CPU
-    model through LeanForward where it gives the model's own results bit for bit (checked once per
+    model through lean_forward where it gives the model's own results bit for bit (checked once per
     model, lean_forward.py); False: always the model's own forward."""
 
     name = "sdpa"
