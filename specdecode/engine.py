@@ -156,6 +156,7 @@ class SpeculativeGenerator:
                 tree = self._checked(drafter.propose(committed, budget), drafter).truncated(budget)
                 draft_s = time.perf_counter() - tick
                 tally.draft_s += draft_s
+                draft_s -= drafter.prefill_s  # the cost model's drafting seconds: without feeding the prompt
 
             # 3. Verify: one target forward over [pending] + tree (tree attention, depth positions),
             #    padded to a row count this machine's matmuls run faster.
@@ -185,9 +186,8 @@ class SpeculativeGenerator:
             committed.extend(new_tokens)
             run.generated.extend(new_tokens)
             tally.record_step(drafted=len(tree), accepted=len(acceptance.accepted), fed=size)
-            if run.sizer is not None:  # drafting seconds without a drafter's one-time feeding of the prompt
-                run.sizer.observe(len(tree), tree.depth, len(acceptance.accepted),
-                                  draft_s - (drafter.prefill_s if drafter is not None and len(tree) else 0.0),
+            if run.sizer is not None:
+                run.sizer.observe(len(tree), tree.depth, len(acceptance.accepted), draft_s,
                                   first=tally.drafted_tokens == len(tree))
             if drafter is not None:
                 drafter.accept(new_tokens)

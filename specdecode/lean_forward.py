@@ -21,6 +21,7 @@ Prompts keep transformers' forward: a prefill is one batched forward per generat
 from __future__ import annotations
 
 import torch
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from .cache import KVCache
 from .fusion import products_of
@@ -98,10 +99,7 @@ def _attention(attention: torch.nn.Module, query: torch.Tensor, key: torch.Tenso
     key = _rotate(key.view(shape).transpose(1, 2), *rotary)  # [1, kv_heads, q, d]
     value = value.view(shape).transpose(1, 2)  # [1, kv_heads, q, d]
     keys, values = cache_layer.update(key, value)  # [1, kv_heads, past + q, d] each
-    if rowwise:
-        attend = rowwise_attention  # None = causal, aligned to the last key
-    else:
-        from transformers.integrations.sdpa_attention import sdpa_attention_forward as attend
+    attend = rowwise_attention if rowwise else sdpa_attention_forward  # rowwise: None = causal, to the last key
     out, _ = attend(attention, query, keys, values, attention_mask, dropout=0.0,
                     scaling=attention.scaling)  # [1, q, heads, d]
     return attention.o_proj(out.reshape(*shape[:-2], -1).contiguous())  # [1, q, hidden]

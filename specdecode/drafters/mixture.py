@@ -24,7 +24,9 @@ a wide tree of weak copies is worth little more than its best path). Its seconds
 that follow one of its own (else they include catching up on the skipped tokens, which would make a skipped
 drafter look ever costlier), and its depth is the depth it last drafted (not the engine's budget, which
 shrinks while it is skipped); a drafter that did not run on the step before is also charged its catching up
-(timed per token on its earlier catch-ups). A skipped drafter's acceptance is not observed, so its estimate
+on the tokens generated since it last ran (timed per token on its earlier catch-ups within a generation),
+not on the prompt: feeding a generation's prompt is a one-time cost of using the drafter, which one step's
+gain could never repay (charging it shut the model out of every generation after the first two). A skipped drafter's acceptance is not observed, so its estimate
 drifts back to the prior, at which a costly drafter may never pay again (a new generation starts from the
 prior too). With `probe_gap=N` (default None: never), after N steps skipped for cost in a row it runs once
 anyway (a probe), and the gap doubles after each probe that does not win it back (up to `MAX_PROBE_GAP`), so
@@ -34,8 +36,8 @@ the whole prompt), so it waits until that catching up (timed per token on its ea
 most `PROBE_SHARE` of the seconds since the drafter last ran: a summary's 1500-token prompt is not prefilled
 into the 0.5B model to learn that copying wins again. Probes are off by default because they measured worse:
 on a w8a8 target (dev subset, 2 questions per category, side by side) they found the 0.5B model where it
-pays (math 1.42x vs 1.24x) but cost more elsewhere than they found (overall 1.13x vs 1.16x;
-docs/benchmarks.md, "Probes, verification costs ..."): once found, the rule runs the model on steps where it
+pays (math 1.43x vs 1.24x) but cost more elsewhere than they found (overall 1.17x vs 1.20x;
+docs/benchmarks.md, "The lean decode forward ..."): once found, the rule runs the model on steps where it
 expects a gain that the runs do not show (not from overlap with lookup's copies: capping the gain by the
 levels the model was measured to add beyond them changed nothing). Under sampling the drafts must not depend
 on timing (a seed gives the same tokens), so there only the scores decide.
@@ -193,7 +195,7 @@ class MixtureDrafter(Drafter):
         seconds, fed = time.perf_counter() - tick, len(context_ids) - self.fed[i]  # fed: tokens it caught up on
         if self.ran[i] and tree.depth:  # a model drafts level by level
             self.level_s[i] = _smoothed(self.level_s[i], seconds / tree.depth)
-        elif tree.depth and self.level_s[i] is not None and fed > 1 and self.fed[i] >= self.prompt_length > 0:
+        elif tree.depth and self.level_s[i] is not None and fed > 1 and self.fed[i] > 0:  # ran this generation
             self.catch_up_s[i] = _smoothed(self.catch_up_s[i], max(seconds - self.level_s[i] * tree.depth, 0.0) / fed)
         self.fed[i], self.last_run_at[i] = len(context_ids), time.perf_counter()
         return tree
