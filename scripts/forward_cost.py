@@ -22,10 +22,10 @@ import time
 
 import torch
 
-import specdecode.quantize as quantize_module
+import specdecode.runtime.cpu.quantize as quantize_module
 from specdecode import load_model
-from specdecode.attention import SDPABackend
-from specdecode.cache import KVCache
+from specdecode.runtime.runner import SDPABackend
+from specdecode.runtime.cache import KVCache
 
 
 def main() -> None:

@@ -3,7 +3,7 @@
     python scripts/gpu_check.py --new-tokens 128 --rounds 3 --dtype bf16   (or fp32)
 
 Prints, side by side in one run on the same models and GPU:
-1. the target's forward cost vs tokens fed after 512 cached tokens (specdecode.costs);
+1. the target's forward cost vs tokens fed after 512 cached tokens (specdecode.policy);
 2. plain decoding: ours vs transformers' `generate` (greedy), rounds interleaved;
 3. speculative decoding (lookup, a random 0.5B-shape drafter, the target drafting for itself):
    tokens/s relative to our plain decoding, tau, and whether the tokens equal plain decoding's.
@@ -20,9 +20,10 @@ import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from specdecode import SpeculativeGenerator, first_divergence
-from specdecode.costs import measure_forward_costs
+from specdecode.runtime.calibrate import measure_forward_costs
+from specdecode.runtime.runner import select_backend
 from specdecode.drafters import LookupDrafter, ModelDrafter
-from specdecode.models import LoadedModel
+from specdecode.models.load import LoadedModel
 
 SHAPES = {  # Qwen2.5-Coder-1.5B / -0.5B (config.json of the zoo's models)
     "1.5b": dict(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12,
@@ -66,7 +67,7 @@ def main() -> None:
     print(torch.cuda.get_device_name(0), "torch", torch.__version__, args.dtype)
     target, small = random_model("1.5b", 0, dtype), random_model("0.5b", 1, dtype)
 
-    costs = measure_forward_costs(target.model, sizes=(1, 2, 4, 8, 16, 32, 64), context=512, rounds=5)
+    costs = measure_forward_costs(target.model, select_backend(), sizes=(1, 2, 4, 8, 16, 32, 64), context=512, rounds=5)
     print("target forward after 512 tokens, ms:", costs.table_ms())
 
     generator = torch.Generator().manual_seed(0)

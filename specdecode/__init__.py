@@ -15,10 +15,10 @@ import importlib
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from . import bench, costs, drafters, pipelines, retrieval, verifiers
+    from . import bench, drafters, pipelines, policy, retrieval, verifiers
     from .engine import SpeculativeGenerator
     from .errors import IncompatibleDrafterError, ModelLoadError, SpecDecodeError
-    from .models import LoadedModel, load_model
+    from .models.load import LoadedModel, load_model
     from .outputs import Divergence, GenerationOutput, GenerationStats, first_divergence
     from .sampling import SamplingParams
     from .tree import DraftTree
@@ -29,17 +29,17 @@ _EXPORTS = {  # public name -> the module (relative to this package) that define
     "GenerationOutput": ".outputs",
     "GenerationStats": ".outputs",
     "IncompatibleDrafterError": ".errors",
-    "LoadedModel": ".models",
+    "LoadedModel": ".models.load",
     "ModelLoadError": ".errors",
     "SamplingParams": ".sampling",
     "SpecDecodeError": ".errors",
     "SpeculativeGenerator": ".engine",
     "bench": None,  # subpackages and modules
-    "costs": None,
     "drafters": None,
     "first_divergence": ".outputs",
-    "load_model": ".models",
+    "load_model": ".models.load",
     "pipelines": None,
+    "policy": None,
     "retrieval": None,
     "verifiers": None,
 }

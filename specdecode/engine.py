@@ -10,18 +10,18 @@ no drafter) is the same loop with an empty draft, so both share prefill, cache a
 from __future__ import annotations
 
 import time
-from collections.abc import Generator, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
 
-from .attention import pad_inputs, select_backend
-from .cache import KVCache
-from .costs import DraftSizer, ForwardCosts, forward_costs
-from .drafters.base import Drafter
+from .drafters.base import Drafter, drafter_name, optional_part
 from .errors import SpecDecodeError
-from .kernels import padded_sizes
-from .models import load_model, output_vocab_size
+from .models.load import load_model, output_vocab_size
+from .policy import DraftSizer, ForwardCosts
+from .runtime.cache import KVCache
+from .runtime.calibrate import Calibration
+from .runtime.runner import pad_inputs, select_backend
 from .outputs import GenerationOutput, GenerationStats, Tally
 from .prompts import StopChecker, encode_prompt, eos_token_ids
 from .sampling import SamplingParams
@@ -62,26 +62,39 @@ class SpeculativeGenerator:
     max_draft_tokens: cap on the nodes of one draft tree (one verification forward feeds 1 + that).
     attention: the tree-attention backend ("auto" / "sdpa").
     pad_verification: on CPU, pad a verification forward with a few ignored tokens up to a row count
-        that this machine's matmuls run measurably faster (kernels.padded_sizes); the output is unchanged.
-        False turns it off; a list gives the table itself (padded row count for each count, by index).
-    cost_model: "auto" sizes each draft from the target's forward costs on this machine (measured once,
-        cached; see costs.py) and the acceptance seen so far, drafting nothing where no draft pays;
+        that this machine's matmuls run measurably faster (calibrated once per model and machine); the
+        output is unchanged. False turns it off; a list gives the table itself (padded row count for each
+        count, by index).
+    cost_model: "auto" sizes each draft from the target's forward costs on this machine (calibrated once,
+        runtime/calibrate.py) and the acceptance seen so far (policy.py), drafting nothing where no draft pays;
         a ForwardCosts gives the timings; None lets the drafter alone decide (up to max_draft_tokens).
+    clock: what the engine times prefill, drafting and verification with (seconds; tests inject their own).
     """
 
     def __init__(self, target, drafter: Drafter | None = None, *, tokenizer=None, max_draft_tokens: int = 64,
                  attention: str = "auto", pad_verification: bool | Sequence[int] = True,
-                 cost_model: str | ForwardCosts | None = "auto"):
+                 cost_model: str | ForwardCosts | None = "auto", clock: Callable[[], float] = time.perf_counter):
         self.target = load_model(target, tokenizer=tokenizer)
         self.model = self.target.model
         self.tokenizer = self.target.tokenizer
         self.drafter = drafter
         if max_draft_tokens < 1:
             raise SpecDecodeError(f"max_draft_tokens must be >= 1, got {max_draft_tokens}.")
-        self.max_draft_tokens = max_draft_tokens
+        # an exact target keeps every forward inside the widest one whose rows keep their bits
+        width = self.target.max_exact_rows if self.target.exact_steps else None
+        self.max_draft_tokens = min(max_draft_tokens, width - 1) if width else max_draft_tokens
         self.attention = select_backend(attention)
+        self.calibration = self.target.calibration or Calibration.for_model(
+            self.model, quantization=self.target.quantization)
         if drafter is not None:
-            drafter.check_target(self.target)
+            missing = [m for m in ("begin", "propose", "accept") if not callable(getattr(drafter, m, None))]
+            if missing:
+                raise SpecDecodeError(
+                    f"drafter {drafter_name(drafter)!r} has no {', '.join(missing)} method; a drafter implements "
+                    "begin(prompt_ids, **options), propose(context_ids, budget) and accept(token_ids).")
+            check_target = optional_part(drafter, "check_target")
+            if check_target is not None:
+                check_target(self.target)
         self.eos_ids = eos_token_ids(self.model, self.tokenizer)
         self.vocab_size = output_vocab_size(self.model)
         self.max_positions = getattr(self.model.config, "max_position_embeddings", None)
@@ -90,6 +103,8 @@ class SpeculativeGenerator:
         if not (cost_model in ("auto", None) or isinstance(cost_model, ForwardCosts)):
             raise SpecDecodeError(f"cost_model must be 'auto', None or a ForwardCosts, got {cost_model!r}.")
         self.cost_model = cost_model
+        self._prepared = False
+        self.clock = clock
 
     # ------------------------------------------------------------------ public API
     def generate(self, prompt, max_new_tokens: int = 128, **options) -> GenerationOutput:
@@ -125,23 +140,30 @@ class SpeculativeGenerator:
     def _decode(self, request: Request, run: _Run) -> Iterator[list[int]]:
         """Yield the tokens committed by each step; fill `run` as it goes."""
         model, tally = self.model, run.tally
-        generator = torch.Generator().manual_seed(request.seed if request.seed is not None else torch.seed())
+        generator = torch.Generator()  # the user's global torch RNG is never touched
+        if request.seed is not None:
+            generator.manual_seed(request.seed)
+        else:
+            generator.seed()  # fresh entropy
         drafter = self.drafter if request.speculative else None
+        self._prepare(speculative=drafter is not None)  # calibration: before the clock starts
         stops = StopChecker(self.tokenizer, request.stop)
         committed = list(request.prompt_ids)
         cache = run.cache = KVCache(model)
-        started = time.perf_counter()
+        started = self.clock()
 
         # 1. Prefill every prompt token but the last (the pending token is fed with the first draft);
         #    plain and speculative decoding prefill alike, so exact models may batch its attention.
         if len(committed) > 1:
             self.attention.forward(model, cache, torch.tensor(committed[:-1]), torch.arange(len(committed) - 1),
                                    hidden=True, prefill=True)
-        tally.prefill_s = time.perf_counter() - started
+        tally.prefill_s = self.clock() - started
         if drafter is not None:
             drafter.begin(request.prompt_ids, sampling=request.sampling, generator=generator)
             run.sizer = self._sizer()
-            drafter.set_verify_costs(run.sizer.verify if run.sizer is not None else None)
+            set_verify_costs = optional_part(drafter, "set_verify_costs")
+            if set_verify_costs is not None:
+                set_verify_costs(run.sizer.verify if run.sizer is not None else None)
 
         while True:
             remaining = request.max_new_tokens - len(run.generated)
@@ -152,15 +174,15 @@ class SpeculativeGenerator:
                 budget = run.sizer.budget(budget)
             tree, draft_s = DraftTree.empty(), 0.0
             if drafter is not None and budget > 0:
-                tick = time.perf_counter()
+                tick = self.clock()
                 tree = self._checked(drafter.propose(committed, budget), drafter).truncated(budget)
-                draft_s = time.perf_counter() - tick
+                draft_s = self.clock() - tick
                 tally.draft_s += draft_s
-                draft_s -= drafter.prefill_s  # the cost model's drafting seconds: without feeding the prompt
+                draft_s -= optional_part(drafter, "prefill_s", 0.0)  # drafting seconds, without feeding the prompt
 
             # 3. Verify: one target forward over [pending] + tree (tree attention, depth positions),
             #    padded to a row count this machine's matmuls run faster.
-            tick = time.perf_counter()
+            tick = self.clock()
             past = cache.length
             input_ids, tree_mask, offsets = tree.rooted_inputs(committed[-1])
             fed = len(input_ids)
@@ -176,7 +198,7 @@ class SpeculativeGenerator:
             new_tokens = [tree.token_list[node] for node in acceptance.accepted] + [acceptance.next_token]
             if request.sampling.greedy:
                 run.margins.extend(_top2_margins(target_logits[acceptance.rows]))
-            tally.verify_s += time.perf_counter() - tick
+            tally.verify_s += self.clock() - tick
 
             # 6. Stop: end of sequence, a stop string, or the token budget (cut inside the step).
             cut, reason = stops.first_stop(run.generated, new_tokens, self.eos_ids, request.max_new_tokens)
@@ -191,34 +213,47 @@ class SpeculativeGenerator:
                                   first=tally.drafted_tokens == len(tree))
             if drafter is not None:
                 drafter.accept(new_tokens)
-            tally.wall_s = time.perf_counter() - started
+            tally.wall_s = self.clock() - started
             yield new_tokens
             if reason is not None:
                 run.stop_reason = reason
                 return
 
     # ------------------------------------------------------------------ helpers
-    def _sizer(self) -> DraftSizer | None:
-        if self.cost_model is None:
-            return None
+    def _prepare(self, speculative: bool) -> None:
+        """Run what is calibrated or probed once (from the cache where it was measured before), so that no
+        generation's timings include it: the runner's check of its lean forward, and for speculative
+        decoding the forward costs and the padding table."""
+        self.attention.prepare(self.model)
+        if not speculative or self._prepared:
+            return
         if self.cost_model == "auto":
-            self.cost_model = forward_costs(self.model, self.target.quantization)
-        return DraftSizer(self.cost_model)
+            self.cost_model = self.calibration.forward_costs(self.model, self.attention)
+        if self.pad_verification and self._padded is None:
+            self._padded = self.attention.padded_sizes(self.model, self.calibration)
+        self._prepared = True
+
+    def _sizer(self) -> DraftSizer | None:
+        return DraftSizer(self.cost_model) if isinstance(self.cost_model, ForwardCosts) else None
 
     def _padded_size(self, fed: int) -> int:
-        """The cheapest row count >= fed for a verification forward (measured once, on first use)."""
-        if fed == 1 or not self.pad_verification:
+        """The cheapest row count >= fed for a verification forward, within the exact width."""
+        if fed == 1 or not self.pad_verification or self._padded is None or fed >= len(self._padded):
             return fed
-        if self._padded is None:
-            self._padded = padded_sizes(self.model)
-        return self._padded[fed] if fed < len(self._padded) else fed
+        size = self._padded[fed]
+        width = self.target.max_exact_rows if self.target.exact_steps else None
+        return fed if width and size > width else size
+
+    def _drafter_report(self) -> dict | None:
+        report = optional_part(self.drafter, "report")
+        return report() if report is not None else None
 
     def _checked(self, tree: DraftTree, drafter: Drafter) -> DraftTree:
         if not isinstance(tree, DraftTree):
-            raise SpecDecodeError(f"drafter {drafter.name!r} returned {type(tree).__name__}, not a DraftTree.")
+            raise SpecDecodeError(f"drafter {drafter_name(drafter)!r} returned {type(tree).__name__}, not a DraftTree.")
         if len(tree) and (int(tree.tokens.min()) < 0 or int(tree.tokens.max()) >= self.vocab_size):
             raise SpecDecodeError(
-                f"drafter {drafter.name!r} proposed token ids outside the target's vocabulary "
+                f"drafter {drafter_name(drafter)!r} proposed token ids outside the target's vocabulary "
                 f"[0, {self.vocab_size}): {tree.token_list}; fix the drafter's token mapping."
             )
         return tree
@@ -256,7 +291,7 @@ class SpeculativeGenerator:
             prompt_ids=request.prompt_ids,
             stop_reason=run.stop_reason,
             stats=GenerationStats.from_tally(run.tally, len(run.generated),
-                                             self.drafter.report() if request.speculative and self.drafter else None,
+                                             self._drafter_report() if request.speculative else None,
                                              run.sizer.report() if run.sizer is not None else None),
             top2_margins=run.margins,
         )

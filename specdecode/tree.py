@@ -233,7 +233,7 @@ class DraftTree:
                 remap.append(shared)
             located.append(remap)
         nonempty = [tree for tree in trees if len(tree)]
-        if len(nonempty) == 1:  # nothing to merge: keep the tree itself (its probs tensor included)
+        if len(nonempty) == 1 and len(tokens) == len(nonempty[0]):  # nothing merged: the tree itself (its probs)
             return nonempty[0], located
         draft_probs = None
         if any(tree.draft_probs is not None for tree in nonempty):

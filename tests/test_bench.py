@@ -13,10 +13,10 @@ from typer.testing import CliRunner
 from specdecode.bench import BenchConfig, TurnResult, read_questions, run_benchmark, select_questions, summarize
 from specdecode.bench import runner as bench_runner
 from specdecode.bench.metrics import OVERALL
-from specdecode.cli import app
+from specdecode.cli.main import app
 from specdecode.errors import SpecDecodeError
-from specdecode.quantize import fbgemm_available
-from specdecode.models import LoadedModel
+from specdecode.runtime.cpu.quantize import fbgemm_available
+from specdecode.models.load import LoadedModel
 from specdecode.prompts import encode_prompt
 
 SPEC_BENCH = Path(__file__).resolve().parents[2] / "shared" / "data" / "spec_bench" / "question.jsonl"
@@ -68,7 +68,7 @@ def results(out: Path) -> list[dict]:
 def test_every_method_on_a_tiny_model_writes_identical_results_and_reports(questions_file, tmp_path, zoo, monkeypatch):
     out = tmp_path / "out"
     probed = "w8a8" if fbgemm_available() else None  # what the weights probe answers here (fixed: it is a timing)
-    monkeypatch.setattr(bench_runner, "fastest_draft_quantization", lambda device: probed)
+    monkeypatch.setattr(bench_runner, "draft_quantization", lambda device: probed)
     methods = "lookup,model:tiny-draft,model:tiny-target,hf-plain,hf-lookup,hf-assisted:tiny-draft"
     bench = run(config(questions_file, out, methods=methods, cost_model=False), zoo)  # every drafter drafts
     assert bench.measured == 3 * 7 and not bench.interrupted
@@ -299,10 +299,10 @@ def test_resuming_with_auto_drafter_weights_keeps_those_the_folder_was_measured_
         questions_file, tmp_path, zoo, spy, monkeypatch):
     """"auto" is a timing: re-timed on resume it may choose otherwise, which must not block the resume."""
     out = tmp_path / "out"
-    monkeypatch.setattr(bench_runner, "fastest_draft_quantization", lambda device: "w8a8")
+    monkeypatch.setattr(bench_runner, "draft_quantization", lambda device: "w8a8")
     run(config(questions_file, out, limit_per_category=1), zoo)
     assert len(results(out)) == 4
-    monkeypatch.setattr(bench_runner, "fastest_draft_quantization", lambda device: None)
+    monkeypatch.setattr(bench_runner, "draft_quantization", lambda device: None)
     bench = run(config(questions_file, out), zoo)  # resumes: the third question is pending
     assert bench.measured == 2 and len(results(out)) == 6
     assert json.loads((out / "run.json").read_text())["settings"]["drafter_quantize"] == "w8a8"

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from transformers import DynamicCache
 
-from specdecode.attention import SDPABackend
-from specdecode.cache import GROWTH_MIN_ENTRIES, GrowingLayer, KVCache
+from specdecode.runtime.runner import SDPABackend
+from specdecode.runtime.cache import GROWTH_MIN_ENTRIES, GrowingLayer, KVCache
 from tiny import random_prompt, tiny_model
 
 

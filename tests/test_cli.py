@@ -11,7 +11,7 @@ import pytest
 from tiny import tiny_model, tiny_tokenizer
 from typer.testing import CliRunner
 
-from specdecode.cli import app
+from specdecode.cli.main import app
 from specdecode.drafters.registry import DrafterName
 from specdecode.errors import SpecDecodeError
 
@@ -130,5 +130,5 @@ def test_drafter_spec_parsing():
 
 
 def test_help_does_not_import_torch():
-    code = "import sys, specdecode.cli; sys.exit('torch' in sys.modules)"
+    code = "import sys, specdecode.cli.main; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0

@@ -9,7 +9,7 @@ import pytest
 from tiny import tiny_model, tiny_tokenizer
 from typer.testing import CliRunner
 
-from specdecode.cli import app
+from specdecode.cli.main import app
 
 
 def invoke(*args: str):
@@ -45,7 +45,7 @@ def store(docs):
     result = invoke("index", "build", str(docs), "--out", str(out), "--chunk-tokens", "48", "--quiet")
     assert result.exit_code == 0, result.output
     assert "indexed" in result.stdout and "from 4 files" in result.stdout
-    assert "blob.bin: not a text file type" in result.stdout
+    assert "blob.bin: binary, not text" in result.stdout
     return out
 
 

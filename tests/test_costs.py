@@ -4,14 +4,15 @@ timings, and the engine with it: sizes follow the costs, the output never change
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 import torch
 from tiny import OracleDrafter, hf_greedy, loaded, random_prompt, tiny_model
 
 from specdecode import SpeculativeGenerator
-from specdecode.costs import DraftSizer, ForwardCosts, forward_costs, measure_forward_costs
+from specdecode.policy import DraftSizer, ForwardCosts
+from specdecode.runtime.calibrate import Calibration, measure_forward_costs
+from specdecode.runtime.runner import select_backend
 from specdecode.drafters import LookupDrafter, ModelDrafter
 from specdecode.errors import SpecDecodeError
 
@@ -77,21 +78,31 @@ def test_tree_shape_counts_nodes_per_level():
 
 def test_costs_are_measured_once_then_read_from_the_cache(tmp_path):
     model = tiny_model("llama", seed=0)
+    runner = select_backend()
     calls = []
 
-    def measure(m):
+    def measure(m, r):
         calls.append(m)
-        return measure_forward_costs(m, sizes=(1, 2, 4), rounds=1)
+        return measure_forward_costs(m, r, sizes=(1, 2, 4), rounds=1)
 
-    first = forward_costs(model, cache_dir=tmp_path, measure=measure)
-    again = forward_costs(model, cache_dir=tmp_path, measure=measure)
+    first = Calibration.for_model(model, folder=tmp_path).forward_costs(model, runner, measure)
+    again = Calibration.for_model(model, folder=tmp_path).forward_costs(model, runner, measure)  # a later load
     assert len(calls) == 1 and again == first and first.sizes == (1, 2, 4) and min(first.seconds) > 0
-    assert forward_costs(model, "int8", cache_dir=tmp_path, measure=measure) and len(calls) == 2  # another key
+    other = Calibration.for_model(model, quantization="int8", folder=tmp_path)  # another key
+    assert other.forward_costs(model, runner, measure) and len(calls) == 2
     for file in tmp_path.iterdir():
-        assert json.loads(file.read_text())["sizes"] == [1, 2, 4]
+        entries = json.loads(file.read_text())["values"]
+        assert [entry["sizes"] for entry in entries.values()] == [[1, 2, 4]]
         file.write_text("{not json")
-    forward_costs(model, cache_dir=tmp_path, measure=measure)
+    Calibration.for_model(model, folder=tmp_path).forward_costs(model, runner, measure)
     assert len(calls) == 3  # an unreadable cache file is measured again, not an error
+
+
+def test_forward_costs_are_timed_with_the_clock_given():
+    model = tiny_model("llama", seed=0)
+    ticks = iter(range(1000))
+    costs = measure_forward_costs(model, select_backend(), sizes=(1, 2), rounds=2, clock=lambda: next(ticks) * 0.5)
+    assert costs.seconds == (0.5, 0.5)  # each forward saw the clock advance one tick
 
 
 @pytest.mark.parametrize("costs", [FLAT, MEDIUM])
@@ -107,32 +118,46 @@ def test_engine_sizes_drafts_by_the_cost_model_and_stays_exact(costs):
     assert report["mean_budget"] > (8 if costs is FLAT else 0)
 
 
-class LatePrefillDrafter(OracleDrafter):
-    """An oracle whose third proposal first feeds its prompt (0.3 s), as a model drafter does when a mixture
-    first runs it a few steps into a generation, and says so in `prefill_s`."""
+class FakeClock:
+    """A clock that moves only when told to."""
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class LatePrefillDrafter(OracleDrafter):
+    """An oracle whose third proposal first feeds its prompt (0.3 s on the fake clock), as a model drafter
+    does when a mixture first runs it a few steps into a generation, and says so in `prefill_s`."""
+
+    def __init__(self, *args, clock: FakeClock, **kwargs):
         super().__init__(*args, **kwargs)
-        self.calls = 0
+        self.calls, self.clock = 0, clock
 
     def propose(self, context_ids, budget):
         self.calls += 1
         self.prefill_s = 0.0
         if self.calls == 3:
-            time.sleep(0.3)
+            self.clock.now += 0.3
             self.prefill_s = 0.3
-        return super().propose(context_ids, budget)
+        tree = super().propose(context_ids, budget)
+        self.clock.now += 1e-6 * len(tree)  # a microsecond per drafted node
+        return tree
 
 
 def test_a_drafters_feeding_of_its_prompt_is_not_counted_as_drafting():
     target = loaded(tiny_model("llama", seed=0))
     prompt = random_prompt(3)
     truth = hf_greedy(target.model, prompt, 40)
-    drafter = LatePrefillDrafter(prompt, truth, seed=1)
-    out = SpeculativeGenerator(target, drafter=drafter, cost_model=FLAT).generate(prompt, max_new_tokens=40)
+    clock = FakeClock()
+    drafter = LatePrefillDrafter(prompt, truth, seed=1, clock=clock)
+    gen = SpeculativeGenerator(target, drafter=drafter, cost_model=FLAT, clock=clock)
+    out = gen.generate(prompt, max_new_tokens=40)
     assert out.token_ids == truth and drafter.calls > 3
     assert out.stats.draft_s >= 0.3  # the time is spent and reported, not used to size drafts:
-    assert out.stats.cost_model["draft_ms_per_node"] < 0.5  # the oracle drafts in microseconds
+    assert out.stats.cost_model["draft_ms_per_node"] == pytest.approx(0.001)  # a microsecond per node
 
 
 def test_steep_costs_draft_less_than_flat_costs_for_the_same_drafter():
@@ -154,12 +179,11 @@ def test_cost_model_option_is_checked():
     assert gen.generate([5, 6, 7, 5, 6, 7, 5, 6], max_new_tokens=6).stats.cost_model == {}
 
 
-def test_measured_cost_model_keeps_every_drafter_lossless(tmp_path, monkeypatch):
+def test_measured_cost_model_keeps_every_drafter_lossless(calibration_dir):
     from tiny import RandomDrafter
 
     from specdecode.drafters import RetrievalDrafter
 
-    monkeypatch.setenv("SPECDECODE_HOME", str(tmp_path))  # the measured table is cached here
     target = loaded(tiny_model("llama", seed=0))
     prompt = [5, 6, 7, 8, 9, 10] * 3 + random_prompt(4)
     truth = hf_greedy(target.model, prompt, 30)
@@ -169,7 +193,8 @@ def test_measured_cost_model_keeps_every_drafter_lossless(tmp_path, monkeypatch)
         out = SpeculativeGenerator(target, drafter=drafter).generate(prompt, max_new_tokens=30)
         assert out.token_ids == truth, drafter.name
         assert set(out.stats.cost_model["verify_ms"]) == {1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64}
-    assert len(list((tmp_path / "costs").iterdir())) == 1  # measured once for the four generators
+    files = list(calibration_dir.iterdir())  # the measured table is cached here, measured once for the four
+    assert len(files) == 1 and sum(name.startswith("forward_costs") for name in json.loads(files[0].read_text())["values"]) == 1
 
 
 def test_a_model_drafter_reports_feeding_its_prompt_on_its_first_proposal_only():

@@ -39,7 +39,7 @@ def test_build_search_save_load_round_trip(corpus, tmp_path, embedder):
     store = Datastore.build([corpus], embedder=embedder, chunk_tokens=32, overlap=8, path=tmp_path / "store")
     assert len(store) == 4
     assert {s.source.rsplit("/", 1)[-1]: s.reason.split(" (")[0] for s in store.skipped} == {
-        "image.png": "not a text file type", "latin1.txt": "not UTF-8"}
+        "image.png": "binary, not text", "latin1.txt": "binary or not UTF-8 text"}
     best = store.search("How do I add an item to a Python list?", k=2)
     assert best[0].source.endswith("lists.txt") and best[0].score > best[1].score
     assert best[0].text == CORPUS["lists.txt"][best[0].start : best[0].end]
@@ -158,3 +158,18 @@ def test_dimension_mismatch_is_a_clear_error(tmp_path, embedder):
     (path / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(SpecDecodeError, match="inconsistent|768-dimensional"):
         Datastore.load(path)
+
+
+def test_text_files_without_a_known_extension_are_read_by_their_content(tmp_path):
+    """Like /usr/share/common-licenses (GPL-3, Apache-2.0) or a README: text is told from binary by content."""
+    from specdecode.retrieval.documents import read_documents
+
+    folder = tmp_path / "licenses"
+    folder.mkdir()
+    (folder / "GPL-3").write_text("GNU GENERAL PUBLIC LICENSE\nVersion 3, 29 June 2007\n")
+    (folder / "Apache-2.0").write_text("Apache License\nVersion 2.0, January 2004\n")
+    (folder / "README").write_text("Licenses, one per file.\n")
+    (folder / "logo").write_bytes(b"GIF89a\x01\x00\x01\x00\x00\xff")  # binary without an extension
+    documents, skipped = read_documents(folder)
+    assert sorted(d.source.rsplit("/", 1)[-1] for d in documents) == ["Apache-2.0", "GPL-3", "README"]
+    assert [(s.source.rsplit("/", 1)[-1], s.reason) for s in skipped] == [("logo", "binary, not text (NUL bytes)")]

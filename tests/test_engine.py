@@ -11,8 +11,8 @@ from tiny import (OracleDrafter, first_token_total_variation, hf_greedy, loaded,
                   tiny_tokenizer)
 
 from specdecode import LoadedModel, SpecDecodeError, SpeculativeGenerator
-from specdecode.attention import SDPABackend
-from specdecode.cache import KVCache
+from specdecode.runtime.runner import SDPABackend
+from specdecode.runtime.cache import KVCache
 from specdecode.drafters import LookupDrafter, ModelDrafter
 from specdecode.engine import _Run
 from specdecode.errors import IncompatibleDrafterError
@@ -212,3 +212,42 @@ def test_stream_returns_the_generation_output(gen):
     except StopIteration as finished:
         output = finished.value
     assert output.text == "".join(pieces) and output.stats.new_tokens == len(output.token_ids) == 10
+
+
+def test_a_duck_typed_drafter_needs_only_the_three_methods(target):
+    """A drafter written to the protocol without subclassing Drafter: no name, report, check_target,
+    set_verify_costs or prefill_s. It drafts the phrase the prompt repeats; the output is plain decoding's."""
+    class PhraseDrafter:
+        def __init__(self, phrase):
+            self.phrase, self.begun, self.accepted = phrase, 0, []
+
+        def begin(self, prompt_ids, **options):
+            self.begun += 1
+
+        def propose(self, context_ids, budget):
+            from specdecode.tree import DraftTree
+
+            for cut in range(len(self.phrase) - 1, 0, -1):
+                if list(context_ids[-cut:]) == self.phrase[:cut]:
+                    return DraftTree.chain(self.phrase[cut:cut + budget])
+            return DraftTree.empty()
+
+        def accept(self, token_ids):
+            self.accepted += list(token_ids)
+
+    assert [c.__name__ for c in PhraseDrafter.__mro__] == ["PhraseDrafter", "object"]  # nothing inherited
+    prompt = [5, 6, 7, 8, 9] * 3 + [5, 6]
+    drafter = PhraseDrafter([5, 6, 7, 8, 9])
+    for cost_model in (None, "auto"):
+        out = SpeculativeGenerator(target, drafter=drafter, cost_model=cost_model).generate(prompt, max_new_tokens=20)
+        assert out.token_ids == hf_greedy(target.model, prompt, 20) and drafter.accepted[-len(out.token_ids):] == out.token_ids
+        assert out.stats.drafted_tokens > 0 and out.stats.drafters == {}
+    assert drafter.begun == 2
+
+    class NoAccept:
+        def begin(self, prompt_ids, **options): ...
+
+        def propose(self, context_ids, budget): ...
+
+    with pytest.raises(SpecDecodeError, match="'NoAccept' has no accept method"):
+        SpeculativeGenerator(target, drafter=NoAccept())

@@ -8,9 +8,9 @@ import pytest
 import torch
 from tiny import cpu_model, random_prompt
 
-from specdecode.fusion import FusedProjection, ProjectionPart, fuse_projections
-from specdecode.quantize import Int8Linear, RowInt8Linear, quantize_model
-from specdecode.rowwise_attention import use_rowwise_attention
+from specdecode.runtime.cpu.fusion import FusedProjection, ProjectionPart, fuse_projections
+from specdecode.runtime.cpu.quantize import Int8Linear, RowInt8Linear, quantize_model
+from specdecode.runtime.cpu.rowwise_attention import use_rowwise_attention
 
 
 def logits(model: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:

@@ -13,9 +13,9 @@ from tiny import (RandomDrafter, cpu_model, first_token_total_variation, hf_gree
                   tiny_model, tiny_tokenizer)
 
 from specdecode import SpecDecodeError, SpeculativeGenerator, load_model
-from specdecode import kernels
+from specdecode.runtime.cpu import linear as cpu_linear
 from specdecode.drafters import LookupDrafter, ModelDrafter
-from specdecode.kernels import (SMALL_ROWS, PaddedRowLinear, WeightFirstLinear, exact_one_token_steps,
+from specdecode.runtime.cpu.linear import (SMALL_ROWS, PaddedRowLinear, WeightFirstLinear, exact_one_token_steps,
                                 linear_modules, one_row_rounding, rows_agree, tune_linear_layers)
 
 
@@ -102,13 +102,13 @@ def test_padded_row_linear_feeds_one_row_through_the_batched_product(bias):
 
 def test_bf16_targets_get_exact_steps_where_the_kernels_allow_and_nothing_else_changes(monkeypatch):
     bf16 = cpu_model("llama", seed=0).to(torch.bfloat16)
-    monkeypatch.setattr(kernels, "rows_agree", lambda layers: True)
-    assert exact_one_token_steps(bf16) == "padded_row"
+    monkeypatch.setattr(cpu_linear, "exact_width", lambda layers: 65)
+    assert exact_one_token_steps(bf16) == 65
     assert all(type(m) is PaddedRowLinear for m in linear_modules(bf16))
     assert bf16.config._attn_implementation == "specdecode_rowwise"
     unstable = cpu_model("llama", seed=0).to(torch.bfloat16)
-    monkeypatch.setattr(kernels, "rows_agree", lambda layers: False)
-    assert exact_one_token_steps(unstable) is None  # left as it was
+    monkeypatch.setattr(cpu_linear, "exact_width", lambda layers: 0)
+    assert exact_one_token_steps(unstable) == 0  # left as it was
     assert unstable.config._attn_implementation == "sdpa"
     assert all(type(m) is torch.nn.Linear for m in linear_modules(unstable))
     monkeypatch.undo()
@@ -155,7 +155,7 @@ def test_bf16_target_with_exact_steps_is_token_exact_where_it_was_not(arch, one_
     assert differing  # this kernel does break speculative decoding of a model left as it was
 
     model = cpu_model(arch, seed=0).to(torch.bfloat16)
-    assert exact_one_token_steps(model) == "padded_row"
+    assert exact_one_token_steps(model) == 65
     for prompt in prompts:
         plain, outputs = generate_with_every_drafter(loaded(model), draft, prompt, 40)
         for name, ids in outputs.items():
@@ -166,7 +166,7 @@ def test_bf16_target_with_exact_steps_is_token_exact_where_it_was_not(arch, one_
 def test_bf16_smollm2_speculative_equals_plain_with_exact_steps(one_row_apart_kernel, monkeypatch):
     """On SmolLM2 in bf16 (it diverged at bf16 ties on an AVX-512 BF16 EPYC before exact steps)."""
     # a CPU where the weight-first orientation times faster: exactness still comes first ...
-    monkeypatch.setattr(kernels, "weight_first_gain", lambda *shape: 2.0)
+    monkeypatch.setattr(cpu_linear, "weight_first_gain", lambda *shape: 2.0)
     target = load_model("smollm2-135m-instruct", dtype="bf16")
     assert target.exact_steps and target.linear_kernel == "padded_row"
     # ... unless the user asks for that orientation by name
@@ -179,14 +179,13 @@ def test_bf16_smollm2_speculative_equals_plain_with_exact_steps(one_row_apart_ke
 
 
 @pytest.mark.zoo
-def test_bf16_smollm2_on_this_cpus_own_kernels_is_exact_or_left_as_it_was():
-    """Where this CPU's kernels allow exact steps, speculative output equals plain decoding's; where they
-    do not, the model is not touched and does not claim it (README: bf16 then differs only at ties)."""
+def test_bf16_smollm2_on_this_cpus_own_kernels_is_exact():
+    """On this CPU's own kernels a bf16 target is exact within the width calibration finds, and speculative
+    output equals plain decoding's."""
     target = load_model("smollm2-135m-instruct", dtype="bf16")
-    if not target.exact_steps:
-        assert target.model.config._attn_implementation == "sdpa"
-        assert target.linear_kernel != "padded_row"
-        return
+    if not target.exact_steps:  # the model is then left as it was and says so
+        assert target.model.config._attn_implementation == "sdpa" and target.linear_kernel != "padded_row"
+        pytest.skip("this CPU's bf16 products give no two-row product the bits of a wider one: no exact width")
     draft = load_model("smollm2-135m-instruct", dtype="fp32", drafts_only=True)
     prompts = [[{"role": "user", "content": "Repeat after me: the quick brown fox jumps over the lazy dog."}],
                [{"role": "user", "content": "Write a Python function that returns the n-th Fibonacci number."}]]
@@ -199,9 +198,9 @@ def test_bf16_smollm2_on_this_cpus_own_kernels_is_exact_or_left_as_it_was():
 def test_sampling_from_a_bf16_target_with_exact_steps_keeps_its_distribution(monkeypatch):
     """Exact steps change how a bf16 target's products and attention are computed, not what it samples:
     first sampled token vs the target's own softmax (vocab 16, 2000 seeds, a model drafter)."""
-    monkeypatch.setattr(kernels, "rows_agree", lambda layers: True)  # the padded path, on any CPU
+    monkeypatch.setattr(cpu_linear, "exact_width", lambda layers: 65)  # the padded path, on any CPU
     model = cpu_model("llama", seed=0, vocab=16).to(torch.bfloat16)
-    assert exact_one_token_steps(model) == "padded_row"
+    assert exact_one_token_steps(model) == 65
     drafter = ModelDrafter(loaded(cpu_model("llama", seed=3, vocab=16)), k=2, confidence=0)
     gen = SpeculativeGenerator(loaded(model), drafter=drafter, cost_model=None)
     assert first_token_total_variation(gen, model, random_prompt(7, vocab=16), samples=2000) < 0.05  # ~0.02-0.03
@@ -210,7 +209,7 @@ def test_sampling_from_a_bf16_target_with_exact_steps_keeps_its_distribution(mon
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: checks that a GPU model is left as it was")
 def test_a_gpu_target_keeps_its_own_kernels_and_attention():
     model = tiny_model("llama", seed=0, device=torch.device("cuda")).to(torch.bfloat16)
-    assert exact_one_token_steps(model) is None
+    assert exact_one_token_steps(model) == 0
     assert model.config._attn_implementation == "sdpa"
     assert all(type(m) is torch.nn.Linear for m in linear_modules(model))
     assert not load_model(model, tokenizer=tiny_tokenizer(), dtype="bf16").exact_steps

@@ -7,11 +7,11 @@ import torch
 from tiny import cpu_model, random_prompt
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from specdecode.attention import SDPABackend
-from specdecode.cache import KVCache
-from specdecode.lean_forward import fits, matches_own_forward
-from specdecode.quantize import quantize_model
-from specdecode.rowwise_attention import use_rowwise_attention
+from specdecode.runtime.runner import SDPABackend
+from specdecode.runtime.cache import KVCache
+from specdecode.runtime.cpu.lean_forward import fits, matches_own_forward
+from specdecode.runtime.cpu.quantize import quantize_model
+from specdecode.runtime.cpu.rowwise_attention import use_rowwise_attention
 
 
 def variant(arch: str, kind: str) -> torch.nn.Module:

@@ -10,7 +10,7 @@ import pytest
 from tiny import hf_greedy, loaded, random_prompt, tiny_model
 
 from specdecode import SpeculativeGenerator
-from specdecode.costs import ForwardCosts
+from specdecode.policy import ForwardCosts
 from specdecode.drafters import LookupDrafter, MixtureDrafter
 from specdecode.drafters import mixture as mixture_module
 from specdecode.drafters.mixture import VerifyTimes

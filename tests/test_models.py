@@ -18,10 +18,10 @@ from tokenizers.models import WordLevel
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 from typer.testing import CliRunner
 
-from specdecode import zoo
-from specdecode.cli import app
+from specdecode.models import zoo
+from specdecode.cli.main import app
 from specdecode.errors import ModelLoadError, SpecDecodeError
-from specdecode.models import (
+from specdecode.models.load import (
     LoadedModel,
     _cpuinfo_has_bf16,
     cpu_supports_bf16,
@@ -403,7 +403,7 @@ def test_cli_pull_unknown_model_prints_message_and_exits_1():
 
 
 def test_main_entry_point_prints_message_without_traceback():
-    done = subprocess.run([sys.executable, "-m", "specdecode.cli", "models", "pull", "no-such-model"],
+    done = subprocess.run([sys.executable, "-m", "specdecode.cli.main", "models", "pull", "no-such-model"],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 1
     assert done.stderr.startswith("error: unknown zoo model 'no-such-model'")

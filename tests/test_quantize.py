@@ -14,19 +14,19 @@ import torch
 from tiny import (RandomDrafter, cpu_model, first_token_total_variation, hf_greedy, loaded, random_prompt,
                   repetitive_prompt, tiny_model, tiny_tokenizer)
 
-import specdecode.models
+import specdecode.models.load
 from specdecode import SpeculativeGenerator, load_model
-from specdecode.attention import SDPABackend
+from specdecode.runtime.runner import SDPABackend
 from specdecode.bench.methods import DraftModels
-from specdecode.cache import KVCache
+from specdecode.runtime.cache import KVCache
 from specdecode.drafters.registry import DrafterOptions, make_drafter
 from specdecode.drafters import LookupDrafter, ModelDrafter, RetrievalDrafter
 from specdecode.errors import SpecDecodeError
-from specdecode import kernels
-from specdecode.kernels import fastest_draft_quantization
-from specdecode import quantize as quantize_module
-from specdecode.rowwise_attention import _visible
-from specdecode.quantize import (Fp16Linear, Int4Linear, Int8Linear, RowInt8Linear, fbgemm_available, quantize_int4,
+from specdecode.runtime.cpu import linear as cpu_linear
+from specdecode.runtime.cpu.linear import fastest_draft_quantization
+from specdecode.runtime.cpu import quantize as quantize_module
+from specdecode.runtime.cpu.rowwise_attention import _visible
+from specdecode.runtime.cpu.quantize import (Fp16Linear, Int4Linear, Int8Linear, RowInt8Linear, fbgemm_available, quantize_int4,
                                  quantize_model)
 
 GROUP = 32  # the tiny models are 64 wide
@@ -142,7 +142,7 @@ def test_w8a8_model_verifies_a_tree_exactly_as_it_decodes_one_token_at_a_time(ar
 @pytest.fixture
 def row_calls(monkeypatch) -> list:
     """Grows by one entry each time row-wise attention attends a row on its own."""
-    import specdecode.rowwise_attention as rowwise
+    import specdecode.runtime.cpu.rowwise_attention as rowwise
 
     calls = []
     monkeypatch.setattr(rowwise, "_visible", lambda *a: calls.append(1) or _visible(*a))
@@ -223,7 +223,7 @@ def test_a_quantized_output_layer_selects_rows(mode):
 def test_a_quantized_drafter_with_a_pruned_head_stays_lossless(mode):
     target = cpu_model("llama", seed=0)
     drafter_model = cpu_model("llama", seed=0)  # the same weights, quantized: drafts mostly right
-    quantize_model(drafter_model, mode, exact_rows=False)
+    quantize_model(drafter_model, mode, drafts_only=True)
     drafter = ModelDrafter(loaded(drafter_model), k=4, confidence=0, draft_vocab=40)
     gen = SpeculativeGenerator(loaded(target), drafter=drafter, cost_model=None)
     for seed in range(3):
@@ -240,7 +240,7 @@ def test_sampling_with_a_pruned_w8a8_drafter_keeps_the_target_distribution():
     absorb. First sampled token vs the fp32 target's softmax (vocab 16, 4000 samples)."""
     model = cpu_model("llama", seed=0, vocab=16)
     drafter_model = cpu_model("llama", seed=0, vocab=16)
-    quantize_model(drafter_model, "w8a8", exact_rows=False)
+    quantize_model(drafter_model, "w8a8", drafts_only=True)
     prompt = random_prompt(7, vocab=16)
     drafter = ModelDrafter(loaded(drafter_model), k=2, confidence=0, draft_vocab=8)
     gen = SpeculativeGenerator(loaded(model), drafter=drafter, cost_model=None)
@@ -303,24 +303,25 @@ def test_loader_quantizes_every_linear_layer(model_dir, mode):
 
 
 @pytest.mark.parametrize("mode", ["int8", "int4"])
-def test_bf16_weight_only_targets_get_exact_steps_where_their_kernels_allow(model_dir, mode, monkeypatch):
+def test_bf16_weight_only_targets_get_exact_steps_where_their_kernels_allow(model_dir, mode, monkeypatch, tmp_path):
     """A weight-only int8/int4 target in bf16 computes its activations in bf16, whose logits tie often:
-    its quantized kernels are probed like float layers (rows_agree) and, where every row keeps its bits
+    its quantized kernels are probed like float layers (exact_width) and, where every row keeps its bits
     whatever the row count, it attends row by row like an exact bf16 target."""
     layer_class = Int8Linear if mode == "int8" else Int4Linear
     original = layer_class.forward
     probed = []
-    monkeypatch.setattr(kernels, "rows_agree", lambda layers: probed.extend(layers) or True)  # any CPU
+    monkeypatch.setattr(specdecode.models.load, "exact_width", lambda layers: probed.extend(layers) or 65)  # any CPU
     target = load_cpu(model_dir, dtype="bf16", quantize=mode, group_size=GROUP)
     assert target.exact_steps and target.linear_kernel == "quantized"
     assert target.model.config._attn_implementation == "specdecode_rowwise"
     assert probed and all(isinstance(layer, layer_class) for layer in probed)  # the quantized kernels probed
     monkeypatch.undo()
 
-    def by_row_count(self, x):  # a kernel whose rounding moves with the batch: no exact steps possible
-        return original(self, x) + 1e-2 * x.shape[-2]
+    def by_other_rows(self, x):  # a kernel whose rounding depends on the other rows: no exact steps possible
+        return original(self, x) + 1e-2 * x.sum()
 
-    monkeypatch.setattr(layer_class, "forward", by_row_count)
+    monkeypatch.setattr(layer_class, "forward", by_other_rows)
+    monkeypatch.setenv("SPECDECODE_CALIBRATION_DIR", str(tmp_path))  # another machine: calibrated anew
     unfixable = load_cpu(model_dir, dtype="bf16", quantize=mode, group_size=GROUP)
     assert not unfixable.exact_steps and unfixable.model.config._attn_implementation == "sdpa"
     fp32 = load_cpu(model_dir, dtype="fp32", quantize=mode, group_size=GROUP)  # fp32 targets: as they were
@@ -378,7 +379,7 @@ def test_auto_drafter_weights_are_the_measured_fastest_and_never_a_targets(model
     # the probe is a timing, so its answer is fixed here: the loading must follow whatever it answers
     # (w8a8 is a possible answer only where PyTorch has FBGEMM, on x86)
     for probed in (None, "w8a8") if fbgemm_available() else (None,):
-        monkeypatch.setattr(specdecode.models, "fastest_draft_quantization", lambda device, probed=probed: probed)
+        monkeypatch.setattr(specdecode.models.load, "draft_quantization", lambda device, probed=probed: probed)
         drafter = load_cpu(model_dir, quantize="auto", drafts_only=True)
         assert drafter.quantization == probed
         if probed == "w8a8":  # FBGEMM computes in fp32: "auto" weights override a bf16 dtype request
@@ -452,7 +453,7 @@ def test_gguf_4bit_blocks_become_codes_that_dequantize_like_gguf(qtype, block_by
     import gguf
     import numpy as np
 
-    from specdecode.gguf_int4 import int4_codes
+    from specdecode.runtime.cpu.gguf_int4 import int4_codes
 
     rng = np.random.default_rng(0)
     rows, cols = 16, 512  # the kernel packs rows in sets of 16

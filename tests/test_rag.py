@@ -10,7 +10,7 @@ from tiny import tiny_model, tiny_tokenizer
 
 from specdecode.drafters import MixtureDrafter, ModelDrafter, RetrievalDrafter
 from specdecode.errors import SpecDecodeError
-from specdecode.models import LoadedModel
+from specdecode.models.load import LoadedModel
 from specdecode.pipelines import Pipeline, PipelineState, RAGPipeline, Retrieve
 from specdecode.retrieval import Datastore, load_embedder
 

@@ -9,7 +9,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
 from specdecode.drafters import Drafter
-from specdecode.models import LoadedModel
+from specdecode.models.load import LoadedModel
 from specdecode.tree import DraftTree
 
 VOCAB = 96

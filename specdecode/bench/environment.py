@@ -8,7 +8,7 @@ import platform
 
 import torch
 
-from ..machine import cpu_flags, cpu_name, machine_key
+from ..runtime.machine import cpu_flags, cpu_name, machine_key
 
 
 def environment() -> dict:

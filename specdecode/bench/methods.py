@@ -24,10 +24,10 @@ from ..drafters.registry import (DRAFTER_PATTERNS, MIXTURE_HELP, MODEL_SPEC_HELP
                                  parse_drafters)
 from ..engine import SpeculativeGenerator
 from ..errors import SpecDecodeError
-from ..models import LoadedModel, gguf_origin, load_model
+from ..models.load import LoadedModel, gguf_origin, load_model
 from ..pipelines.rag import hand_passages
 from ..prompts import eos_token_ids
-from ..quantize import FBGEMM_MODES
+from ..runtime.cpu.quantize import FBGEMM_MODES
 
 PEERS = ("hf-plain", "hf-assisted", "hf-lookup", "llama-cpp", "llama-cpp-lookup")
 LLAMA_CPP_PEERS = ("llama-cpp", "llama-cpp-lookup")

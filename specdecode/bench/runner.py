@@ -14,10 +14,9 @@ from pathlib import Path
 
 from ..drafters.registry import DrafterOptions, drafter_kinds
 from ..errors import SpecDecodeError
-from ..kernels import fastest_draft_quantization
-from ..models import LoadedModel, load_model, resolve_device
+from ..models.load import LoadedModel, draft_quantization, load_model, resolve_device
 from ..prompts import encode_prompt
-from ..quantize import check_mode
+from ..runtime.cpu.quantize import check_mode
 from .environment import environment, machine_key
 from .methods import (DraftModels, Method, MethodName, TurnResult, build_methods, check_peers_available,
                       parse_methods)
@@ -85,7 +84,7 @@ def resolve_auto_drafter_weights(config: BenchConfig) -> str | None:
     recorded = None if config.fresh else recorded_settings(config.out)
     if recorded is not None:
         return recorded.get("drafter_quantize")  # absent: the published weights (settings omit None)
-    return fastest_draft_quantization(resolve_device("auto"))
+    return draft_quantization(resolve_device("auto"))
 
 
 def run_benchmark(config: BenchConfig, *, target: LoadedModel | None = None,

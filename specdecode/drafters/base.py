@@ -8,7 +8,7 @@ only what the target itself would have produced, so a drafter can never change t
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 
@@ -16,8 +16,10 @@ from ..sampling import GREEDY, SamplingParams
 from ..tree import DraftTree
 
 
-class Drafter:
-    """Base class (and protocol) for drafters; subclass it and override what you need.
+class Drafter(Protocol):
+    """The drafter protocol. Any object with `begin`, `propose` and `accept` is a drafter; subclassing
+    Drafter is optional and gives the defaults below. The engine reaches every optional part by name
+    (`optional_part`), so a plain class with the three methods works as it is.
 
     - `begin(prompt_ids, sampling=..., generator=...)`: a new generation starts.
     - `propose(context_ids, budget) -> DraftTree`: draft at most `budget` nodes after `context_ids`
@@ -26,7 +28,9 @@ class Drafter:
       from its row, independently of its earlier siblings.
     - `accept(token_ids)`: the tokens committed by the last step (accepted draft tokens + the
       target's next token); update adaptive state here.
+    - `name` (optional): shown in stats and error messages (default: the class name).
     - `report() -> dict` (optional): statistics of the last generation, shown in the stats.
+    - `check_target(target)` (optional): raise IncompatibleDrafterError for a target it cannot draft for.
     - `set_verify_costs(costs)` (optional): the target's forward seconds vs rows fed, for drafters that
       weigh their own cost against verification (MixtureDrafter).
     - `prefill_s` (optional): seconds the last `propose` spent feeding the prompt (a model drafter does it
@@ -103,25 +107,10 @@ class AdaptiveLength:
             self.current = max(self.minimum, self.current - 1)
 
 
-@dataclass
-class LevelAcceptance:
-    """How often a draft level is accepted given its parent was (alpha of the geometric model), from
-    the levels accepted and the drafts cut short so far, decayed per step (so the estimate follows the
-    text, and after a run of misses drifts back toward the prior, so drafting is retried) and pulled
-    toward `prior`, worth `prior_weight` observed levels. The engine's cost model keeps one for the
-    verified tree; a MixtureDrafter one per drafter."""
+def optional_part(drafter, name: str, default=None):
+    """A drafter's optional method or attribute (see Drafter), or `default` where it has none."""
+    return getattr(drafter, name, default)
 
-    prior: float = 0.5
-    prior_weight: float = 2.0
-    decay: float = 0.9
-    accepted: float = 0.0
-    rejected: float = 0.0
 
-    @property
-    def alpha(self) -> float:
-        return (self.prior * self.prior_weight + self.accepted) / (self.prior_weight + self.accepted + self.rejected)
-
-    def step(self, accepted: int = 0, missed: bool = False) -> None:
-        """One step: older evidence decays; then `accepted` levels and, if a checked level was wrong, a miss."""
-        self.accepted = self.accepted * self.decay + accepted
-        self.rejected = self.rejected * self.decay + (1 if missed else 0)
+def drafter_name(drafter) -> str:
+    return str(optional_part(drafter, "name", None) or type(drafter).__name__)

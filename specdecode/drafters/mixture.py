@@ -52,7 +52,8 @@ from dataclasses import dataclass
 from ..errors import SpecDecodeError
 from ..sampling import GREEDY
 from ..tree import DraftTree
-from .base import Drafter, LevelAcceptance
+from ..policy import LevelAcceptance
+from .base import Drafter, drafter_name, optional_part
 
 MAX_PROBE_GAP = 128
 PROBE_SHARE = 0.25  # a probe's catching up may cost this share of the seconds since the drafter last ran
@@ -79,7 +80,7 @@ class MixtureDrafter(Drafter):
         self.level_s: list[float | None] = [None] * len(drafters)  # each drafter's seconds per drafted level
         self.catch_up_s: list[float | None] = [None] * len(drafters)  # ... per token fed to catch up after a skip
         self.verify = VerifyTimes()  # from a proposal to the committed tokens (the verification), by rows fed
-        self.names = _unique([getattr(d, "name", type(d).__name__) for d in drafters])
+        self.names = _unique([drafter_name(d) for d in drafters])
         self.name = "mixture(" + ",".join(self.names) + ")"
         self._reset()
 
@@ -105,12 +106,16 @@ class MixtureDrafter(Drafter):
 
     def check_target(self, target) -> None:
         for drafter in self.drafters:
-            drafter.check_target(target)
+            check_target = optional_part(drafter, "check_target")
+            if check_target is not None:
+                check_target(target)
 
     def set_verify_costs(self, costs: Callable[[int], float] | None) -> None:
         self.verify.curve = costs
         for drafter in self.drafters:
-            drafter.set_verify_costs(costs)
+            set_verify_costs = optional_part(drafter, "set_verify_costs")
+            if set_verify_costs is not None:
+                set_verify_costs(costs)
 
     def set_passages(self, passages: Sequence[Sequence[int]]) -> None:
         """Hand retrieved passages (token ids) to the drafters that copy from them."""
@@ -143,7 +148,7 @@ class MixtureDrafter(Drafter):
             self.last_depth[i], self.last_nodes[i] = self.trees[i].depth, len(self.trees[i])
             scores += [alphas[i] ** (depth + 1) for depth in self.trees[i].depths.tolist()]
         self.ran = ran
-        self.prefill_s = sum(self.drafters[i].prefill_s for i, did in enumerate(ran) if did)
+        self.prefill_s = sum(optional_part(self.drafters[i], "prefill_s", 0.0) for i, did in enumerate(ran) if did)
         # Merge in that order (the likeliest drafter's nodes first), then keep the `budget` best nodes.
         merged, located = DraftTree.merge_located([self.trees[i] for i in order])  # located[r][j]: merged node
         node_scores = [0.0] * len(merged)

@@ -25,10 +25,10 @@ from functools import partial
 
 import torch
 
-from ..attention import AttentionBackend, select_backend
-from ..cache import KVCache
+from ..runtime.runner import AttentionBackend, select_backend
+from ..runtime.cache import KVCache
 from ..errors import IncompatibleDrafterError, SpecDecodeError
-from ..models import LoadedModel, cpu_supports_bf16, load_model, output_vocab_size
+from ..models.load import LoadedModel, cpu_supports_bf16, load_model, output_vocab_size
 from ..sampling import GREEDY, sample_from, warp_probs
 from ..tree import DraftTree
 from .base import AdaptiveLength, Drafter

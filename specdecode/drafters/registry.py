@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..errors import SpecDecodeError
-from ..models import LoadedModel, load_model
+from ..models.load import LoadedModel, load_model
 from .base import Drafter
 from .lookup import LookupDrafter
 from .mixture import MixtureDrafter

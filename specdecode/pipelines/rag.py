@@ -16,7 +16,7 @@ from ..drafters import Drafter, MixtureDrafter, ModelDrafter, RetrievalDrafter, 
 from ..drafters.registry import DrafterOptions, default_load_draft, drafter_kinds, make_drafter
 from ..engine import SpeculativeGenerator
 from ..errors import SpecDecodeError
-from ..models import load_model
+from ..models.load import load_model
 from ..outputs import GenerationOutput, GenerationStats
 from ..prompts import encode_prompt
 from ..retrieval.span_index import span_index

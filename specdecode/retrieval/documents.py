@@ -10,11 +10,6 @@ from pathlib import Path
 
 from ..errors import SpecDecodeError
 
-TEXT_SUFFIXES = frozenset({
-    ".txt", ".md", ".rst", ".py", ".pyi", ".json", ".jsonl", ".yaml", ".yml", ".toml", ".ini", ".cfg", ".csv",
-    ".tsv", ".html", ".htm", ".xml", ".tex", ".c", ".h", ".cc", ".cpp", ".hpp", ".java", ".js", ".ts", ".go",
-    ".rs", ".rb", ".sh", ".sql", ".css", ".org", ".adoc", ".text", ".log",
-})
 MAX_FILE_BYTES = 20_000_000
 
 
@@ -52,7 +47,8 @@ class Skipped:
 
 def read_documents(docs: str | os.PathLike | Iterable[str | os.PathLike]) -> tuple[list[Document], list[Skipped]]:
     """Strings are documents; Paths (or strings naming an existing file or folder) are read, folders
-    recursively. Files that are not text or not UTF-8 are skipped, with the reason."""
+    recursively. A file is text by its content, whatever its name (README, LICENSE, GPL-3 count): UTF-8
+    without NUL bytes, as ripgrep tells them. Others are skipped, with the reason."""
     items = [docs] if isinstance(docs, (str, os.PathLike)) else list(docs)
     documents: list[Document] = []
     skipped: list[Skipped] = []
@@ -85,17 +81,15 @@ def _names_a_path(item) -> bool:
 def _read_file(path: Path) -> tuple[Document | None, str]:
     if any(part.startswith(".") for part in path.parts[-1:]):
         return None, "hidden file"
-    if path.suffix.lower() not in TEXT_SUFFIXES:
-        return None, f"not a text file type ({path.suffix or 'no suffix'}; text types: .txt, .md, .rst, .py, ...)"
     if path.stat().st_size > MAX_FILE_BYTES:
         return None, f"larger than {MAX_FILE_BYTES // 1_000_000} MB"
     data = path.read_bytes()
     if b"\x00" in data[:8192]:
-        return None, "binary content (NUL bytes)"
+        return None, "binary, not text (NUL bytes)"
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
-        return None, f"not UTF-8 (byte {e.start})"
+        return None, f"binary or not UTF-8 text (byte {e.start})"
     if not text.strip():
         return None, "empty"
     return Document(text, str(path)), ""

@@ -26,7 +26,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .errors import SpecDecodeError
+from ...errors import SpecDecodeError
 
 ROWWISE = "specdecode_rowwise"
 BATCHED_PREFILL = "specdecode_batched_prefill"  # a forward keyword: these rows are a prompt, attend them batched

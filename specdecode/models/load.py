@@ -15,12 +15,13 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from . import zoo
-from .errors import ModelLoadError, SpecDecodeError
-from .kernels import (check_cpu_kernels, exact_one_token_steps, fastest_decode_dtype, fastest_draft_quantization,
-                      tune_linear_layers)
-from .gguf_int4 import import_gguf_int4
-from .quantize import FBGEMM_MODES, check_mode, quantize_model
-from .rowwise_attention import ROWWISE
+from ..errors import ModelLoadError, SpecDecodeError
+from ..runtime.calibrate import Calibration
+from ..runtime.cpu.gguf_int4 import import_gguf_int4
+from ..runtime.cpu.linear import (MAX_PROBED_ROWS, check_cpu_kernels, exact_one_token_steps, exact_width, fastest_decode_dtype,
+                                  fastest_draft_quantization, measured_orientation, tune_linear_layers)
+from ..runtime.cpu.quantize import FBGEMM_MODES, check_mode, quantize_model
+from ..runtime.cpu.rowwise_attention import ROWWISE
 
 if TYPE_CHECKING:
     import transformers
@@ -47,6 +48,9 @@ class LoadedModel:
     quantization: str | None = None  # "int8" | "int4" | "fp16" | "w8a8" linear layers (quantize.py), or None
     exact_steps: bool = False  # a verification computes bit for bit what one-token steps compute (w8a8; bf16,
     #                            int8 or int4 on CPUs whose kernels allow it): speculative output equals plain
+    max_exact_rows: int | None = None  # with exact_steps: the most tokens one forward may feed and keep every
+    #                                    row's bits on this CPU (None: any number); the engine stays within it
+    calibration: Calibration | None = None  # its measurements on this machine (runtime/calibrate.py)
 
 
 def output_vocab_size(model: torch.nn.Module) -> int:
@@ -113,7 +117,7 @@ def resolve_dtype(dtype: str | torch.dtype = "auto", device: str | torch.device 
     if not isinstance(dtype, str):
         raise SpecDecodeError(f"dtype must be a string or torch.dtype, not {type(dtype).__name__}.")
     if dtype == "fast-decode":
-        return fastest_decode_dtype(resolve_device(device))
+        return fast_decode_dtype(resolve_device(device))
     if dtype == "auto":
         device = resolve_device(device)
         if device.type == "cuda":
@@ -128,6 +132,22 @@ def resolve_dtype(dtype: str | torch.dtype = "auto", device: str | torch.device 
             "or 'fp16' ('float16')."
         )
     return _DTYPES[key]
+
+
+def fast_decode_dtype(device: torch.device) -> torch.dtype:
+    """The dtype whose one-token step is fastest on this device (measured once per machine, then cached)."""
+    if device.type == "cuda":
+        return fastest_decode_dtype(device)
+    name = Calibration.for_machine(device).get("fast_decode_dtype", lambda: str(fastest_decode_dtype(device)))
+    return getattr(torch, name.removeprefix("torch."))
+
+
+def draft_quantization(device: torch.device) -> str | None:
+    """What quantize="auto" means for a model that only drafts: "w8a8" where its one-row product measures
+    clearly faster than the fastest dtype's on this machine, else None (measured once, then cached)."""
+    if device.type != "cpu":
+        return None
+    return Calibration.for_machine(device).get("draft_quantization", lambda: fastest_draft_quantization(device))
 
 
 # ----------------------------------------------------------------------------- loading
@@ -184,7 +204,7 @@ def load_model(
     target_device = resolve_device(device)
     auto_weights = quantize == "auto"  # a drafter (check_mode): the weights measured fastest here, if any
     if auto_weights:
-        quantize = fastest_draft_quantization(target_device)
+        quantize = draft_quantization(target_device)
     # FBGEMM's layers take fp32 activations: "auto" / "fast-decode" (or auto weights) mean fp32 for them
     fbgemm_default = quantize in FBGEMM_MODES and (auto_weights or dtype in ("auto", "fast-decode"))
     target_dtype = torch.float32 if fbgemm_default else resolve_dtype(dtype, target_device)
@@ -327,25 +347,30 @@ def _finish(model, tokenizer, name: str, cpu_kernels: str, quantize: str | None 
         )
     model.eval()
     model.requires_grad_(False)
+    calibration = Calibration.for_model(model, quantization=quantize, drafts_only=drafts_only)
     if quantize == "int4" and gguf is not None and model.device.type == "cpu":
         import_gguf_int4(model, gguf)  # the GGUF's own 4-bit blocks; other layers int8
     elif quantize is not None:
-        quantize_model(model, quantize, group_size, exact_rows=not drafts_only)
+        quantize_model(model, quantize, group_size, drafts_only=drafts_only)
     exact = quantize == "w8a8" and not drafts_only  # quantize_model switched it to row-wise attention
-    kernel = None
+    width, kernel = None, None
     if (quantize in (None, "int8", "int4") and not drafts_only and model.device.type == "cpu"
             and model.dtype in (torch.bfloat16, torch.float16) and cpu_kernels != "weight_first"):
         # a reduced-precision target (weight-only int8/int4 compute in it too): its logits tie often, so
-        # rounding must not differ between steps.
-        # Exactness comes before the orientation's timing (a gain near its threshold flipped between
-        # loads on an AVX-512 BF16 EPYC, and the padded one-row product was the faster one there).
+        # rounding must not differ between steps. Exactness comes before the orientation's timing.
         tune_linear_layers(model, "standard")  # plain nn.Linear again (a re-wrapped model may carry others)
-        kernel = exact_one_token_steps(model)
-        exact = kernel is not None
+        width = exact_one_token_steps(model, lambda layers: calibration.get("exact_width", lambda: exact_width(layers)))
+        exact = width > 0
+        kernel = ("padded_row" if any(isinstance(m, torch.nn.Linear) for m in model.modules()) else "quantized"
+                  ) if exact else None
+        width = width if exact and width < MAX_PROBED_ROWS else None
     if kernel is None:
-        kernel = tune_linear_layers(model, cpu_kernels)
+        orientation = cpu_kernels
+        if cpu_kernels == "auto" and model.device.type == "cpu":  # chosen once per model and machine
+            orientation = calibration.get("linear_orientation", lambda: measured_orientation(model))
+        kernel = tune_linear_layers(model, orientation)
     return LoadedModel(model, tokenizer, name=name, dtype=model.dtype, device=model.device, linear_kernel=kernel,
-                       quantization=quantize, exact_steps=exact)
+                       quantization=quantize, exact_steps=exact, max_exact_rows=width, calibration=calibration)
 
 
 def _first_line(e: BaseException) -> str:

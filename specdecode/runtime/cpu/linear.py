@@ -16,12 +16,13 @@ speculative decoding run the same modules.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from itertools import chain
 
 import torch
 import torch.nn.functional as F
 
-from .errors import SpecDecodeError
+from ...errors import SpecDecodeError
 from .quantize import Int4Linear, Int8Linear, RowInt8Linear, fbgemm_available
 from .rowwise_attention import use_rowwise_attention
 
@@ -80,29 +81,39 @@ class PaddedRowInt4Linear(PaddedRows, Int4Linear):
 _PADDED = {torch.nn.Linear: PaddedRowLinear, Int8Linear: PaddedRowInt8Linear, Int4Linear: PaddedRowInt4Linear}
 
 
-_ROW_COUNTS = tuple(range(2, 66))  # every verification size: the pending token + up to 64 draft nodes
+MAX_PROBED_ROWS = 65  # every verification size: the pending token + up to 64 draft nodes
+_PROBED_OUTPUTS = 4096  # a float layer's first output channels stand for all of them (see exact_width)
 
 
-_PROBED_OUTPUTS = 4096  # a float layer's first output channels stand for all of them (see rows_agree)
+def exact_width(layers: list[torch.nn.Module], linear=None) -> int:
+    """The most rows W (2 <= W <= 65) such that, in every product of 2 to W rows, each row gets the bits it
+    gets among W rows and the bits a one-token step gives it (the row twice: PaddedRows); 0 where no such W
+    exists (a row's bits depend on the other rows). W = 2 allows drafts of one token. Checked on each
+    distinct layer shape with its own weights: nn.Linear layers through `linear` (default F.linear as it is
+    when called), weight-only int8/int4 layers through their own kernels. A float or int8 layer is checked
+    on its first 4096 output channels (int4: whole): a channel's rounding is that of its dot product over
+    the input width, and each row count's first product costs a weight reorder.
+
+    Some CPUs keep every row's bits only up to a width (a bf16 product on a Sapphire Rapids with AMX: up to
+    32 rows, not at 64): a model there stays exact by never feeding more rows than W. If W holds, every
+    smaller width holds too (each row count's rows equal W's rows), so the model's width is its layers' least."""
+    return _rounding(layers, linear or F.linear, one_row=False)[0]
 
 
 def rows_agree(layers: list[torch.nn.Module], linear=None) -> bool:
-    """Whether every row of a product gets the same bits among any 2 to 65 rows, checked on each distinct
-    layer shape with its own weights: nn.Linear layers through `linear` (default F.linear as it is when
-    called), weight-only int8/int4 layers through their own kernels. A float or int8 layer is checked on its
-    first 4096 output channels (int4: whole): a channel's rounding is that of its dot product over the input width (on an
-    AVX-512 BF16 EPYC whole layers and slices gave the same verdicts), and each row count's first product
-    costs a weight reorder (Qwen2.5-1.5B's 151936 x 1536 head in bf16: ~1 s each whole, 3.1 s for 64 counts
-    on 16384 channels, 0.4 s on 4096)."""
-    return _rounding(layers, linear or F.linear, one_row=False) != "unstable"
+    """Whether every row keeps its bits among any 2 to 65 rows (exact_width at its widest)."""
+    return exact_width(layers, linear) == MAX_PROBED_ROWS
 
 
 def one_row_rounding(layers: list[torch.nn.Module], linear=None) -> str:
     """How a model's products round row by row: "unstable" where rows_agree does not hold; else "batched"
     where a row alone rounds differently from the same row among others (oneDNN's matrix-vector vs
-    matrix-matrix product; SmolLM2's 576 x 1536 layer in bf16 on an AVX-512 BF16 EPYC: 5 rows of 64),
-    "stable" where no row of 65 does. A diagnostic (exact steps pad every one-row product anyway)."""
-    return _rounding(layers, linear or F.linear, one_row=True)
+    matrix-matrix product), "stable" where no row of 65 does. A diagnostic (exact steps pad every
+    one-row product anyway)."""
+    width, one_row_differs = _rounding(layers, linear or F.linear, one_row=True)
+    if width < MAX_PROBED_ROWS:
+        return "unstable"
+    return "batched" if one_row_differs else "stable"
 
 
 def _product(layer: torch.nn.Module, linear):
@@ -117,9 +128,22 @@ def _product(layer: torch.nn.Module, linear):
     return (lambda x: linear(x, weight, bias)), weight.dtype
 
 
-def _rounding(layers: list[torch.nn.Module], linear, one_row: bool) -> str:
+def _layer_width(outputs: list[torch.Tensor], padded: torch.Tensor) -> int:
+    """The widest W whose products keep every row's bits: outputs[r] = the product of the first r rows
+    ([1, r, out]; r = 2..65) must agree with outputs[W] on those rows, and so must each row computed alone
+    as a one-token step computes it (padded[:, i]: the row twice, PaddedRows)."""
+    for width in range(MAX_PROBED_ROWS, 1, -1):
+        reference = outputs[width]
+        if (torch.equal(padded[:, :width], reference)
+                and all(torch.equal(outputs[rows], reference[:, :rows]) for rows in range(2, width))):
+            return width
+    return 0
+
+
+def _rounding(layers: list[torch.nn.Module], linear, one_row: bool) -> tuple[int, bool]:
+    """(the layers' exact width, whether some row alone rounds apart from the same row among 65)."""
     seen: set[tuple[type, int, int]] = set()  # (kernel class, out, in): each checked once
-    one_row_differs = False
+    width, one_row_differs = MAX_PROBED_ROWS, False
     with torch.inference_mode():
         for layer in layers:
             key = (type(layer), layer.out_features, layer.in_features)
@@ -128,15 +152,19 @@ def _rounding(layers: list[torch.nn.Module], linear, one_row: bool) -> str:
             seen.add(key)
             product, dtype = _product(layer, linear)
             generator = torch.Generator().manual_seed(len(seen))
-            x = torch.randn(1, _ROW_COUNTS[-1], layer.in_features, generator=generator)  # [1, 65, in]
+            x = torch.randn(1, MAX_PROBED_ROWS, layer.in_features, generator=generator)  # [1, 65, in]
             x = x.to(device=next(chain(layer.parameters(), layer.buffers())).device, dtype=dtype)
-            reference = product(x)  # [1, 65, out]
-            if any(not torch.equal(product(x[:, :rows]), reference[:, :rows]) for rows in _ROW_COUNTS[:-1]):
-                return "unstable"
+            outputs = [None, None] + [product(x[:, :rows]) for rows in range(2, MAX_PROBED_ROWS + 1)]
+            padded = torch.cat([product(x[:, row:row + 1].repeat(1, 2, 1))[:, :1]  # [1, 65, out]
+                                for row in range(MAX_PROBED_ROWS)], dim=1)
+            width = min(width, _layer_width(outputs, padded))
+            if width == 0:
+                return 0, one_row_differs
             if one_row and not one_row_differs:
+                reference = outputs[MAX_PROBED_ROWS]
                 one_row_differs = any(not torch.equal(product(x[:, row:row + 1]), reference[:, row:row + 1])
-                                      for row in range(_ROW_COUNTS[-1]))
-    return "batched" if one_row_differs else "stable"
+                                      for row in range(MAX_PROBED_ROWS))
+    return width, one_row_differs
 
 
 def _time(fn, repeats: int = 5) -> float:
@@ -235,49 +263,60 @@ def check_cpu_kernels(mode: str) -> None:
         raise SpecDecodeError(f"unknown cpu_kernels mode {mode!r}; use one of {', '.join(CPU_KERNEL_MODES)}.")
 
 
+def measured_orientation(model: torch.nn.Module) -> str:
+    """The matmul orientation measured faster for few-row products on this CPU: "weight_first" where
+    (W @ x^T)^T clearly wins on the model's largest layer shape, else "standard". A model whose layers are
+    all tiny (test models) gets "standard" without timing (a timing of microseconds is noise)."""
+    layers = linear_modules(model)
+    if not layers or next(model.parameters()).device.type != "cpu":
+        return "standard"
+    largest = max(layers, key=lambda m: m.weight.numel() if m.out_features < 65536 else 0)
+    if largest.weight.numel() < _MIN_PROBED_WEIGHTS:
+        return "standard"
+    gain = weight_first_gain(largest.out_features, largest.in_features, largest.weight.dtype)
+    return "weight_first" if gain >= _MIN_GAIN else "standard"
+
+
 def tune_linear_layers(model: torch.nn.Module, mode: str = "auto") -> str:
-    """Choose the matmul orientation of a CPU model's linear layers: "auto" measures; "weight_first"
-    ((W @ x^T)^T for few rows) or "standard" (F.linear) force one. Returns the orientation in use.
-    A model whose layers are all tiny (test models) keeps "standard": timing them would be noise, and
-    two loads of one model would then differ by rounding."""
+    """Set the matmul orientation of a CPU model's linear layers: "weight_first" ((W @ x^T)^T for few
+    rows), "standard" (F.linear), or "auto": the one measured faster now (models/load.py asks the model's
+    calibration instead, so that every load of it makes the same choice). Returns the orientation in use."""
     check_cpu_kernels(mode)
     layers = linear_modules(model)
-    if not layers or mode == "standard" or next(model.parameters()).device.type != "cpu":
+    chosen = measured_orientation(model) if mode == "auto" else mode
+    if not layers or next(model.parameters()).device.type != "cpu":
         chosen = "standard"
-    elif mode == "weight_first":
-        chosen = "weight_first"
-    else:
-        largest = max(layers, key=lambda m: m.weight.numel() if m.out_features < 65536 else 0)
-        probed = largest.weight.numel() >= _MIN_PROBED_WEIGHTS
-        gain = weight_first_gain(largest.out_features, largest.in_features, largest.weight.dtype) if probed else 0.0
-        chosen = "weight_first" if gain >= _MIN_GAIN else "standard"
     for layer in layers:
         layer.__class__ = WeightFirstLinear if chosen == "weight_first" else torch.nn.Linear
     return chosen
 
 
-def exact_one_token_steps(model: torch.nn.Module) -> str | None:
+def exact_one_token_steps(model: torch.nn.Module, width: Callable[[list[torch.nn.Module]], int] | None = None
+                          ) -> int:
     """Make a bf16/fp16 CPU target's verifications compute, bit for bit, what its one-token steps compute
-    (then speculative decoding is token-exact in bf16 too, not only up to near-ties of the logits).
+    (then speculative decoding is token-exact in bf16 too, not only up to near-ties of the logits), for
+    every forward of at most the returned number of rows; 0 where this CPU's kernels allow no such width
+    (the model is left as it was).
 
-    Needs products whose rows do not depend on the row count (`rows_agree`: float layers and weight-only
-    int8/int4 ones alike) and row-wise attention (rowwise_attention.py). Every layer's one-row input is
-    padded (`PaddedRows`): a CPU's one-row path may round some rows differently (`one_row_rounding`), and
-    a random probe cannot prove that it never does. Returns the float layers'
-    kernel now in use ("padded_row"; "quantized" when every layer is int8/int4), or None where this CPU's
-    kernels do not allow it (the model is left as it was)."""
+    Needs products whose rows keep their bits among up to W rows (`exact_width`, or `width(layers)`: e.g.
+    the width calibrated for this model and machine) and row-wise attention (rowwise_attention.py). Every
+    layer's one-row input is padded (`PaddedRows`): a CPU's one-row path may round some rows differently
+    (`one_row_rounding`), and a random probe cannot prove that it never does."""
     if next(model.parameters()).device.type != "cpu":  # a GPU's kernels: not probed, and row-wise attention
-        return None  # would cost it far more than a CPU
+        return 0  # would cost it far more than a CPU
     layers = linear_modules(model)
     if layers and type(layers[0]) is not torch.nn.Linear:  # another orientation was chosen for speed
-        return None
+        return 0
     quantized = [m for m in model.modules() if type(m) in (Int8Linear, Int4Linear)]
-    if not (layers or quantized) or not rows_agree(layers + quantized):
-        return None
+    if not (layers or quantized):
+        return 0
+    rows = (width or exact_width)(layers + quantized)
+    if rows < 2:
+        return 0
     try:
         use_rowwise_attention(model)
     except SpecDecodeError:
-        return None
+        return 0
     for layer in layers + quantized:
         layer.__class__ = _PADDED[type(layer)]
-    return "padded_row" if layers else "quantized"
+    return rows

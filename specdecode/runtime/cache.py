@@ -14,7 +14,7 @@ import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
-from .errors import SpecDecodeError
+from ..errors import SpecDecodeError
 
 
 GROWTH_MIN_ENTRIES = 256  # spare room a buffer gets at least when it grows

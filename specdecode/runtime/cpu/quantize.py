@@ -27,7 +27,7 @@ import warnings
 
 import torch
 
-from .errors import SpecDecodeError
+from ...errors import SpecDecodeError
 from .fusion import fuse_projections
 from .rowwise_attention import use_rowwise_attention
 
@@ -259,11 +259,11 @@ def fbgemm_available() -> bool:
         torch.backends.quantized.engine in ("x86", "fbgemm")
 
 
-def quantize_model(model: torch.nn.Module, mode: str, group_size: int = 128, exact_rows: bool = True) -> int:
+def quantize_model(model: torch.nn.Module, mode: str, group_size: int = 128, drafts_only: bool = False) -> int:
     """Replace the model's linear layers (the output layer included) by Int8Linear / Int4Linear /
     Fp16Linear / RowInt8Linear in place; returns how many were replaced. CPU only: on CUDA use the
-    GPU's own quantization. `exact_rows` (w8a8): switch to row-wise attention so that every token's
-    result is independent of the batch, as a verified target needs; False for a model that only drafts."""
+    GPU's own quantization. A w8a8 model switches to row-wise attention so that every token's result is
+    independent of the batch, as a verified target needs; one that only drafts (`drafts_only`) does not."""
     check_mode(mode)
     parameter = next(model.parameters(), None)
     if parameter is None:
@@ -311,6 +311,6 @@ def quantize_model(model: torch.nn.Module, mode: str, group_size: int = 128, exa
                 layer = Int4Linear(module.weight, module.bias, dtype, group_size)
         parent_name, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent_name) if parent_name else model, child, layer)
-    if mode == "w8a8" and exact_rows and hasattr(model, "set_attn_implementation"):
+    if mode == "w8a8" and not drafts_only and hasattr(model, "set_attn_implementation"):
         use_rowwise_attention(model)  # batched attention's rounding would move w8a8's activation codes
     return len(targets)

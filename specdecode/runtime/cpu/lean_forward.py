@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-from .cache import KVCache
+from ..cache import KVCache
 from .fusion import products_of
 from .rowwise_attention import ROWWISE, rowwise_attention
 

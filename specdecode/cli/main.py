@@ -13,7 +13,7 @@ from typing import Optional, TypeVar
 
 import typer
 
-from .errors import SpecDecodeError
+from ..errors import SpecDecodeError
 
 T = TypeVar("T")
 
@@ -40,7 +40,8 @@ def run_command(body: Callable[[], T]) -> T:
 @models_app.command("list")
 def models_list() -> None:
     """List the zoo models with their size and status on this machine."""
-    from . import zoo
+    from ..models import zoo
+    from ..runtime.machine import specdecode_home
 
     def body() -> None:
         rows = [("NAME", "DESCRIPTION", "SIZE", "STATUS")]
@@ -48,7 +49,7 @@ def models_list() -> None:
         widths = [max(len(row[i]) for row in rows) for i in range(3)]
         for row in rows:
             typer.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[3])
-        typer.echo(f"\ncache: {zoo.zoo_home()}  (set SPECDECODE_HOME to move it)")
+        typer.echo(f"\ncache: {specdecode_home()}  (set SPECDECODE_HOME to move it)")
 
     run_command(body)
 
@@ -59,7 +60,7 @@ def models_pull(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:
     """Install a zoo model's packages and convert it once into the cache."""
-    from . import zoo
+    from ..models import zoo
 
     path = run_command(lambda: zoo.pull(name, progress=not quiet))
     typer.echo(f"{name} is ready: {path}")
@@ -99,7 +100,7 @@ def generate(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of text."),
 ) -> None:
     """Generate text with speculative decoding (and compare it with plain decoding)."""
-    from .cli_generate import GenerateConfig, run_generate
+    from .generate import GenerateConfig, run_generate
 
     def body() -> None:
         config = GenerateConfig(
@@ -130,7 +131,7 @@ def index_build(
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ) -> None:
     """Index documents into a FAISS datastore (saved atomically)."""
-    from .cli_rag import run_index_build
+    from .rag import run_index_build
 
     run_command(lambda: run_index_build(paths, out, embedder=embedder, chunk_tokens=chunk_tokens, overlap=overlap,
                                         index=index, nlist=nlist, progress=not quiet, write=echo))
@@ -143,8 +144,8 @@ def index_pydoc(
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ) -> None:
     """Index the Python standard library's documentation (rendered by pydoc): a corpus every machine has."""
-    from .cli_rag import run_index_build
-    from .retrieval.corpora import write_python_docs
+    from .rag import run_index_build
+    from ..retrieval.corpora import write_python_docs
 
     def body() -> None:
         texts = out.parent / (out.name + "-texts")
@@ -159,7 +160,7 @@ def index_pydoc(
 @index_app.command("info")
 def index_info(store: Path = typer.Argument(..., help="A datastore folder.")) -> None:
     """Show a datastore's manifest."""
-    from .cli_rag import run_index_info
+    from .rag import run_index_info
 
     run_command(lambda: run_index_info(store, write=echo))
 
@@ -179,7 +180,7 @@ def ask(
     compare: bool = typer.Option(False, "--compare", help="Also answer with plain decoding: speedup, identical."),
 ) -> None:
     """Answer a question from a datastore with speculative decoding; print the sources."""
-    from .cli_rag import AskConfig, run_ask
+    from .rag import AskConfig, run_ask
 
     config = AskConfig(store=store, model=model, question=read_prompt(question), drafter=drafter,
                        draft_model=draft_model, k=k, max_new_tokens=max_new_tokens, dtype=dtype, compare=compare)
@@ -229,10 +230,10 @@ def bench(
     """Benchmark methods on Spec-Bench questions: speedup, tau, exactness; reports and plots in --out."""
 
     def body() -> None:
-        from .bench import BenchConfig, run_benchmark
-        from .cli_generate import hide_loading_bars
-        from .bench.metrics import OVERALL, summarize
-        from .bench.report import table_lines
+        from ..bench import BenchConfig, run_benchmark
+        from .generate import hide_loading_bars
+        from ..bench.metrics import OVERALL, summarize
+        from ..bench.report import table_lines
 
         config = BenchConfig(
             questions=questions, model=model, out=out, methods=methods,

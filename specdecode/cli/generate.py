@@ -11,13 +11,13 @@ import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
-from .drafters.registry import DrafterOptions, make_drafter, parse_drafters
-from .engine import SpeculativeGenerator
-from .errors import SpecDecodeError
-from .models import LoadedModel, load_model
-from .outputs import Divergence, GenerationOutput, first_divergence
-from .quantize import check_mode
-from .sampling import SamplingParams
+from ..drafters.registry import DrafterOptions, make_drafter, parse_drafters
+from ..engine import SpeculativeGenerator
+from ..errors import SpecDecodeError
+from ..models.load import LoadedModel, load_model
+from ..outputs import Divergence, GenerationOutput, first_divergence
+from ..runtime.cpu.quantize import check_mode
+from ..sampling import SamplingParams
 
 NEAR_TIE = 0.1  # a top-2 logit margin below this at a divergence is a floating-point near-tie
 WARMUP_TOKENS = 4  # the untimed generation before a comparison, so no timing includes a cold start

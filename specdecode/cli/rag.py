@@ -6,14 +6,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import SpecDecodeError
+from ..errors import SpecDecodeError
 
 Write = Callable[[str], None]
 
 
 def run_index_build(paths: list[str], out: Path, *, embedder: str | None, chunk_tokens: int, overlap: int,
                     index: str, nlist: int | None, progress: bool, write: Write) -> None:
-    from .retrieval import Datastore
+    from ..retrieval import Datastore
 
     if not paths:
         raise SpecDecodeError("give at least one file or folder to index.")
@@ -31,7 +31,7 @@ def run_index_build(paths: list[str], out: Path, *, embedder: str | None, chunk_
 
 
 def run_index_info(store_path: Path, write: Write) -> None:
-    from .retrieval.datastore import read_manifest
+    from ..retrieval.datastore import read_manifest
 
     manifest = read_manifest(store_path)
     write(f"store: {store_path}\n")
@@ -57,11 +57,11 @@ class AskConfig:
 
 
 def run_ask(config: AskConfig, write: Write) -> None:
-    from .cli_generate import comparison_report, hide_loading_bars
-    from .cli_generate import Comparison
-    from .models import load_model
-    from .pipelines import RAGPipeline
-    from .retrieval import Datastore
+    from .generate import comparison_report, hide_loading_bars
+    from .generate import Comparison
+    from ..models.load import load_model
+    from ..pipelines import RAGPipeline
+    from ..retrieval import Datastore
 
     if config.k < 1:
         raise SpecDecodeError(f"--k must be >= 1, got {config.k}.")

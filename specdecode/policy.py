@@ -1,0 +1,121 @@
+"""The draft policy: the draft size that maximises the expected tokens per second, from what one
+target forward costs vs the tokens it is fed (ForwardCosts, measured once per model and machine by
+runtime/calibrate.py) and the acceptance seen so far. Pure: no clock of its own; the engine hands it
+the seconds it measured.
+
+The rule (`DraftSizer`). A step feeds the pending token plus a draft of n nodes. If each draft level
+is accepted, given its parent was, with probability `alpha` (the geometric model of Leviathan et
+al.), a draft of depth d commits on average
+
+    E(d) = 1 + alpha + ... + alpha^d = (1 - alpha^(d+1)) / (1 - alpha)   tokens,
+
+and the step costs
+
+    T(n) = verify(1 + n) + n * draft_per_node   seconds,
+
+with verify(q) the measured forward cost (the cheapest measured at >= q rows, since a forward may be
+padded) and draft_per_node the drafter's own measured seconds per drafted node. The budget is the
+n in 0..max that maximises E(n / shape) / T(n), where shape = nodes per level of the drafter's recent
+trees (1 for a chain). n = 0 is a plain step: where no draft pays (a drafter as slow as the target,
+or one that is rarely right), none is made. alpha is estimated from the generation so far: accepted
+and rejected levels, decayed by `decay` per step and pulled toward a prior, so after a run of
+rejections the estimate drifts back up and drafting is retried.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from .runtime.calibrate import ForwardCosts
+
+__all__ = ["DraftSizer", "ForwardCosts", "LevelAcceptance", "SizerSettings"]
+
+
+@dataclass
+class LevelAcceptance:
+    """How often a draft level is accepted given its parent was (alpha of the geometric model), from
+    the levels accepted and the drafts cut short so far, decayed per step (so the estimate follows the
+    text, and after a run of misses drifts back toward the prior, so drafting is retried) and pulled
+    toward `prior`, worth `prior_weight` observed levels. The engine's cost model keeps one for the
+    verified tree; a MixtureDrafter one per drafter."""
+
+    prior: float = 0.5
+    prior_weight: float = 2.0
+    decay: float = 0.9
+    accepted: float = 0.0
+    rejected: float = 0.0
+
+    @property
+    def alpha(self) -> float:
+        return (self.prior * self.prior_weight + self.accepted) / (self.prior_weight + self.accepted + self.rejected)
+
+    def step(self, accepted: int = 0, missed: bool = False) -> None:
+        """One step: older evidence decays; then `accepted` levels and, if a checked level was wrong, a miss."""
+        self.accepted = self.accepted * self.decay + accepted
+        self.rejected = self.rejected * self.decay + (1 if missed else 0)
+
+
+@dataclass(frozen=True)
+class SizerSettings:
+    prior: float = 0.6  # acceptance per level assumed before any evidence
+    prior_weight: float = 2.0  # ... worth this many observed levels
+    decay: float = 0.9  # per step: older evidence counts less, so the estimate follows the text
+    shape_decay: float = 0.8  # per draft: nodes-per-level estimate
+
+
+@dataclass
+class DraftSizer:
+    """Chooses each step's draft budget from forward costs and the acceptance seen so far (one generation)."""
+
+    verify: ForwardCosts
+    settings: SizerSettings = SizerSettings()
+    levels: LevelAcceptance = field(init=False)  # acceptance per level of the verified trees
+    draft_seconds: float = 0.0  # drafter time over drafted nodes, excluding each generation's first draft
+    draft_nodes: float = 0.0
+    shape: float = 1.0
+    budgets: list[int] = field(default_factory=list)
+
+    def __post_init__(self):
+        self.levels = LevelAcceptance(self.settings.prior, self.settings.prior_weight, self.settings.decay)
+
+    @property
+    def alpha(self) -> float:
+        return self.levels.alpha
+
+    @property
+    def draft_per_node(self) -> float:
+        return self.draft_seconds / self.draft_nodes if self.draft_nodes else 0.0
+
+    def expected_tokens(self, depth: float) -> float:
+        alpha = min(self.alpha, 1 - 1e-9)
+        return (1 - alpha ** (depth + 1)) / (1 - alpha)
+
+    def step_seconds(self, nodes: int) -> float:
+        return self.verify(1 + nodes) + nodes * self.draft_per_node
+
+    def budget(self, most: int) -> int:
+        """The draft size in 0..most with the most expected tokens per second."""
+        best = max(range(most + 1), key=lambda n: (self.expected_tokens(n / self.shape) / self.step_seconds(n), -n))
+        self.budgets.append(best)
+        return best
+
+    def observe(self, nodes: int, depth: int, accepted: int, draft_seconds: float, first: bool) -> None:
+        """After a step: the draft's node count and depth, the levels accepted, the drafter's time."""
+        if nodes == 0:
+            self.levels.step()
+            return
+        self.levels.step(accepted, missed=accepted < depth)
+        self.shape = self.settings.shape_decay * self.shape + (1 - self.settings.shape_decay) * (nodes / depth)
+        if not first:  # a drafter's first draft includes its prefill
+            self.draft_seconds += draft_seconds
+            self.draft_nodes += nodes
+
+    def report(self) -> dict:
+        return {
+            "verify_ms": self.verify.table_ms(),
+            "draft_ms_per_node": round(self.draft_per_node * 1000, 3),
+            "acceptance_per_level": round(self.alpha, 4),
+            "mean_budget": round(sum(self.budgets) / len(self.budgets), 3) if self.budgets else 0.0,
+            "steps_without_draft": sum(1 for b in self.budgets if b == 0),
+            "settings": asdict(self.settings),
+        }
