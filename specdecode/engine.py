@@ -1,10 +1,12 @@
-"""SpeculativeGenerator: prefill, then draft -> verify -> commit until a stop.
+"""SpeculativeGenerator: prefill, then propose -> verify -> accept -> commit until a stop.
 
 The whole loop is `_decode`. Bookkeeping: the committed sequence is prompt + generated tokens; the
 target's KV cache holds every committed token except the last one (the "pending" token). Each step
-feeds [pending] + the draft tree in ONE target forward, accepts a path, keeps only that path's KV
-entries, and commits the path plus the target's next token. Plain decoding (`speculative=False`, or
-no drafter) is the same loop with an empty draft, so both share prefill, cache and stopping code.
+feeds [pending] + the draft tree in ONE target forward, accepts a path, keeps only the committed
+tokens' KV entries (one cache operation), and commits the path plus the target's own next token.
+Plain decoding (`speculative=False`, or no drafter) is the same loop with an empty draft, so both
+share prefill, cache and stopping code. Words: a step's `fed` tokens are the pending token and the
+draft; its forward has `rows` >= fed (padding to a row count the machine runs faster).
 """
 
 from __future__ import annotations
@@ -21,8 +23,8 @@ from .models.load import load_model, output_vocab_size
 from .policy import DraftSizer, ForwardCosts
 from .runtime.cache import KVCache
 from .runtime.calibrate import Calibration
-from .runtime.runner import pad_inputs, select_backend
-from .outputs import GenerationOutput, GenerationStats, Tally
+from .runtime.runner import select_backend
+from .outputs import GenerationOutput, GenerationStats, Step, Tally
 from .prompts import StopChecker, encode_prompt, eos_token_ids
 from .sampling import SamplingParams
 from .tree import DraftTree
@@ -139,7 +141,7 @@ class SpeculativeGenerator:
     @torch.inference_mode()
     def _decode(self, request: Request, run: _Run) -> Iterator[list[int]]:
         """Yield the tokens committed by each step; fill `run` as it goes."""
-        model, tally = self.model, run.tally
+        model, tally, clock = self.model, run.tally, self.clock
         generator = torch.Generator()  # the user's global torch RNG is never touched
         if request.seed is not None:
             generator.manual_seed(request.seed)
@@ -150,70 +152,60 @@ class SpeculativeGenerator:
         stops = StopChecker(self.tokenizer, request.stop)
         committed = list(request.prompt_ids)
         cache = run.cache = KVCache(model)
-        started = self.clock()
+        started = clock()
 
-        # 1. Prefill every prompt token but the last (the pending token is fed with the first draft);
+        # Prefill every prompt token but the last (the pending token is fed with the first draft);
         #    plain and speculative decoding prefill alike, so exact models may batch its attention.
+        #    A drafter feeds the prompt to its own state (a model drafter: its cache) in `begin`.
         if len(committed) > 1:
             self.attention.forward(model, cache, torch.tensor(committed[:-1]), torch.arange(len(committed) - 1),
                                    hidden=True, prefill=True)
-        tally.prefill_s = self.clock() - started
         if drafter is not None:
             drafter.begin(request.prompt_ids, sampling=request.sampling, generator=generator)
             run.sizer = self._sizer()
-            set_verify_costs = optional_part(drafter, "set_verify_costs")
-            if set_verify_costs is not None:
-                set_verify_costs(run.sizer.verify if run.sizer is not None else None)
+        tally.prefill_s = clock() - started
 
         while True:
-            remaining = request.max_new_tokens - len(run.generated)
-            # 2. Draft: a tree of at most `budget` nodes after the committed tokens; the cost model
+            # 1. Propose: a tree of at most `budget` nodes after the committed tokens; the draft policy
             #    picks the size with the most expected tokens per second (0: a plain step).
-            budget = min(self.max_draft_tokens, remaining - 1)
+            tick = clock()
+            budget = min(self.max_draft_tokens, request.max_new_tokens - len(run.generated) - 1)
             if run.sizer is not None and budget > 0:
                 budget = run.sizer.budget(budget)
-            tree, draft_s = DraftTree.empty(), 0.0
+            tree = DraftTree.empty()
             if drafter is not None and budget > 0:
-                tick = self.clock()
                 tree = self._checked(drafter.propose(committed, budget), drafter).truncated(budget)
-                draft_s = self.clock() - tick
-                tally.draft_s += draft_s
-                draft_s -= optional_part(drafter, "prefill_s", 0.0)  # drafting seconds, without feeding the prompt
+            proposed = clock()
 
-            # 3. Verify: one target forward over [pending] + tree (tree attention, depth positions),
-            #    padded to a row count this machine's matmuls run faster.
-            tick = self.clock()
-            past = cache.length
-            input_ids, tree_mask, offsets = tree.rooted_inputs(committed[-1])
-            fed = len(input_ids)
-            size = self._padded_size(fed)
-            inputs = pad_inputs(input_ids, tree_mask, past + offsets, size)
-            target_logits = self.attention.forward(model, cache, inputs[0], inputs[2], inputs[1])[:fed]
+            # 2. Verify: one target forward over [pending] + tree (tree attention, depth positions).
+            past, fed = cache.length, 1 + len(tree)
+            rows = self._padded_size(fed)
+            target_logits = self.attention.verify(model, cache, tree, committed[-1], rows)  # [fed, vocab]
 
-            # 4. Accept: the longest path the target agrees with, plus the target's next token.
+            # 3. Accept: the longest path the target agrees with, plus the target's own next token.
             acceptance = accept(tree, target_logits, request.sampling, generator)
-
-            # 5. Commit: keep only the accepted path's KV entries (pending + accepted nodes).
-            cache.keep(past, acceptance.rows)
             new_tokens = [tree.token_list[node] for node in acceptance.accepted] + [acceptance.next_token]
-            if request.sampling.greedy:
-                run.margins.extend(_top2_margins(target_logits[acceptance.rows]))
-            tally.verify_s += self.clock() - tick
-
-            # 6. Stop: end of sequence, a stop string, or the token budget (cut inside the step).
             cut, reason = stops.first_stop(run.generated, new_tokens, self.eos_ids, request.max_new_tokens)
             new_tokens = new_tokens[:cut]
-            run.margins[len(run.generated) + cut :] = []
-            cache.crop(past + cut)
+
+            # 4. Commit: the tokens up to a stop; the cache keeps their entries (pending + accepted path).
+            committed_rows = acceptance.rows[:cut]
+            cache.keep(past, committed_rows)
             committed.extend(new_tokens)
             run.generated.extend(new_tokens)
-            tally.record_step(drafted=len(tree), accepted=len(acceptance.accepted), fed=size)
+            if request.sampling.greedy:
+                run.margins.extend(_top2_margins(target_logits[committed_rows]))
+            accepted = min(len(acceptance.accepted), cut)  # a stop may cut inside the accepted path
+            last = acceptance.accepted[-1] if acceptance.accepted else -1
+            recovered = cut > len(acceptance.accepted) and bool(tree.children.get(last))
+            step = Step(drafted=len(tree), depth=tree.depth, accepted=accepted, recovered=recovered, fed=fed,
+                        rows=rows, draft_s=proposed - tick, verify_s=clock() - proposed)
+            tally.record(step)
             if run.sizer is not None:
-                run.sizer.observe(len(tree), tree.depth, len(acceptance.accepted), draft_s,
-                                  first=tally.drafted_tokens == len(tree))
+                run.sizer.observe(step)
             if drafter is not None:
                 drafter.accept(new_tokens)
-            tally.wall_s = self.clock() - started
+            tally.wall_s = clock() - started
             yield new_tokens
             if reason is not None:
                 run.stop_reason = reason

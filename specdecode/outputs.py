@@ -5,39 +5,59 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 
+@dataclass(frozen=True)
+class Step:
+    """One propose -> verify -> accept -> commit step, as the draft policy and the stats see it."""
+
+    drafted: int  # draft nodes verified
+    depth: int  # the draft's depth (levels)
+    accepted: int  # draft tokens accepted (the accepted path's length)
+    recovered: bool  # the target's own token replaced a rejected draft (else it is a bonus token)
+    fed: int  # tokens fed to the verification: the pending token + the draft
+    rows: int  # rows of that forward: fed + padding to a row count this machine runs faster
+    draft_s: float  # seconds spent proposing (the draft policy's choice included)
+    verify_s: float  # seconds from the proposal to the committed tokens
+
+
 @dataclass
 class Tally:
     """Running counts of one generation (filled by the engine's loop)."""
 
     steps: int = 0
-    fed_tokens: int = 0  # tokens fed to verification forwards (pending + draft + padding)
+    forward_rows: int = 0  # rows of the verification forwards (pending + draft + padding)
     drafted_tokens: int = 0
     accepted_tokens: int = 0
+    recovered_tokens: int = 0  # steps whose own token replaced a rejected draft
     accept_histogram: list[int] = field(default_factory=list)  # [a] = steps that accepted a draft tokens
     prefill_s: float = 0.0
     draft_s: float = 0.0
     verify_s: float = 0.0
     wall_s: float = 0.0
 
-    def record_step(self, drafted: int, accepted: int, fed: int) -> None:
+    def record(self, step: Step) -> None:
         self.steps += 1
-        self.fed_tokens += fed
-        self.drafted_tokens += drafted
-        self.accepted_tokens += accepted
-        if len(self.accept_histogram) <= accepted:
-            self.accept_histogram.extend([0] * (accepted + 1 - len(self.accept_histogram)))
-        self.accept_histogram[accepted] += 1
+        self.forward_rows += step.rows
+        self.drafted_tokens += step.drafted
+        self.accepted_tokens += step.accepted
+        self.recovered_tokens += step.recovered
+        self.draft_s += step.draft_s
+        self.verify_s += step.verify_s
+        if len(self.accept_histogram) <= step.accepted:
+            self.accept_histogram.extend([0] * (step.accepted + 1 - len(self.accept_histogram)))
+        self.accept_histogram[step.accepted] += 1
 
 
 @dataclass(frozen=True)
 class GenerationStats:
     new_tokens: int
     steps: int  # target verification forwards; each commits >= 1 token
-    mean_accepted: float  # tau: new tokens per verification forward, the target's own token included
+    mean_accepted: float  # tau: new tokens per target forward = accepted draft tokens + the target's own
     acceptance_rate: float  # accepted draft tokens / drafted tokens (0 when nothing was drafted)
-    drafted_tokens: int
-    accepted_tokens: int
-    fed_tokens: int  # tokens fed to verification forwards: pending + draft + padding to a cheap size
+    drafted_tokens: int  # draft tokens verified
+    accepted_tokens: int  # draft tokens accepted
+    bonus_tokens: int  # the target's own tokens after a fully accepted path (or no draft)
+    recovered_tokens: int  # the target's own tokens in place of a rejected draft token
+    forward_rows: int  # rows of verification forwards: pending + draft + padding to a cheap size
     accept_histogram: tuple[int, ...]  # [a] = number of steps that accepted a draft tokens
     prefill_s: float
     draft_s: float
@@ -45,7 +65,7 @@ class GenerationStats:
     wall_s: float  # prefill + every step (prompt tokenisation and text decoding excluded)
     tokens_per_s: float
     drafters: dict = field(default_factory=dict)  # per-drafter counts from Drafter.report() (e.g. a mixture's)
-    cost_model: dict = field(default_factory=dict)  # the draft-size rule's inputs and choices (costs.DraftSizer)
+    cost_model: dict = field(default_factory=dict)  # the draft policy's inputs and choices (policy.DraftSizer)
 
     @classmethod
     def from_tally(cls, tally: Tally, new_tokens: int, drafters: dict | None = None,
@@ -57,7 +77,9 @@ class GenerationStats:
             acceptance_rate=tally.accepted_tokens / tally.drafted_tokens if tally.drafted_tokens else 0.0,
             drafted_tokens=tally.drafted_tokens,
             accepted_tokens=tally.accepted_tokens,
-            fed_tokens=tally.fed_tokens,
+            bonus_tokens=new_tokens - tally.accepted_tokens - tally.recovered_tokens,
+            recovered_tokens=tally.recovered_tokens,
+            forward_rows=tally.forward_rows,
             accept_histogram=tuple(tally.accept_histogram),
             prefill_s=tally.prefill_s,
             draft_s=tally.draft_s,

@@ -1,7 +1,7 @@
 """The draft policy: the draft size that maximises the expected tokens per second, from what one
 target forward costs vs the tokens it is fed (ForwardCosts, measured once per model and machine by
-runtime/calibrate.py) and the acceptance seen so far. Pure: no clock of its own; the engine hands it
-the seconds it measured.
+runtime/calibrate.py) and the acceptance seen so far; and which members of a mixture run and which of
+their nodes are verified. Pure: no clock of its own; the engine hands it the seconds it measured.
 
 The rule (`DraftSizer`). A step feeds the pending token plus a draft of n nodes. If each draft level
 is accepted, given its parent was, with probability `alpha` (the geometric model of Leviathan et
@@ -24,11 +24,14 @@ rejections the estimate drifts back up and drafting is retried.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
+from .outputs import Step
 from .runtime.calibrate import ForwardCosts
 
-__all__ = ["DraftSizer", "ForwardCosts", "LevelAcceptance", "SizerSettings"]
+__all__ = ["DraftSizer", "ForwardCosts", "LevelAcceptance", "SizerSettings", "best_nodes", "makes_the_cut",
+           "node_score"]
 
 
 @dataclass
@@ -70,7 +73,7 @@ class DraftSizer:
     verify: ForwardCosts
     settings: SizerSettings = SizerSettings()
     levels: LevelAcceptance = field(init=False)  # acceptance per level of the verified trees
-    draft_seconds: float = 0.0  # drafter time over drafted nodes, excluding each generation's first draft
+    draft_seconds: float = 0.0  # drafting seconds over drafted nodes (a drafter feeds its prompt in begin)
     draft_nodes: float = 0.0
     shape: float = 1.0
     budgets: list[int] = field(default_factory=list)
@@ -99,16 +102,15 @@ class DraftSizer:
         self.budgets.append(best)
         return best
 
-    def observe(self, nodes: int, depth: int, accepted: int, draft_seconds: float, first: bool) -> None:
-        """After a step: the draft's node count and depth, the levels accepted, the drafter's time."""
-        if nodes == 0:
+    def observe(self, step: Step) -> None:
+        """After a step: the draft's node count and depth, the levels accepted, the seconds spent drafting."""
+        if step.drafted == 0:
             self.levels.step()
             return
-        self.levels.step(accepted, missed=accepted < depth)
-        self.shape = self.settings.shape_decay * self.shape + (1 - self.settings.shape_decay) * (nodes / depth)
-        if not first:  # a drafter's first draft includes its prefill
-            self.draft_seconds += draft_seconds
-            self.draft_nodes += nodes
+        self.levels.step(step.accepted, missed=step.accepted < step.depth)
+        self.shape = self.settings.shape_decay * self.shape + (1 - self.settings.shape_decay) * (step.drafted / step.depth)
+        self.draft_seconds += step.draft_s
+        self.draft_nodes += step.drafted
 
     def report(self) -> dict:
         return {
@@ -119,3 +121,22 @@ class DraftSizer:
             "steps_without_draft": sum(1 for b in self.budgets if b == 0),
             "settings": asdict(self.settings),
         }
+
+
+# ----------------------------------------------------------------------------- a mixture's choices
+def node_score(alpha: float, depth: int) -> float:
+    """The chance that a node at `depth` (0 = a root) is accepted, for a drafter whose levels are accepted
+    with probability `alpha` each given their parent was: alpha^(depth + 1)."""
+    return alpha ** (depth + 1)
+
+
+def makes_the_cut(scores: Sequence[float], budget: int, best: float) -> bool:
+    """Whether a drafter whose best node scores `best` could enter the `budget` best of the nodes already
+    proposed (`scores`): a mixture runs a member only then."""
+    return len(scores) < budget or sorted(scores, reverse=True)[budget - 1] < best
+
+
+def best_nodes(scores: Sequence[float], budget: int) -> list[int]:
+    """The `budget` nodes with the highest scores (ties: the earlier node), as indices. A node never scores
+    above its parent, so the kept nodes are whole paths."""
+    return sorted(range(len(scores)), key=lambda node: (-scores[node], node))[:budget]

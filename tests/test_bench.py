@@ -381,3 +381,18 @@ def test_llama_cpp_peer_runs_the_gguf_or_says_how_to_install(questions_file, tmp
     assert [(path, draft) for path, _, draft in opened] == [(str(gguf), "NoneType"), (str(gguf), "FakeLookup")]
     with pytest.raises(SpecDecodeError, match="neither a zoo model nor a .gguf"):
         run(config(questions_file, tmp_path / "c", methods="llama-cpp"), zoo)
+
+
+def test_run_json_records_the_machine_and_every_commit_that_measured(tmp_path):
+    import re
+
+    from specdecode.bench.environment import source_commit
+    from specdecode.bench.results import ResultsFolder
+    from specdecode.runtime.machine import machine_key
+
+    settings = {"model": "tiny", "machine": machine_key()}
+    for commit in ("abc123", "def456", "def456"):  # a resume at another commit, then at the same one
+        ResultsFolder.open(tmp_path / "out", settings, commit=commit)
+    document = json.loads((tmp_path / "out" / "run.json").read_text())
+    assert document["commits"] == ["abc123", "def456"] and "threads" in document["settings"]["machine"]
+    assert source_commit() is None or re.fullmatch(r"[0-9a-f]{10}(\+changes)?", source_commit())

@@ -129,9 +129,27 @@ def test_a_bf16_target_on_kernels_exact_up_to_32_rows_keeps_every_forward_within
     differing = 0
     for seed, prompt in enumerate((random_prompt(3), repetitive_prompt(4), random_prompt(8))):
         plain = SpeculativeGenerator(target).generate(prompt, max_new_tokens=40, speculative=False).token_ids
-        for drafter in (RandomDrafter(seed, max_nodes=64), LookupDrafter(branches=4)):
+        for drafter in (RandomDrafter(seed, max_nodes=64), LookupDrafter(tree_width=4)):
             ours = SpeculativeGenerator(target, drafter=drafter, cost_model=None).generate(prompt, max_new_tokens=40)
             assert ours.token_ids == plain, drafter.name
         wide = SpeculativeGenerator(uncapped, drafter=RandomDrafter(seed, max_nodes=64), cost_model=None)
         differing += wide.generate(prompt, max_new_tokens=40).token_ids != plain
     assert differing  # forwards wider than 32 rows do change this target's output
+
+
+def test_dtype_auto_prefers_fp32_where_bf16_can_keep_no_rows_bits(tmp_path, monkeypatch):
+    """On a CPU whose bf16 products keep no row's bits at any width, "auto" loads a target in fp32 (it asks
+    for exactness before speed); a bf16 asked for by name stays bf16 and says it is not exact."""
+    folder = tmp_path / "tiny"
+    cpu_model("llama", seed=0).save_pretrained(folder)
+    tiny_tokenizer().save_pretrained(folder)
+    monkeypatch.setattr(specdecode.models.load, "cpu_supports_bf16", lambda: True)
+    monkeypatch.setattr(specdecode.models.load, "exact_width", lambda layers: 0)
+    auto = load_model(folder, device="cpu")
+    assert auto.dtype == torch.float32
+    named = load_model(folder, device="cpu", dtype="bf16")
+    assert named.dtype == torch.bfloat16 and not named.exact_steps
+    monkeypatch.setattr(specdecode.models.load, "exact_width", lambda layers: 65)
+    monkeypatch.setenv("SPECDECODE_CALIBRATION_DIR", str(tmp_path / "exact-cpu"))
+    exact = load_model(folder, device="cpu")
+    assert exact.dtype == torch.bfloat16 and exact.exact_steps and exact.max_exact_rows is None

@@ -78,7 +78,7 @@ def test_json_output_parses(model_dir):
     single = json.loads(ok("--model", model_dir, "-n", "8", "--json", PROMPT).stdout)
     assert set(single) >= {"text", "token_ids", "stop_reason", "stats"}
     assert single["stats"]["new_tokens"] == len(single["token_ids"]) <= 8
-    both = json.loads(ok("--model", model_dir, "--tree", "2", "-n", "8", "--json", "--compare", PROMPT).stdout)
+    both = json.loads(ok("--model", model_dir, "--tree-width", "2", "-n", "8", "--json", "--compare", PROMPT).stdout)
     assert both["identical"] is True and both["divergence"] is None
     assert both["plain"]["token_ids"] == both["speculative"]["token_ids"]
     assert both["text"] == both["speculative"]["text"] and both["speedup"] > 0
@@ -132,3 +132,16 @@ def test_drafter_spec_parsing():
 def test_help_does_not_import_torch():
     code = "import sys, specdecode.cli.main; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_profile_prints_the_calibration_and_a_forward_cost_table(model_dir):
+    result = CliRunner().invoke(app, ["profile", "--model", model_dir, "--dtype", "bf16", "--sizes", "1,2,4",
+                                      "--context", "8", "--rounds", "1"])
+    assert result.exit_code == 0, result.output
+    out = result.stdout
+    assert "machine: " in out and "threads" in out and "exact steps: " in out and "calibration: " in out
+    rows = [line for line in out.splitlines() if line.startswith("| ") and line[2].isdigit()]
+    assert [row.split("|")[1].strip() for row in rows] == ["1", "2", "4"]
+    assert rows[0].split("|")[3].strip() == "1.00"  # each size against one token
+    bad = CliRunner().invoke(app, ["profile", "--model", model_dir, "--sizes", "2,four"])
+    assert bad.exit_code == 1 and "--sizes must be whole numbers" in bad.output

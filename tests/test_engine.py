@@ -26,7 +26,7 @@ def target():
 
 @pytest.fixture(scope="module")
 def gen(target):
-    return SpeculativeGenerator(target, drafter=LookupDrafter(branches=2), cost_model=None)
+    return SpeculativeGenerator(target, drafter=LookupDrafter(tree_width=2), cost_model=None)
 
 
 # ------------------------------------------------------------------------------ prompts

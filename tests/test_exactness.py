@@ -56,7 +56,7 @@ def drafters(target, other):
     yield "other-tree-pruned-vocab", ModelDrafter(other, k=3, tree_width=2, draft_vocab=24)
     yield "lookup-chain", LookupDrafter()
     yield "lookup-k2", LookupDrafter(k=2)
-    yield "lookup-tree", LookupDrafter(branches=3, min_ngram=1, max_ngram=2)
+    yield "lookup-tree", LookupDrafter(tree_width=3, min_ngram=1, max_ngram=2)
     for seed in range(3):
         yield f"random-{seed}", RandomDrafter(seed)
 
@@ -153,12 +153,12 @@ def test_padding_verification_to_cheaper_sizes_is_lossless(target, other, refere
     to_eight = [0, 1] + [max(8, -(-q // 8) * 8) for q in range(2, 80)]
     padding = 0
     for drafter in (ModelDrafter(other, k=3, confidence=0), ModelDrafter(target, k=3, tree_width=2, confidence=0),
-                    LookupDrafter(branches=3)):
+                    LookupDrafter(tree_width=3)):
         gen = SpeculativeGenerator(target, drafter=drafter, pad_verification=to_eight, cost_model=None)
         for prompt in PROMPTS:
             out = gen.generate(prompt, max_new_tokens=NEW_TOKENS)
             assert out.token_ids == references[tuple(prompt)]
-            padding += out.stats.fed_tokens - out.stats.drafted_tokens - out.stats.steps
+            padding += out.stats.forward_rows - out.stats.drafted_tokens - out.stats.steps
     assert padding > 0  # padding tokens were really fed
 
 

@@ -50,7 +50,7 @@ def test_speculative_decoding_stays_exact_with_weight_first_layers():
     target = loaded(model)
     prompt = random_prompt(11)
     reference = hf_greedy(model, prompt, 30)
-    for drafter in (None, ModelDrafter(target, k=4, confidence=0), LookupDrafter(branches=2)):
+    for drafter in (None, ModelDrafter(target, k=4, confidence=0), LookupDrafter(tree_width=2)):
         out = SpeculativeGenerator(target, drafter=drafter, cost_model=None).generate(prompt, max_new_tokens=30)
         assert out.token_ids == reference
 
@@ -138,7 +138,7 @@ def one_row_apart_kernel(monkeypatch):
 def generate_with_every_drafter(target, draft, prompt, tokens: int) -> tuple[list[int], dict[str, list[int]]]:
     """Plain decoding's token ids, and those of speculative decoding with lookup, a model and garbage drafts."""
     plain = SpeculativeGenerator(target).generate(prompt, max_new_tokens=tokens, speculative=False)
-    drafters = (LookupDrafter(branches=2), ModelDrafter(draft, k=5, confidence=0), RandomDrafter(7))
+    drafters = (LookupDrafter(tree_width=2), ModelDrafter(draft, k=5, confidence=0), RandomDrafter(7))
     return plain.token_ids, {d.name: SpeculativeGenerator(target, drafter=d, cost_model=None)
                              .generate(prompt, max_new_tokens=tokens).token_ids for d in drafters}
 

@@ -307,7 +307,7 @@ def test_local_folder_loads_ready_for_the_engine(tmp_path):
     assert loaded.device == torch.device("cpu")
     assert not loaded.model.training
     assert not any(p.requires_grad for p in loaded.model.parameters())
-    # a bf16 target attends row by row where that makes its verifications exact (kernels.exact_one_token_steps)
+    # a bf16 target attends row by row where that makes its verifications exact (linear.exact_one_token_steps)
     assert loaded.model.config._attn_implementation == ("specdecode_rowwise" if loaded.exact_steps else "sdpa")
     assert loaded.tokenizer.eos_token == "</s>"
     assert load_model(loaded) is loaded

@@ -494,7 +494,7 @@ def test_bf16_weight_only_smollm2_speculative_equals_plain(mode):
     prompt = [{"role": "user", "content": "Repeat after me: the quick brown fox jumps over the lazy dog."}]
     plain = SpeculativeGenerator(target).generate(prompt, max_new_tokens=48, speculative=False)
     drafter_model = load_cpu("smollm2-135m-instruct", dtype="fp32", drafts_only=True)
-    for drafter in (LookupDrafter(branches=2), ModelDrafter(drafter_model, k=5, confidence=0), RandomDrafter(7)):
+    for drafter in (LookupDrafter(tree_width=2), ModelDrafter(drafter_model, k=5, confidence=0), RandomDrafter(7)):
         out = SpeculativeGenerator(target, drafter=drafter, cost_model=None).generate(prompt, max_new_tokens=48)
         assert out.token_ids == plain.token_ids, f"{drafter.name} changed the bf16 {mode} model's output"
 

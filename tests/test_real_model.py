@@ -63,7 +63,7 @@ def references(target):
         pytest.param(lambda t, n: ModelDrafter(n, k=4, confidence=0), id="model-noisy-chain"),
         pytest.param(lambda t, n: ModelDrafter(n, k=3, tree_width=3), id="model-noisy-tree"),
         pytest.param(lambda t, n: LookupDrafter(), id="lookup"),
-        pytest.param(lambda t, n: LookupDrafter(branches=3), id="lookup-tree"),
+        pytest.param(lambda t, n: LookupDrafter(tree_width=3), id="lookup-tree"),
     ],
 )
 def test_greedy_speculative_equals_plain_on_smollm2(target, noisy, references, make_drafter):

@@ -124,8 +124,7 @@ def test_each_drafter_in_a_mixture_adapts_to_its_own_acceptance(models):
     right = RetrievalDrafter(passages=[prompt[-2:] + reference], initial_k=4)
     noise = [random_prompt(s, length=40) for s in range(20, 30)]  # matches often, continues wrongly
     wrong = RetrievalDrafter(passages=noise, min_ngram=1, initial_k=4)
-    # cost_aware=False: timing would rightly stop running the wrong one, and then it could not adapt
-    gen = SpeculativeGenerator(target, drafter=MixtureDrafter([right, wrong], cost_aware=False), cost_model=None)
+    gen = SpeculativeGenerator(target, drafter=MixtureDrafter([right, wrong]), cost_model=None)
     out = gen.generate(prompt, NEW_TOKENS)
     assert out.token_ids == reference
     assert right.length.current > wrong.length.current  # the right one grew, the wrong one shrank
@@ -147,7 +146,7 @@ class ScriptedDrafter(Drafter):
 def test_a_mixture_keeps_the_likelier_drafter_first_and_skips_one_that_cannot_make_the_cut():
     text = list(range(100, 160))
     wrong, right = ScriptedDrafter("wrong", text, right=False), ScriptedDrafter("right", text, right=True)
-    mixture = MixtureDrafter([wrong, right], cost_aware=False)  # list order puts the wrong one first; scores alone
+    mixture = MixtureDrafter([wrong, right])  # list order puts the wrong one first; scores alone
     mixture.begin(text[:5])
     context = text[:5]
     first = mixture.propose(context, budget=2)

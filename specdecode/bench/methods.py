@@ -248,7 +248,7 @@ def build_methods(names: Sequence[MethodName], target: LoadedModel, options: Dra
             methods.append(HFMethod(name.text, target, {"prompt_lookup_num_tokens": HF_LOOKUP_TOKENS}))
         elif name.peer == "hf-assisted":
             # HF's assistant in the target's dtype, as its documentation loads it (a bf16 assistant on a
-            # CPU without native bf16 would prefill ~5x slower, which is not HF's fault); with FBGEMM
+            # CPU without native bf16 would prefill far slower, which is not HF's fault); with FBGEMM
             # drafter weights (w8a8), the same weights as our drafters, computing in fp32 (DraftModels).
             assistant = draft_models(name.assistant, target, dtype=target.dtype)
             methods.append(HFMethod(name.text, target, assistant_model=assistant.model))

@@ -112,7 +112,7 @@ def add_histograms(histograms: Iterable[Sequence[int] | None]) -> tuple[int, ...
 def add_drafter_counts(reports: Iterable[dict | None]) -> dict | None:
     """Per-drafter reports ({name: {"drafted": n, "accepted": n, ...}}) -> the counts summed (a mixture's
     steps without a drafter too)."""
-    keys = ("drafted", "accepted", "skipped_steps", "skipped_for_cost", "probes")
+    keys = ("drafted", "accepted", "skipped_steps")
     total: dict[str, dict[str, int]] = {}
     for report in reports:
         for name, counts in (report or {}).items():

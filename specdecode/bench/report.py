@@ -62,11 +62,12 @@ def markdown_report(document: dict, table: dict[str, list[MethodSummary]]) -> st
         f"drafter dtype {settings['drafter_dtype']}"
         f"{', drafter weights ' + settings['drafter_quantize'] if settings.get('drafter_quantize') else ''}, "
         f"max_new_tokens {settings['max_new_tokens']}, "
-        f"k {settings['k'] if settings['k'] is not None else 'adaptive'}, tree {settings['tree']}",
+        f"k {settings['k'] if settings['k'] is not None else 'adaptive'}, tree width {settings.get('tree_width', 1)}",
         f"- machine: {env['cpu']}; {env['cores']} cores, {env['torch_threads']} torch threads"
         + (f"; GPU {env['gpu']}" if env.get("gpu") else ""),
         f"- CPU flags: {', '.join(env['cpu_flags']) or 'none of interest'}",
-        f"- python {env['python']}, torch {env['torch']}, transformers {env['transformers']}; reported {env['date']}",
+        f"- python {env['python']}, torch {env['torch']}, transformers {env['transformers']}; reported {env['date']}"
+        + (f" at commit {env['commit']}" if env.get("commit") else ""),
         "",
         "speedup = a method's mean tokens/s over the questions / plain's over the same questions; median "
         "speedup = median of the per-question ratios; tau = new tokens per target forward (bonus included); "
@@ -83,16 +84,14 @@ def markdown_report(document: dict, table: dict[str, list[MethodSummary]]) -> st
         lines += ["## per drafter, in mixtures", "",
                   "drafted = a drafter's tokens that made it into the verified tree; accepted = those the target kept "
                   "(a token proposed by two drafters counts for both); steps not run = steps the mixture did not "
-                  "run the drafter (others' drafts were likelier, or, in brackets, its draft was not worth its "
-                  "seconds); probes = steps it ran although not worth it, to measure it again.", "",
-                  "| method | drafter | drafted | accepted | acceptance | steps not run | probes |",
-                  "| --- | --- | --- | --- | --- | --- | --- |"]
+                  "run the drafter (the others' drafts were likelier).", "",
+                  "| method | drafter | drafted | accepted | acceptance | steps not run |",
+                  "| --- | --- | --- | --- | --- | --- |"]
         for row in mixtures:
             for name, counts in row.drafters.items():
                 rate = counts["accepted"] / counts["drafted"] if counts["drafted"] else 0.0
                 lines.append(f"| {row.method} | {name} | {counts['drafted']} | {counts['accepted']} | {rate:.0%} | "
-                             f"{counts.get('skipped_steps', 0)} ({counts.get('skipped_for_cost', 0)}) | "
-                             f"{counts.get('probes', 0)} |")
+                             f"{counts.get('skipped_steps', 0)} |")
         lines.append("")
     if document["divergences"]:
         lines += ["## outputs that differ from plain decoding", ""]

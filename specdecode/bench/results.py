@@ -1,4 +1,5 @@
-"""The benchmark's out folder: `run.json` (the settings the results were measured under) and
+"""The benchmark's out folder: `run.json` (the settings the results were measured under, the machine's key
+among them, and the commits of the code that measured them) and
 `results.jsonl` (one line per finished question x method, appended as they come).
 
 A line is written in one call and flushed; a run killed mid-line leaves a partial last line, which
@@ -40,8 +41,10 @@ class ResultsFolder:
     records: list[dict]
 
     @classmethod
-    def open(cls, path: str | Path, settings: dict, *, fresh: bool = False) -> ResultsFolder:
-        """Open (or create) `path` for results measured under `settings`; `fresh` deletes old results."""
+    def open(cls, path: str | Path, settings: dict, *, fresh: bool = False, commit: str | None = None
+             ) -> ResultsFolder:
+        """Open (or create) `path` for results measured under `settings`; `fresh` deletes old results.
+        `commit` (the code that measures now) is added to run.json's `commits` when it is new there."""
         path = Path(path)
         if path.exists() and not path.is_dir():
             raise SpecDecodeError(f"--out {path} is a file; pass a folder for the benchmark's results.")
@@ -51,12 +54,17 @@ class ResultsFolder:
                 (path / name).unlink(missing_ok=True)
         if settings_path.exists():
             _check_same_settings(path, _read_settings(settings_path), settings)
+            document = json.loads(settings_path.read_text(encoding="utf-8"))
+            if commit is not None and commit not in document.get("commits", []):
+                document["commits"] = [*document.get("commits", []), commit]
+                _write_atomic(settings_path, json.dumps(document, indent=2))
         elif (path / RESULTS_FILE).exists():
             raise SpecDecodeError(f"{path} holds {RESULTS_FILE} without {SETTINGS_FILE}, so its settings are "
                                   "unknown; use another --out, or pass --fresh to delete those results.")
         else:
             path.mkdir(parents=True, exist_ok=True)
-            _write_atomic(settings_path, json.dumps({"format": FORMAT_VERSION, "settings": settings}, indent=2))
+            document = {"format": FORMAT_VERSION, "settings": settings, "commits": [commit] if commit else []}
+            _write_atomic(settings_path, json.dumps(document, indent=2))
         return cls(path, settings, _read_records(path / RESULTS_FILE))
 
     def done(self) -> set[tuple[str, str]]:

@@ -17,7 +17,7 @@ from ..errors import SpecDecodeError
 from ..models.load import LoadedModel, draft_quantization, load_model, resolve_device
 from ..prompts import encode_prompt
 from ..runtime.cpu.quantize import check_mode
-from .environment import environment, machine_key
+from .environment import environment, machine_key, source_commit
 from .methods import (DraftModels, Method, MethodName, TurnResult, build_methods, check_peers_available,
                       parse_methods)
 from .metrics import add_drafter_counts, add_histograms
@@ -39,21 +39,21 @@ class BenchConfig:
     limit_per_category: int | None = None
     max_new_tokens: int = 128
     dtype: str = "auto"
-    quantize: str | None = None  # "int8" | "int4" | "fp16" | "w8a8": quantized target (quantize.py)
+    quantize: str | None = None  # "int8" | "int4" | "fp16" | "w8a8": quantized target (runtime/cpu/quantize.py)
     drafter_dtype: str = "fast-decode"
     drafter_quantize: str | None = "auto"  # our drafter models and HF's assistants quantized alike
     k: int | None = None
-    tree: int = 1
+    tree_width: int = 1
     warmup: int = 1  # untimed generations per method before the first question
     fresh: bool = False  # delete the results already in `out`
     store: Path | None = None  # ask every turn over this datastore (RAG prompts; passages to the drafters)
     rag_k: int = 4  # passages retrieved per turn with `store`
-    cost_model: bool = True  # our methods size drafts with the cost model (costs.py); False: the drafters decide
+    cost_model: bool = True  # our methods size drafts with the cost model (policy.py); False: the drafters decide
 
     def settings(self, questions_file_sha256: str) -> dict:
         """What results in one folder must share (resuming with other settings is refused)."""
         return {"model": self.model, "dtype": self.dtype, "quantize": self.quantize, "drafter_dtype": self.drafter_dtype,
-                "max_new_tokens": self.max_new_tokens, "k": self.k, "tree": self.tree,
+                "max_new_tokens": self.max_new_tokens, "k": self.k, "tree_width": self.tree_width,
                 "questions_sha256": questions_file_sha256, "machine": machine_key(),
                 "store": store_fingerprint(self.store, self.rag_k) if self.store is not None else None,
                 "cost_model": "auto" if self.cost_model else "off",
@@ -107,8 +107,9 @@ def run_benchmark(config: BenchConfig, *, target: LoadedModel | None = None,
     questions = select_questions(read_questions(config.questions), config.categories, config.limit_per_category)
     names = parse_methods(config.methods)
     check_peers_available(names, config.model)
-    options = DrafterOptions(k=config.k, tree=config.tree, drafter_dtype=config.drafter_dtype)
-    folder = ResultsFolder.open(config.out, config.settings(file_sha256(config.questions)), fresh=config.fresh)
+    options = DrafterOptions(k=config.k, tree_width=config.tree_width, drafter_dtype=config.drafter_dtype)
+    folder = ResultsFolder.open(config.out, config.settings(file_sha256(config.questions)), fresh=config.fresh,
+                                commit=source_commit())
     done = folder.done()
     pending = [(q, n) for q in questions for n in names if (q.key, n.text) not in done]
 

@@ -31,7 +31,7 @@ class GenerateConfig:
     model: str
     drafter: str = "lookup"
     k: int | None = None  # None: adaptive draft length
-    tree: int = 1  # lookup branches / model-drafter tree width; 1 = a chain
+    tree_width: int = 1  # of our drafters' trees; 1 = a chain
     max_new_tokens: int = 128
     temperature: float = 0.0
     top_p: float = 1.0
@@ -43,7 +43,7 @@ class GenerateConfig:
     drafter_dtype: str = "fast-decode"  # drafts never change the output, so the drafter may use its own
     drafter_quantize: str | None = "auto"  # a model drafter's weights: auto (measured fastest) | w8a8 | ... | None
     raw: bool = False  # tokenise the prompt as is, no chat template
-    cost_model: bool = True  # size drafts with the measured cost model (costs.py)
+    cost_model: bool = True  # size drafts with the measured cost model (policy.py)
     compare: bool = False
     stream: bool = True
     as_json: bool = False
@@ -56,7 +56,7 @@ class GenerateConfig:
     def drafter_label(self) -> str:
         if self.drafter.strip() == "none":
             return "none"
-        return f"{self.drafter.strip()} (k={self.k if self.k is not None else 'adaptive'}, tree={self.tree})"
+        return f"{self.drafter.strip()} (k={self.k if self.k is not None else 'adaptive'}, tree_width={self.tree_width})"
 
 
 @dataclass(frozen=True)
@@ -132,14 +132,14 @@ def check_config(config: GenerateConfig, plain: bool) -> DrafterOptions:
     check_mode(config.quantize)
     check_mode(config.drafter_quantize, drafter=True)
     if plain:
-        if config.k is not None or config.tree != 1:
-            raise SpecDecodeError("--k and --tree shape a drafter's drafts; --drafter none decodes plainly.")
+        if config.k is not None or config.tree_width != 1:
+            raise SpecDecodeError("--k and --tree-width shape a drafter's drafts; --drafter none decodes plainly.")
         if config.compare:
             raise SpecDecodeError(
                 "--compare compares plain decoding with a drafter; pass --drafter lookup or --drafter model:NAME."
             )
     try:
-        return DrafterOptions(k=config.k, tree=config.tree, drafter_dtype=config.drafter_dtype,
+        return DrafterOptions(k=config.k, tree_width=config.tree_width, drafter_dtype=config.drafter_dtype,
                               drafter_quantize=config.drafter_quantize)
     except SpecDecodeError as e:
         raise SpecDecodeError(f"--{e}") from None

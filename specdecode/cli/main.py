@@ -74,7 +74,7 @@ def generate(
     drafter: str = typer.Option("lookup", "--drafter", "-d",
                                 help="none | lookup | retrieval | model:NAME (NAME: any --model spec); A+B merges two drafters."),
     k: Optional[int] = typer.Option(None, "--k", help="Draft length (depth); omitted = adaptive."),
-    tree: int = typer.Option(1, "--tree", help="Tree width: lookup branches or model top-w (1 = a chain)."),
+    tree_width: int = typer.Option(1, "--tree-width", help="Tree width: lookup matches or model top-w (1 = a chain)."),
     max_new_tokens: int = typer.Option(128, "--max-new-tokens", "-n", help="At most this many new tokens."),
     temperature: float = typer.Option(0.0, "--temperature", "-t", help="0 = greedy decoding."),
     top_p: float = typer.Option(1.0, "--top-p", help="Nucleus sampling mass (1 = off)."),
@@ -104,7 +104,7 @@ def generate(
 
     def body() -> None:
         config = GenerateConfig(
-            model=model, drafter=drafter, k=k, tree=tree, max_new_tokens=max_new_tokens,
+            model=model, drafter=drafter, k=k, tree_width=tree_width, max_new_tokens=max_new_tokens,
             temperature=temperature, top_p=top_p, top_k=top_k, seed=seed, stop=tuple(stop or ()),
             dtype=dtype, quantize=quantize, drafter_dtype=drafter_dtype, drafter_quantize=_no_none(drafter_quantize),
             raw=raw, compare=compare,
@@ -215,7 +215,7 @@ def bench(
                                            "hf-assisted loads its assistant in the target's dtype (fp32 with FBGEMM "
                                            "weights such as w8a8)."),
     k: Optional[int] = typer.Option(None, "--k", help="Draft length of our drafters (omitted = adaptive)."),
-    tree: int = typer.Option(1, "--tree", help="Tree width of our drafters (1 = a chain)."),
+    tree_width: int = typer.Option(1, "--tree-width", help="Tree width of our drafters (1 = a chain)."),
     warmup: int = typer.Option(1, "--warmup", help="Untimed warm-up generations per method."),
     fresh: bool = typer.Option(False, "--fresh", help="Delete the results already in --out first."),
     store: Optional[Path] = typer.Option(None, "--store",
@@ -239,7 +239,7 @@ def bench(
             questions=questions, model=model, out=out, methods=methods,
             categories=tuple(c.strip() for c in (categories or "").split(",") if c.strip()),
             limit_per_category=limit_per_category, max_new_tokens=max_new_tokens, dtype=dtype, quantize=quantize,
-            drafter_dtype=drafter_dtype, drafter_quantize=_no_none(drafter_quantize), k=k, tree=tree, warmup=warmup,
+            drafter_dtype=drafter_dtype, drafter_quantize=_no_none(drafter_quantize), k=k, tree_width=tree_width, warmup=warmup,
             fresh=fresh, store=store, rag_k=rag_k,
             cost_model=cost_model,
         )
@@ -252,6 +252,31 @@ def bench(
         if run.interrupted:
             typer.echo("interrupted: rerun the same command to resume where it stopped.", err=True)
             raise typer.Exit(code=130)
+
+    run_command(body)
+
+
+@app.command("profile")
+def profile(
+    model: str = typer.Option(..., "--model", "-m", help="Model: zoo name, folder, .gguf file or hub id."),
+    dtype: str = typer.Option("auto", "--dtype", help="auto | bf16 | fp32."),
+    quantize: Optional[str] = typer.Option(None, "--quantize", help="int8 | int4 | fp16 | w8a8 (CPU)."),
+    sizes: str = typer.Option("1,2,4,8,16,32,64", "--sizes", help="Comma-separated tokens fed per forward."),
+    context: int = typer.Option(512, "--context", help="Tokens already in the cache."),
+    rounds: int = typer.Option(3, "--rounds", help="Timed rounds over all sizes (the median counts)."),
+) -> None:
+    """What calibration chose for a model on this machine, and its forward cost vs tokens fed."""
+
+    def body() -> None:
+        from .generate import hide_loading_bars
+        from .profile import ProfileConfig, run_profile
+
+        try:
+            parsed = tuple(int(s) for s in sizes.split(",") if s.strip())
+        except ValueError:
+            raise SpecDecodeError(f"--sizes must be whole numbers separated by commas, got {sizes!r}.") from None
+        hide_loading_bars()
+        run_profile(ProfileConfig(model, dtype, quantize, parsed, context, rounds), echo)
 
     run_command(body)
 

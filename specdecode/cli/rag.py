@@ -92,9 +92,7 @@ def run_ask(config: AskConfig, write: Write) -> None:
     write(f"\n[{stats.new_tokens} tokens in {stats.wall_s:.2f} s, {stats.tokens_per_s:.1f} tokens/s, "
           f"tau {stats.mean_accepted:.2f}]\n")
     for name, counts in stats.drafters.items():
-        probes = f"; run as a probe on {counts['probes']}" if counts.get("probes") else ""
-        skipped = f" (not run on {counts['skipped_steps']} steps: others' drafts were likelier, or, on " \
-            f"{counts.get('skipped_for_cost', 0)} of them, its draft was not worth its time{probes})" \
+        skipped = f" (not run on {counts['skipped_steps']} steps: others' drafts were likelier)" \
             if counts.get("skipped_steps") else ""
         write(f"  drafter {name}: {counts['accepted']} of {counts['drafted']} drafted tokens accepted{skipped}\n")
     if config.compare:

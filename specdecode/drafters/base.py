@@ -7,7 +7,7 @@ only what the target itself would have produced, so a drafter can never change t
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Protocol
 
 import torch
@@ -21,7 +21,8 @@ class Drafter(Protocol):
     Drafter is optional and gives the defaults below. The engine reaches every optional part by name
     (`optional_part`), so a plain class with the three methods works as it is.
 
-    - `begin(prompt_ids, sampling=..., generator=...)`: a new generation starts.
+    - `begin(prompt_ids, sampling=..., generator=...)`: a new generation starts; feed the prompt to
+      whatever state you keep here (the engine counts it with the prefill, not as drafting time).
     - `propose(context_ids, budget) -> DraftTree`: draft at most `budget` nodes after `context_ids`
       (prompt + every committed token). A draft without probabilities (lookup, retrieval) simply
       has `draft_probs=None`. Under sampling, a draft WITH probabilities must have drawn each token
@@ -31,15 +32,9 @@ class Drafter(Protocol):
     - `name` (optional): shown in stats and error messages (default: the class name).
     - `report() -> dict` (optional): statistics of the last generation, shown in the stats.
     - `check_target(target)` (optional): raise IncompatibleDrafterError for a target it cannot draft for.
-    - `set_verify_costs(costs)` (optional): the target's forward seconds vs rows fed, for drafters that
-      weigh their own cost against verification (MixtureDrafter).
-    - `prefill_s` (optional): seconds the last `propose` spent feeding the prompt (a model drafter does it
-      on its first proposal of a generation): a one-time cost, which the engine's cost model leaves out of
-      the drafting seconds it sizes drafts by.
     """
 
     name = "custom"
-    prefill_s = 0.0
 
     def begin(
         self,
@@ -60,11 +55,6 @@ class Drafter(Protocol):
     def report(self) -> dict:
         """Extra statistics of the last generation for GenerationStats.drafters (default: none)."""
         return {}
-
-    def set_verify_costs(self, costs: Callable[[int], float] | None) -> None:
-        """The target's forward seconds vs rows fed, as the engine's cost model measured them on this
-        machine (handed over before each generation; None without a cost model). Default: unused."""
-        return None
 
     def check_target(self, target) -> None:
         """Raise IncompatibleDrafterError if this drafter cannot draft for `target` (a LoadedModel)."""

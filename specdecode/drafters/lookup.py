@@ -56,12 +56,12 @@ class LookupDrafter(Drafter):
     """Prompt-lookup drafter (n-gram copy from the context), chains or trees of matches.
 
     k: fixed draft length; None adapts it (AdaptiveLength, starting at `initial_k`, at most `max_k`).
-    branches: how many distinct matches to propose at once (1 = a chain).
+    tree_width: how many distinct matches to propose at once (1 = a chain).
     max_nodes: cap on the tree's size.
-    The defaults (n-grams of 3 then 2 words, up to 3 branches, at most 15 nodes so a verification
-    feeds at most 16 tokens) were chosen by replaying greedy outputs of Spec-Bench's summarization,
-    rag, qa, translation and math questions against the CPU cost of verifying q tokens: a lone
-    matching token (min_ngram=1) predicts the next ones too rarely to pay for their verification.
+    The defaults (n-grams of 3 then 2 words, a tree up to 3 wide, at most 15 nodes so a verification
+    feeds at most 16 tokens) fit replays of greedy outputs of Spec-Bench's summarization, rag, qa,
+    translation and math questions against the CPU cost of verifying q tokens: a lone matching token
+    (min_ngram=1) predicts the next ones too rarely to pay for their verification.
     """
 
     name = "lookup"
@@ -72,7 +72,7 @@ class LookupDrafter(Drafter):
         *,
         max_ngram: int = 3,
         min_ngram: int = 2,
-        branches: int = 3,
+        tree_width: int = 3,
         initial_k: int = 8,
         max_k: int = 16,
         max_nodes: int = 15,
@@ -81,10 +81,10 @@ class LookupDrafter(Drafter):
             raise SpecDecodeError(f"LookupDrafter needs 1 <= min_ngram <= max_ngram, got {min_ngram}, {max_ngram}.")
         if k is not None and k < 1:
             raise SpecDecodeError(f"LookupDrafter k must be >= 1 (or None to adapt), got {k}.")
-        if branches < 1 or max_nodes < 1:
-            raise SpecDecodeError("LookupDrafter branches and max_nodes must be >= 1.")
+        if tree_width < 1 or max_nodes < 1:
+            raise SpecDecodeError("LookupDrafter tree_width and max_nodes must be >= 1.")
         self.index = NgramIndex(min_ngram, max_ngram)
-        self.branches = branches
+        self.tree_width = tree_width
         self.max_nodes = max_nodes
         self.length = AdaptiveLength(initial=k or initial_k, maximum=k or max_k, adaptive=k is None)
 
@@ -96,7 +96,7 @@ class LookupDrafter(Drafter):
     def propose(self, context_ids: Sequence[int], budget: int) -> DraftTree:
         self.index.extend(context_ids)
         length = min(self.length.current, budget)
-        chains = self.index.continuations(context_ids, length, self.branches) if length > 0 else []
+        chains = self.index.continuations(context_ids, length, self.tree_width) if length > 0 else []
         tree = DraftTree.merge([DraftTree.chain(chain) for chain in chains]).truncated(min(budget, self.max_nodes))
         self.length.drafted(tree)
         return tree

@@ -12,14 +12,14 @@ draft log-probability, in one drafter forward with tree attention; the `max_node
 proposed. Tree tokens are deterministic (point masses), which is exact under sampling too.
 
 A bf16 drafter on a CPU without native bf16 decodes one token faster than in fp32 (half the bytes)
-but prefills a long prompt ~5x slower (0.5B, 1000 tokens: 42 s vs 8.5 s measured here), so such a
-drafter prefills through an fp32 twin and converts the KV entries to bf16 (`prefill_twin`).
+but prefills a long prompt several times slower (a prefill is compute-bound, and such a CPU computes
+bf16 by conversion), so such a drafter prefills through an fp32 twin and converts the KV entries to
+bf16 (`prefill_twin`).
 """
 
 from __future__ import annotations
 
 import copy
-import time
 from collections.abc import Callable, Sequence
 from functools import partial
 
@@ -45,7 +45,7 @@ class PrunedHead:
     so low ids are the common tokens; the prompt's own tokens are added so that copying works.
     Drafts only: the target still verifies over the full vocabulary, so this never changes output.
     The head is a torch Linear (its rows are views) or a quantized layer with `select_rows`
-    (quantize.py); `base` computes the lowest `size` ids (`head_rows`, built once per drafter).
+    (runtime/cpu/quantize.py); `base` computes the lowest `size` ids (`head_rows`, built once per drafter).
     """
 
     def __init__(self, head: torch.nn.Module, size: int, base: Callable[[torch.Tensor], torch.Tensor],
@@ -93,8 +93,8 @@ class ModelDrafter(Drafter):
         CPU without native bf16 (costs the copy's memory: 4 bytes per parameter); True / False force it.
     draft_vocab: restrict the drafter's output layer to this many of the lowest token ids plus the
         prompt's tokens (PrunedHead); None = the full vocabulary; "auto" = 32768 on a CPU when the
-        vocabulary is larger than 65536 (32768 + the prompt covered 98.7% of the tokens Qwen2.5-Coder-0.5B
-        generated on Spec-Bench questions), else the full vocabulary.
+        vocabulary is larger than 65536 (with the prompt's tokens, 32768 ids cover nearly every token
+        Qwen2.5-Coder-0.5B generates on Spec-Bench questions), else the full vocabulary.
     """
 
     name = "model"
@@ -134,6 +134,7 @@ class ModelDrafter(Drafter):
         self.attention = attention or select_backend()
         self.cache = KVCache(self.model)
         self.cached_ids: list[int] = []
+        self.prompt_logits: torch.Tensor | None = None  # [vocab]: after the prompt, until the first proposal
         self.vocab_size = output_vocab_size(self.model)
         head = self.model.get_output_embeddings()
         prunable = isinstance(head, torch.nn.Linear) or hasattr(head, "select_rows")  # int4 is not
@@ -171,20 +172,26 @@ class ModelDrafter(Drafter):
         self.vocab_size = target_vocab  # draft_probs must have the target's width
 
     def begin(self, prompt_ids, *, sampling=GREEDY, generator=None) -> None:
+        """A new generation: the prompt is fed to the drafter's cache now (a one-time cost, like the target's
+        prefill), so that proposals only catch up on committed tokens."""
         super().begin(prompt_ids, sampling=sampling, generator=generator)
         self.cache.reset()
         self.cached_ids = []
         self.length.reset()
         if self.draft_vocab is not None:
             self.head = PrunedHead(self.model.get_output_embeddings(), self.head_size, self.head_base, prompt_ids)
+        self.prompt_logits = self._catch_up(prompt_ids) if len(prompt_ids) else None  # [vocab]
 
     def propose(self, context_ids: Sequence[int], budget: int) -> DraftTree:
-        self.prefill_s = 0.0
         depth = min(self.length.current, budget)
         if depth <= 0:
             self.length.drafted(DraftTree.empty())
             return DraftTree.empty()
-        last_logits = self._catch_up(context_ids)  # [vocab]
+        if self.prompt_logits is not None and list(context_ids) == self.cached_ids:  # right after begin
+            last_logits = self.prompt_logits
+        else:
+            last_logits = self._catch_up(context_ids)  # [vocab]
+        self.prompt_logits = None
         if self.tree_width == 1:
             tree = self._draft_chain(last_logits, len(context_ids), depth)
         else:
@@ -226,12 +233,10 @@ class ModelDrafter(Drafter):
             shared += 1
         self.cache.crop(shared)
         feed = list(context_ids[shared:])
-        tick = time.perf_counter()
         if self.twin is not None and shared == 0 and len(feed) >= TWIN_MIN_TOKENS:
             self._twin_prefill(feed[:-1])
             shared, feed = len(feed) - 1, feed[-1:]
         logits = self._forward(feed, shared, last_only=True)[-1]  # [vocab]
-        self.prefill_s = time.perf_counter() - tick if not self.cached_ids else 0.0  # the prompt, fed once
         self.cached_ids = list(context_ids)
         return logits
 

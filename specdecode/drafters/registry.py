@@ -59,7 +59,7 @@ class DrafterOptions:
     """How to shape the drafts of a named drafter."""
 
     k: int | None = None  # draft depth; None adapts it from acceptance
-    tree: int = 1  # lookup branches / model-drafter tree width; 1 = a chain
+    tree_width: int = 1  # of our drafters' trees; 1 = a chain
     drafter_dtype: str = "fast-decode"  # drafts never change the output, so a model drafter may use its own
     drafter_quantize: str | None = "auto"  # drafter model weights: "auto" (measured fastest), "w8a8", ..., None
     corpus: SuffixIndex | None = field(default=None, compare=False)  # `retrieval` also copies from this corpus
@@ -67,8 +67,8 @@ class DrafterOptions:
     def __post_init__(self):
         if self.k is not None and self.k < 1:
             raise SpecDecodeError(f"k must be >= 1 (omit it for an adaptive draft length), got {self.k}.")
-        if self.tree < 1:
-            raise SpecDecodeError(f"tree must be >= 1 (1 = a chain), got {self.tree}.")
+        if self.tree_width < 1:
+            raise SpecDecodeError(f"tree width must be >= 1 (1 = a chain), got {self.tree_width}.")
 
 
 def default_load_draft(spec, target: LoadedModel, dtype: str = "fast-decode",
@@ -104,9 +104,9 @@ def make_drafter(name: DrafterName | str, target: LoadedModel, options: DrafterO
     if name.kind == "none":
         return None
     if name.kind == "lookup":
-        return LookupDrafter(k=options.k, branches=options.tree)
+        return LookupDrafter(k=options.k, tree_width=options.tree_width)
     if name.kind == "retrieval":
         return RetrievalDrafter(options.corpus, k=options.k)
     load = load_draft or (lambda spec, t: default_load_draft(spec, t, options.drafter_dtype, options.drafter_quantize))
     draft = load(name.model, target)
-    return ModelDrafter(draft, k=options.k, tree_width=options.tree)
+    return ModelDrafter(draft, k=options.k, tree_width=options.tree_width)

@@ -44,8 +44,8 @@ class LoadedModel:
     name: str
     dtype: torch.dtype
     device: torch.device
-    linear_kernel: str = "standard"  # CPU matmul kernel of the linear layers (see kernels.py)
-    quantization: str | None = None  # "int8" | "int4" | "fp16" | "w8a8" linear layers (quantize.py), or None
+    linear_kernel: str = "standard"  # CPU matmul kernel of the linear layers (runtime/cpu/linear.py)
+    quantization: str | None = None  # "int8" | "int4" | "fp16" | "w8a8" layers (runtime/cpu/quantize.py), or None
     exact_steps: bool = False  # a verification computes bit for bit what one-token steps compute (w8a8; bf16,
     #                            int8 or int4 on CPUs whose kernels allow it): speculative output equals plain
     max_exact_rows: int | None = None  # with exact_steps: the most tokens one forward may feed and keep every
@@ -170,20 +170,23 @@ def load_model(
     once into the cache), a Hugging Face Hub id (needs internet), a `LoadedModel` (returned as is),
     or your own `PreTrainedModel` together with `tokenizer=`. `tokenizer` may be a tokenizer or a
     folder / hub id to load one from. For your own model, dtype/device "auto" keep what it has.
+    `dtype`: "auto" is bf16 where the CPU computes it natively (or on a GPU), else fp32; for a CPU target,
+    bf16 only where its verifications can be made exact on this CPU (calibrated once), else fp32.
     `cpu_kernels`: on CPU, "auto" times the two matmul orientations of the linear layers for few-token
-    forwards on this machine and keeps the faster (kernels.py); "standard" leaves transformers' own. A
-    bf16/fp16 CPU target takes the standard orientation with exact one-token steps where the kernels allow
-    them (kernels.exact_one_token_steps), before any timing; "weight_first" chooses speed over that.
+    forwards on this machine once and keeps the faster (runtime/cpu/linear.py); "standard" leaves
+    transformers' own. A bf16/fp16 CPU target takes the standard orientation with exact one-token steps
+    where the kernels allow them (exact_one_token_steps), before any timing; "weight_first" chooses speed
+    over that.
     `quantize`: "int8" or "int4" replaces every linear layer by a weight-only quantized one running on
-    PyTorch's CPU kernels (quantize.py; int4 in groups of `group_size` input channels); "fp16" (fp16
-    weights) or "w8a8" (int8 weights x per-token int8 activations) by one on FBGEMM, with fp32
-    activations (the fast ones on CPUs without AVX-512). For a zoo model
-    or a .gguf file, int4 keeps the GGUF's own 4-bit blocks (Q4_0/Q4_1/Q4_K, groups of 32) and puts
-    its other layers in int8 (gguf_int4.py). Speculative output equals plain decoding of the quantized model.
+    PyTorch's CPU kernels (runtime/cpu/quantize.py; int4 in groups of `group_size` input channels);
+    "fp16" (fp16 weights) or "w8a8" (int8 weights x per-token int8 activations) by one on FBGEMM, with
+    fp32 activations (the fast ones on CPUs without AVX-512). For a zoo model or a .gguf file, int4
+    keeps the GGUF's own 4-bit blocks (Q4_0/Q4_1/Q4_K, groups of 32) and puts its other layers in int8
+    (runtime/cpu/gguf_int4.py). Speculative output equals plain decoding of the quantized model.
     `drafts_only`: the model will only draft, so a w8a8 model keeps batched attention instead of the
     row-wise attention a verified target needs (a draft need not equal one-token steps bit for bit),
     and `quantize="auto"` is allowed: w8a8 where it measures clearly faster on this machine
-    (kernels.fastest_draft_quantization), else none (a model instance you pass is not quantized by "auto").
+    (measured once per machine), else none (a model instance you pass is not quantized by "auto").
     """
     from transformers import PreTrainedModel
 
@@ -212,7 +215,14 @@ def load_model(
     model = _from_pretrained(folder, target_dtype, spec if from_hub else None)
     tok = _load_tokenizer(tokenizer if tokenizer is not None else folder)
     gguf = gguf_origin(spec) if quantize == "int4" else None
-    return _finish(model.to(target_device), tok, name, cpu_kernels, quantize, group_size, gguf, drafts_only)
+    loaded = _finish(model.to(target_device), tok, name, cpu_kernels, quantize, group_size, gguf, drafts_only)
+    if (dtype == "auto" and loaded.dtype != torch.float32 and target_device.type == "cpu" and not drafts_only
+            and not loaded.exact_steps and cpu_kernels != "weight_first"):
+        # this CPU's bf16 products keep no row's bits (calibrated): "auto" prefers exactness, so fp32, where
+        # plain and speculative decoding can differ only at exact ties of fp32 logits
+        model = _from_pretrained(folder, torch.float32, spec if from_hub else None)
+        loaded = _finish(model.to(target_device), tok, name, cpu_kernels, quantize, group_size, gguf, drafts_only)
+    return loaded
 
 
 def _resolve_source(spec: str) -> tuple[str, str, bool]:

@@ -30,7 +30,7 @@ class Embedder:
 
     @property
     def dimension(self) -> int:
-        model = self.model  # sentence-transformers >= 6 renamed the method
+        model = self.model  # the method's name in sentence-transformers >= 6, else the older one
         getter = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
         return int(getter())
 

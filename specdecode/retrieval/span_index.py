@@ -2,8 +2,8 @@
 SuffixIndex, so a RetrievalDrafter can copy continuations from the whole corpus (REST-style).
 
 Built on first use for a (store, tokenizer) pair and cached in the store's folder as
-`span-<digest>.npy` (the token ids; the suffix order is recomputed on load, in about a second per
-million tokens), so later runs skip tokenising the corpus.
+`span-<digest>.npy` (the token ids; the suffix order is recomputed on load), so later runs skip
+tokenising the corpus.
 """
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ class GrowingLayer(DynamicLayer):
     buffers [batch, heads, capacity, head_dim] that grow by half when full.
 
     DynamicLayer appends with torch.cat: every step allocates and copies the whole cache, O(length)
-    per token (28 MB per step for Qwen2.5-1.5B in fp32 after 500 tokens). Here a step writes its q
+    per token (every layer's keys and values of every token so far). Here a step writes its q
     entries in place. crop, keep and reset keep working on the views; a view replaced by other
     tensors (KVCache.cast) is copied into fresh buffers at the next update.
     """

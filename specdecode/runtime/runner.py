@@ -15,6 +15,7 @@ from typing import Protocol
 
 import torch
 
+from ..tree import DraftTree
 from .cache import KVCache
 from ..errors import SpecDecodeError
 from .cpu.lean_forward import lean_forward, matches_own_forward
@@ -89,6 +90,15 @@ class SDPABackend:
             return called(**inputs).last_hidden_state[0]  # [q, hidden_size]
         return model(**inputs, logits_to_keep=logits_to_keep).logits[0]  # [q or logits_to_keep, vocab]
 
+    def verify(self, model, cache: KVCache, tree: DraftTree, root_token: int, rows: int) -> torch.Tensor:
+        """Score [root_token] + tree in one forward after the cache's entries: tree attention, depth-based
+        positions, padded to `rows` fed tokens (>= 1 + len(tree)). Returns the logits of the real tokens
+        [1 + len(tree), vocab]; the cache grows by `rows` entries."""
+        input_ids, tree_mask, offsets = tree.rooted_inputs(root_token)  # [fed], [fed, fed] or None, [fed]
+        fed = input_ids.shape[-1]
+        input_ids, positions, tree_mask = _padded(input_ids, cache.length + offsets, tree_mask, rows)
+        return self.forward(model, cache, input_ids, positions, tree_mask)[:fed]
+
     def prepare(self, model) -> None:
         """Run the runner's one-time probe of a model (its lean forward's check) now, not in a timed step."""
         self.runs_lean(model)
@@ -115,22 +125,22 @@ def _passes_keywords(module: torch.nn.Module) -> bool:
     return any(p.kind is inspect.Parameter.VAR_KEYWORD for p in inspect.signature(module.forward).parameters.values())
 
 
-def pad_inputs(input_ids: torch.Tensor, tree_mask: torch.Tensor | None, positions: torch.Tensor, size: int):
-    """Pad a verification's inputs to `size` tokens with copies of the last one, which no real token
+def _padded(input_ids: torch.Tensor, positions: torch.Tensor, tree_mask: torch.Tensor | None, rows: int):
+    """Pad a verification's inputs to `rows` tokens with copies of the last one, which no real token
     attends to (a causal chain never looks ahead; a tree mask hides them). Their logits and KV entries
-    are simply not used. Worth it where `size` rows are cheaper than len(input_ids) (see kernels.py)."""
-    extra = size - input_ids.shape[-1]
+    are simply not used. Worth it where `rows` rows are cheaper than len(input_ids) (runtime/cpu/linear.py)."""
+    extra = rows - input_ids.shape[-1]
     if extra <= 0:
-        return input_ids, tree_mask, positions
-    input_ids = torch.cat([input_ids, input_ids[-1:].expand(extra)])  # [size]
-    positions = torch.cat([positions, positions[-1:].expand(extra)])  # [size]
+        return input_ids, positions, tree_mask
+    input_ids = torch.cat([input_ids, input_ids[-1:].expand(extra)])  # [rows]
+    positions = torch.cat([positions, positions[-1:].expand(extra)])  # [rows]
     if tree_mask is not None:
         q = tree_mask.shape[0]
-        padded = torch.zeros(size, size, dtype=torch.bool)  # [size, size]
+        padded = torch.zeros(rows, rows, dtype=torch.bool)  # [rows, rows]
         padded[:q, :q] = tree_mask
         padded[q:, q:] = torch.eye(extra, dtype=torch.bool)
         tree_mask = padded
-    return input_ids, tree_mask, positions
+    return input_ids, positions, tree_mask
 
 
 def select_backend(name: str = "auto") -> AttentionBackend:

@@ -2,13 +2,11 @@
 
 A decoder layer multiplies its normalised hidden state by q_proj, k_proj and v_proj, then (in the MLP) by
 gate_proj and up_proj: five small products where two would do. On a CPU each product pays a fixed cost
-besides reading its weights (a w8a8 layer also quantizes its input: ~10 small ops). On an AVX-512 BF16
-EPYC, 2 threads, one token of Qwen2.5-1.5B's shapes in w8a8: q+k+v 107 us as three products, 49 as one;
-gate+up 226 vs 182 us (int8 weight-only: 79 vs 59 and 488 vs 467). Whole one-token steps after 400 tokens,
-fused and separate models alternated in one process (scripts/forward_cost.py, variants w8a8 and
-w8a8-unfused, median ms): the 1.5B w8a8 target 41 -> 39 and 53 -> 52 (two runs), the 0.5B w8a8 drafter
-25 -> 23. Quantized models are fused (quantize_model); float ones are not (bf16 gate+up measured no
-faster fused).
+besides reading its weights (a w8a8 layer also quantizes its input: several small ops), and for one
+token's rows that fixed cost is a real share of a small product; one product per group pays it once.
+Quantized models are fused (quantize_model): their one-token steps measure cheaper fused. Float ones are
+not (a bf16 gate+up measured no faster fused). Forward costs on this machine: `specdecode profile`;
+measured: docs/benchmarks.md (EPYC AVX-512, 2026-11-27, forward cost vs tokens fed).
 
 `fuse_projections` concatenates each such group's weights into one `nn.Linear` (`FusedProjection.fused`;
 quantized afterwards like any other layer: per-output-channel scales give the same codes) and puts a

@@ -1,8 +1,8 @@
 """A lean decoder forward for the steps after the prompt: transformers' ops, without its per-call machinery.
 
-Once a CPU target's products are cheap (w8a8: ~24 ms of int8 products per Qwen2.5-1.5B token), the rest
-of a transformers forward is a large share of a step: output capturing, mask building, keyword plumbing,
-the attention-interface lookup and ~450 module calls, ~10 ms a step on an AVX-512 EPYC (2 threads).
+Once a CPU target's products are cheap (w8a8 int8 products), the rest of a transformers forward is a
+large share of a step: output capturing, mask building, keyword plumbing, the attention-interface lookup
+and hundreds of module calls per token.
 `lean_forward` runs a Llama-family decoder (Llama, Qwen2, Mistral: RMSNorm, rotary q/k, one attention
 and one gated MLP per layer) through the model's own modules (its norms, projections, whatever
 quantized or fused layers replaced them, its rotary embedding and activation) in transformers' order
@@ -10,10 +10,9 @@ of operations, with the attention function transformers would call (the row-wise
 targets, or its own SDPA function), so its results are those of the model's own forward bit for bit.
 That is checked, not assumed: `matches_own_forward(model)` runs both forwards on a few tokens (a
 prefix, a one-token step, a two-token chain, a two-token tree) and says no (keep transformers'
-forward) unless every output is equal; the attention backend asks once per model (0.1-1.2 s for the
-zoo's models). CPU models only: the gain on a GPU is unmeasured (no GPU here), so GPU models keep
-transformers' forward. Paired step by step in one process (scripts/lean_ab.py), Qwen2.5-Coder-1.5B
-w8a8 after 400 tokens: one token 43.5 vs 45.2 ms, four tokens 49.0 vs 51.9 ms.
+forward) unless every output is equal; the attention backend asks once per model (the probe is a few
+small forwards). CPU models only (`fits`): GPU models keep transformers' forward. What a step costs on
+this machine: `specdecode profile`; measured runs: docs/benchmarks.md.
 
 Prompts keep transformers' forward: a prefill is one batched forward per generation, its overhead small.
 """

@@ -1,12 +1,12 @@
 """CPU matmul orientation for the few-token forwards that speculative decoding lives on.
 
 `F.linear(x, W)` computes x @ W^T. For a handful of rows (1-64 tokens: decoding and verifying a
-draft) some BLAS builds run this far below memory speed; the same product computed as
-(W @ x^T)^T can be 2-3x faster (seen with MKL on an AVX2 AMD EPYC: a 16-token forward of
-Qwen2.5-1.5B in fp32 went from ~4x to ~2x the cost of a 1-token forward). Other machines and
-dtypes prefer `F.linear`. So nothing is assumed: `tune_linear_layers` times both orientations on
-the model's own largest layer shape, on this machine, and switches the model's nn.Linear modules
-to `WeightFirstLinear` only where that measurably wins.
+draft) some BLAS builds run this far below memory speed (MKL on an AVX2 CPU, for one), while the
+same product computed as (W @ x^T)^T runs much closer to it. Other machines and dtypes prefer
+`F.linear`. So nothing is assumed: `measured_orientation` times both orientations on the model's own
+largest layer shape, on this machine (once per model and machine: runtime/calibrate.py), and
+`tune_linear_layers` switches the model's nn.Linear modules to `WeightFirstLinear` only where that
+measurably wins.
 
 Both orientations compute the same products; only the summation order inside a dot product may
 differ, as between any two BLAS kernels. Exactness of speculative decoding is unaffected: plain and
@@ -65,9 +65,9 @@ class PaddedRows:
 
 
 class PaddedRowLinear(PaddedRows, torch.nn.Linear):
-    """nn.Linear with padded one-row inputs (same parameters). On an AVX-512 BF16 EPYC (2 threads) the
-    two-row product costs no more than the one-row one (1536 x 8960: 0.64 vs 0.67 ms, best of 5
-    interleaved rounds)."""
+    """nn.Linear with padded one-row inputs (same parameters). A product of one or two rows is bound by
+    reading the weights, which the second row shares, so the padding costs little (`specdecode profile`
+    prints this machine's one- and two-token forwards)."""
 
 
 class PaddedRowInt8Linear(PaddedRows, Int8Linear):
@@ -94,9 +94,10 @@ def exact_width(layers: list[torch.nn.Module], linear=None) -> int:
     on its first 4096 output channels (int4: whole): a channel's rounding is that of its dot product over
     the input width, and each row count's first product costs a weight reorder.
 
-    Some CPUs keep every row's bits only up to a width (a bf16 product on a Sapphire Rapids with AMX: up to
-    32 rows, not at 64): a model there stays exact by never feeding more rows than W. If W holds, every
-    smaller width holds too (each row count's rows equal W's rows), so the model's width is its layers' least."""
+    Some CPUs keep every row's bits only up to a width (bf16 products on a Sapphire Rapids with AMX, for one,
+    keep them for fewer rows than the 65 probed): a model there stays exact by never feeding more rows than
+    W. If W holds, every smaller width holds too (each row count's rows equal W's rows), so the model's width
+    is its layers' least."""
     return _rounding(layers, linear or F.linear, one_row=False)[0]
 
 
@@ -208,12 +209,12 @@ def fastest_decode_dtype(device: torch.device) -> torch.dtype:
 
 
 def fastest_draft_quantization(device: torch.device) -> str | None:
-    """"w8a8" where its one-row product is measured clearly faster (>= 1.25x) than the fastest dtype's,
-    else None: what quantization="auto" means for a model that only drafts.
+    """"w8a8" where its one-row product is measured clearly faster (by _MIN_GAIN_QUANTIZED) than the fastest
+    dtype's, else None: what quantization="auto" means for a model that only drafts.
 
-    A drafter's weights never change the output, so the fastest one-token forward wins. On an AVX2 EPYC
-    (2 threads, a 4096 x 2048 layer, one row): fp32 2.6 ms, bf16 1.1 ms, w8a8 0.44 ms; a w8a8 drafter
-    also prefills in fp32 kernels (Qwen2.5-0.5B, 900 tokens: 6.4 s vs 37 s in bf16 on that CPU).
+    A drafter's weights never change the output, so the fastest one-token forward wins. On a CPU without
+    native bf16, w8a8 reads a quarter of fp32's weight bytes and multiplies integers, and a w8a8 drafter
+    also prefills in fp32 kernels, which there run far faster than bf16 ones.
     """
     if device.type != "cpu" or not fbgemm_available():
         return None

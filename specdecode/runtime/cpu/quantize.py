@@ -9,9 +9,8 @@ read 4x fewer bytes than fp32, int4 8x fewer. PyTorch ships the kernels:
 On CPUs without AVX-512 those kernels are slow with fp32 activations; FBGEMM (in every x86 build of
 PyTorch) is not: `"fp16"` keeps the weights in fp16 and computes in fp32 (half the bytes, the same
 outputs to ~1e-4), `"w8a8"` multiplies int8 weights by int8 activations (a quarter of the bytes, and
-integer multiply-adds). Measured side by side on an AVX2 EPYC (2 threads, Qwen2.5-1.5B, one forward
-after 400 tokens, ms for 1 / 4 / 16 tokens; scripts/forward_cost.py): fp32 534 / 682 / 1283, fp16
-241 / 303 / 704, w8a8 167 / 191 / 460.
+integer multiply-adds). Forward costs by weights, side by side: docs/benchmarks.md (EPYC AVX2,
+2026-11-26, forward cost by target weights); on this machine: `specdecode profile --quantize MODE`.
 
 Lossless stays defined relative to the model actually loaded: plain and speculative decoding both
 run these layers, so speculative output equals plain decoding of the quantized model.
@@ -143,7 +142,7 @@ class Fp16Linear(torch.nn.Module):
 
     def _unpacked(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The fp16 weight [out, in] and bias, unpacked from FBGEMM's layout once and kept: unpacking is
-        slow (~2.7 s for Qwen2.5-0.5B's 151936 x 896 output layer), selecting rows from it is not."""
+        slow (seconds for a large vocabulary's output layer), selecting rows from it is not."""
         if self._weight_fp16 is None:
             weight, bias = torch.ops.quantized.linear_unpack_fp16(self.packed)
             self._weight_fp16, self._bias = weight.half(), bias
@@ -192,7 +191,7 @@ class RowInt8Linear(torch.nn.Module):
 
     def _unpacked(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The int8 codes [out, in] and channel scales [out], unpacked from FBGEMM's layout once and kept:
-        unpacking is slow (~3.7 s for Qwen2.5-0.5B's 151936 x 896 output layer), selecting rows is not."""
+        unpacking is slow (seconds for a large vocabulary's output layer), selecting rows is not."""
         if self._codes is None:
             qweight = torch.ops.quantized.linear_unpack(self.packed)[0]  # qint8, a scale per channel
             self._codes, self._scales = qweight.int_repr(), qweight.q_per_channel_scales().float()
@@ -212,7 +211,7 @@ class RowInt8Linear(torch.nn.Module):
 
 def check_mode(mode: str | None, *, drafter: bool = False) -> None:
     """Fail before loading anything when `mode` is not a quantization this module provides ("auto":
-    the measured fastest, for models that only draft; kernels.fastest_draft_quantization)."""
+    the measured fastest, for models that only draft; linear.fastest_draft_quantization)."""
     if mode == "auto":
         if not drafter:
             raise SpecDecodeError("quantize='auto' is for drafter models only (their weights never change the "

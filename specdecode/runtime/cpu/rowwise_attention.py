@@ -6,16 +6,16 @@ the one-token kernel only by rounding (~1e-7), which changes a greedy choice onl
 w8a8 model (quantize.py) rounds every activation to a 7-bit grid per token, and a 1e-7 difference
 that crosses a grid boundary becomes a whole grid step, then a different token: batched attention
 breaks its exactness; a bf16 target's logits tie often enough that its rounding matters too
-(kernels.exact_one_token_steps). Here each fed token attends on its own (one query) to exactly the keys it may
+(linear.exact_one_token_steps). Here each fed token attends on its own (one query) to exactly the keys it may
 see (a slice of the cache, or a gathered copy for a tree's ancestors: SDPA's result depends on the
 values, not on the strides, which a test checks), through the same SDPA call (query heads grouped by
 their shared key/value head) a one-token step makes, so a 16-token verification computes what 16
-one-token steps compute, bit for bit. Its cost, measured side by side against batched SDPA on Qwen2.5-1.5B w8a8 (2 threads,
-400 tokens of context): none within noise for 1-4 tokens, 460 vs 407 ms for 16, 6.5 vs 6.3 s for a
-400-token prefill. A prompt's prefill is the same forward in plain and speculative decoding, so
-it need not match one-token steps: the attention backend passes `specdecode_batched_prefill=True`
-(transformers hands forward keywords down to attention functions) and it runs batched SDPA
-(Qwen2.5-Coder-1.5B bf16, 856 prompt tokens on an AVX-512 BF16 EPYC: 3.9-4.1 s instead of 4.6 s).
+one-token steps compute, bit for bit. Its cost against batched SDPA grows with the tokens fed: within
+noise for a few tokens, a visible share for a 16-token forward (docs/benchmarks.md: EPYC AVX2,
+2026-11-26, forward cost by target weights, the `w8a8` rows). A prompt's prefill is the same forward in
+plain and speculative decoding, so it need not match one-token steps: the attention backend passes
+`specdecode_batched_prefill=True` (transformers hands forward keywords down to attention functions) and
+it runs batched SDPA, which is faster over a long prompt than one query at a time.
 
 transformers' attention registry is the seam: `use_rowwise_attention(model)` registers the function
 under `ROWWISE` (with SDPA's mask builder) and switches the model to it.
