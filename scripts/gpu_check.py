@@ -3,7 +3,7 @@
     python scripts/gpu_check.py --new-tokens 128 --rounds 3 --dtype bf16   (or fp32)
 
 Prints, side by side in one run on the same models and GPU:
-1. the target's forward cost vs tokens fed after 512 cached tokens (specdecode.policy);
+1. the target's forward cost vs tokens fed after 512 cached tokens (runtime/calibrate.py);
 2. plain decoding: ours vs transformers' `generate` (greedy), rounds interleaved;
 3. speculative decoding (lookup, a random 0.5B-shape drafter, the target drafting for itself):
    tokens/s relative to our plain decoding, tau, and whether the tokens equal plain decoding's.

@@ -1,9 +1,15 @@
+import atexit
 import os
+import shutil
 import sys
+import tempfile
 
 sys.path.insert(0, os.path.dirname(__file__))  # tests/tiny.py
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+# Fixtures of a wider scope (a module's models) calibrate here, never into the user's own calibrations.
+os.environ["SPECDECODE_CALIBRATION_DIR"] = tempfile.mkdtemp(prefix="specdecode-calibration-")
+atexit.register(shutil.rmtree, os.environ["SPECDECODE_CALIBRATION_DIR"], True)
 
 import pytest
 

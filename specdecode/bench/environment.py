@@ -34,7 +34,7 @@ def environment() -> dict:
 def source_commit() -> str | None:
     """The git commit of specdecode's source ("+changes" when the work tree differs from it), or None
     outside a git checkout."""
-    folder = Path(__file__).resolve().parent
+    folder = Path(__file__).resolve().parents[1]  # the package: specdecode/
 
     def git(*args: str) -> str | None:
         try:

@@ -132,6 +132,7 @@ class ModelDrafter(Drafter):
         self.confidence = confidence
         self.length = AdaptiveLength(initial=k or initial_k, maximum=k or max_k, adaptive=k is None)
         self.attention = attention or select_backend()
+        self.attention.prepare(self.model)  # its one-time probe now, not inside a generation
         self.cache = KVCache(self.model)
         self.cached_ids: list[int] = []
         self.prompt_logits: torch.Tensor | None = None  # [vocab]: after the prompt, until the first proposal

@@ -49,6 +49,15 @@ class AttentionBackend(Protocol):
         """
         ...
 
+    def verify(self, model: torch.nn.Module, cache: KVCache, tree: DraftTree, root_token: int,
+               rows: int) -> torch.Tensor:
+        """Score [root_token] + tree in one forward, padded to `rows` tokens; logits [1 + len(tree), vocab]."""
+        ...
+
+    def prepare(self, model: torch.nn.Module) -> None:
+        """Run the backend's one-time probes of `model` (outside any timed region)."""
+        ...
+
 
 class SDPABackend:
     """PyTorch scaled-dot-product attention through the model's own sdpa attention layers.
