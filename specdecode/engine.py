@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .drafters.base import Drafter, drafter_name, optional_part
+from .drafters.base import Drafter, check_drafter, drafter_name, optional_part
 from .errors import SpecDecodeError
 from .models.load import load_model, output_vocab_size
 from .policy import DraftSizer, ForwardCosts
@@ -82,18 +82,14 @@ class SpeculativeGenerator:
         self.drafter = drafter
         if max_draft_tokens < 1:
             raise SpecDecodeError(f"max_draft_tokens must be >= 1, got {max_draft_tokens}.")
-        # an exact target keeps every forward inside the widest one whose rows keep their bits
-        width = self.target.max_exact_rows if self.target.exact_steps else None
-        self.max_draft_tokens = min(max_draft_tokens, width - 1) if width else max_draft_tokens
+        # an exact target keeps every forward inside the widest one whose rows keep their bits (None: any)
+        self.max_rows = self.target.max_exact_rows if self.target.exact_steps else None
+        self.max_draft_tokens = min(max_draft_tokens, self.max_rows - 1) if self.max_rows else max_draft_tokens
         self.attention = select_backend(attention)
         self.calibration = self.target.calibration or Calibration.for_model(
             self.model, quantization=self.target.quantization)
         if drafter is not None:
-            missing = [m for m in ("begin", "propose", "accept") if not callable(getattr(drafter, m, None))]
-            if missing:
-                raise SpecDecodeError(
-                    f"drafter {drafter_name(drafter)!r} has no {', '.join(missing)} method; a drafter implements "
-                    "begin(prompt_ids, **options), propose(context_ids, budget) and accept(token_ids).")
+            check_drafter(drafter)
             check_target = optional_part(drafter, "check_target")
             if check_target is not None:
                 check_target(self.target)
@@ -105,7 +101,6 @@ class SpeculativeGenerator:
         if not (cost_model in ("auto", None) or isinstance(cost_model, ForwardCosts)):
             raise SpecDecodeError(f"cost_model must be 'auto', None or a ForwardCosts, got {cost_model!r}.")
         self.cost_model = cost_model
-        self._prepared = False
         self.clock = clock
 
     # ------------------------------------------------------------------ public API
@@ -198,8 +193,8 @@ class SpeculativeGenerator:
             accepted = min(len(acceptance.accepted), cut)  # a stop may cut inside the accepted path
             last = acceptance.accepted[-1] if acceptance.accepted else -1
             recovered = cut > len(acceptance.accepted) and bool(tree.children.get(last))
-            step = Step(drafted=len(tree), depth=tree.depth, accepted=accepted, recovered=recovered, fed=fed,
-                        rows=rows, draft_s=proposed - tick, verify_s=clock() - proposed)
+            step = Step(drafted=len(tree), depth=tree.depth, accepted=accepted, recovered=recovered, rows=rows,
+                        draft_s=proposed - tick, verify_s=clock() - proposed)
             tally.record(step)
             if run.sizer is not None:
                 run.sizer.observe(step)
@@ -217,13 +212,12 @@ class SpeculativeGenerator:
         generation's timings include it: the runner's check of its lean forward, and for speculative
         decoding the forward costs and the padding table."""
         self.attention.prepare(self.model)
-        if not speculative or self._prepared:
+        if not speculative:
             return
         if self.cost_model == "auto":
             self.cost_model = self.calibration.forward_costs(self.model, self.attention)
         if self.pad_verification and self._padded is None:
             self._padded = self.attention.padded_sizes(self.model, self.calibration)
-        self._prepared = True
 
     def _sizer(self) -> DraftSizer | None:
         return DraftSizer(self.cost_model) if isinstance(self.cost_model, ForwardCosts) else None
@@ -233,8 +227,7 @@ class SpeculativeGenerator:
         if fed == 1 or not self.pad_verification or self._padded is None or fed >= len(self._padded):
             return fed
         size = self._padded[fed]
-        width = self.target.max_exact_rows if self.target.exact_steps else None
-        return fed if width and size > width else size
+        return fed if self.max_rows and size > self.max_rows else size
 
     def _drafter_report(self) -> dict | None:
         report = optional_part(self.drafter, "report")

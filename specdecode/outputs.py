@@ -13,8 +13,7 @@ class Step:
     depth: int  # the draft's depth (levels)
     accepted: int  # draft tokens accepted (the accepted path's length)
     recovered: bool  # the target's own token replaced a rejected draft (else it is a bonus token)
-    fed: int  # tokens fed to the verification: the pending token + the draft
-    rows: int  # rows of that forward: fed + padding to a row count this machine runs faster
+    rows: int  # rows of the verification forward: the pending token + the draft + padding
     draft_s: float  # seconds spent proposing (the draft policy's choice included)
     verify_s: float  # seconds from the proposal to the committed tokens
 

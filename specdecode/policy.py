@@ -108,7 +108,8 @@ class DraftSizer:
             self.levels.step()
             return
         self.levels.step(step.accepted, missed=step.accepted < step.depth)
-        self.shape = self.settings.shape_decay * self.shape + (1 - self.settings.shape_decay) * (step.drafted / step.depth)
+        decay = self.settings.shape_decay
+        self.shape = decay * self.shape + (1 - decay) * (step.drafted / step.depth)
         self.draft_seconds += step.draft_s
         self.draft_nodes += step.drafted
 

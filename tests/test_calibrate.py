@@ -10,7 +10,8 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
-from tiny import RandomDrafter, cpu_model, random_prompt, repetitive_prompt, tiny_tokenizer
+from tiny import (RandomDrafter, cpu_model, random_prompt, repetitive_prompt, rowwise_linear, stand_in_linear,
+                  tiny_tokenizer)
 
 import specdecode.models.load
 from specdecode import SpeculativeGenerator, load_model
@@ -79,28 +80,12 @@ def test_two_loads_of_a_model_make_the_same_choice_and_give_the_same_tokens(monk
 
 
 # ----------------------------------------------------------------------------- the exact width
-def rowwise_linear(x, weight, bias=None):
-    """Every row the same bits whatever the row count (one row at a time)."""
-    flat = x.reshape(-1, 1, x.shape[-1])
-    return torch.cat([F.linear(row, weight, bias) for row in flat]).reshape(*x.shape[:-1], weight.shape[0])
-
-
-def bits_up_to(width: int, linear=rowwise_linear):
-    """A stand-in kernel that keeps each row's bits among up to `width` rows and rounds wider products apart
-    (like a bf16 product on a Sapphire Rapids with AMX: the same bits from 1 to 32 rows, not at 64)."""
-
-    def product(x, weight, bias=None):
-        out = linear(x, weight, bias)
-        return out * (1 + 2 ** -7) if x.numel() // x.shape[-1] > width else out
-
-    return product
-
-
 def test_the_exact_width_is_the_widest_row_count_that_keeps_every_rows_bits():
     layers = [torch.nn.Linear(32, 48), torch.nn.Linear(48, 32, bias=False)]
     assert exact_width(layers, rowwise_linear) == 65
-    assert exact_width(layers, bits_up_to(32)) == 32
-    assert exact_width(layers, bits_up_to(5)) == 5
+    assert exact_width(layers, stand_in_linear()) == 65  # a lone row apart: one-token steps are padded
+    assert exact_width(layers, stand_in_linear(exact_rows=32)) == 32
+    assert exact_width(layers, stand_in_linear(exact_rows=5)) == 5
     # rounding that moves with the row count: a one-token step (two rows) agrees with a one-token draft only
     assert exact_width(layers, lambda x, w, b=None: rowwise_linear(x, w, b) + 1e-4 * x.shape[1]) == 2
     # rounding that depends on the other rows: no width
@@ -109,16 +94,9 @@ def test_the_exact_width_is_the_widest_row_count_that_keeps_every_rows_bits():
 
 @pytest.fixture
 def kernel_exact_up_to_32_rows(monkeypatch):
-    """F.linear replaced by a kernel that keeps bits only up to 32 rows, and whose lone rows round apart."""
-    original = F.linear
-
-    def linear(x, weight, bias=None):
-        rows = x.numel() // x.shape[-1]
-        if rows == 1:
-            return original(x, weight, bias) * (1 + 2 ** -7)
-        return bits_up_to(32, lambda x, w, b: rowwise_linear(x, w, b))(x, weight, bias)
-
-    monkeypatch.setattr(F, "linear", linear)
+    """F.linear replaced by a kernel that keeps bits only up to 32 rows, and whose lone rows round apart (moved
+    by several bf16 steps, so that a forward wider than 32 rows visibly changes the output)."""
+    monkeypatch.setattr(F, "linear", stand_in_linear(exact_rows=32, apart=2 ** -4))
 
 
 def test_a_bf16_target_on_kernels_exact_up_to_32_rows_keeps_every_forward_within_them(kernel_exact_up_to_32_rows):

@@ -38,8 +38,8 @@ def test_bad_cost_tables_are_refused(sizes, seconds):
 
 
 def step(nodes: int, depth: int, accepted: int, draft_s: float = 0.0) -> Step:
-    return Step(drafted=nodes, depth=depth, accepted=accepted, recovered=accepted < depth, fed=1 + nodes,
-                rows=1 + nodes, draft_s=draft_s, verify_s=0.0)
+    return Step(drafted=nodes, depth=depth, accepted=accepted, recovered=accepted < depth, rows=1 + nodes,
+                draft_s=draft_s, verify_s=0.0)
 
 
 def sizer_after(verify: ForwardCosts, steps: list[tuple[int, int]], draft_seconds: float = 0.0) -> DraftSizer:
@@ -199,7 +199,8 @@ def test_measured_cost_model_keeps_every_drafter_lossless(calibration_dir):
         assert out.token_ids == truth, drafter.name
         assert set(out.stats.cost_model["verify_ms"]) == {1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64}
     files = list(calibration_dir.iterdir())  # the measured table is cached here, measured once for the four
-    assert len(files) == 1 and sum(name.startswith("forward_costs") for name in json.loads(files[0].read_text())["values"]) == 1
+    assert len(files) == 1
+    assert sum(name.startswith("forward_costs") for name in json.loads(files[0].read_text())["values"]) == 1
 
 
 def test_a_model_drafter_feeds_its_prompt_in_begin_and_catches_up_only_on_new_tokens():

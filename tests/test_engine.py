@@ -240,7 +240,8 @@ def test_a_duck_typed_drafter_needs_only_the_three_methods(target):
     drafter = PhraseDrafter([5, 6, 7, 8, 9])
     for cost_model in (None, "auto"):
         out = SpeculativeGenerator(target, drafter=drafter, cost_model=cost_model).generate(prompt, max_new_tokens=20)
-        assert out.token_ids == hf_greedy(target.model, prompt, 20) and drafter.accepted[-len(out.token_ids):] == out.token_ids
+        assert out.token_ids == hf_greedy(target.model, prompt, 20)
+        assert drafter.accepted[-len(out.token_ids):] == out.token_ids
         assert out.stats.drafted_tokens > 0 and out.stats.drafters == {}
     assert drafter.begun == 2
 

@@ -131,21 +131,46 @@ def test_token_budget_is_exact_even_mid_draft(target, references, max_new_tokens
     assert out.token_ids == references[tuple(prompt)][:max_new_tokens]
 
 
-def test_bf16_verification_reports_divergence_honestly(target):
-    """In bf16 a multi-token forward may round differently from a one-token forward; the engine
-    must not hide it: first_divergence names the position and plain decoding's margin there."""
+def test_bf16_verification_reports_divergence_honestly(monkeypatch):
+    """A bf16 target left without exact steps, on a kernel whose one-row path sums in another order (as a
+    CPU's matrix-vector path may): speculative decoding leaves plain decoding at near-ties, and the engine
+    does not hide it: first_divergence names the position, both tokens and plain decoding's margin there."""
+    import torch.nn.functional as F
+    from tiny import rowwise_linear
+
     from specdecode import first_divergence
 
-    model = tiny_model("llama", seed=0).to(torch.bfloat16)
-    bf16 = loaded(model, "tiny-bf16")
-    plain = SpeculativeGenerator(bf16).generate(PROMPTS[1], max_new_tokens=NEW_TOKENS)
-    spec = SpeculativeGenerator(bf16, drafter=ModelDrafter(bf16, k=4, confidence=0), cost_model=None).generate(
-        PROMPTS[1], max_new_tokens=NEW_TOKENS)
-    divergence = first_divergence(plain, spec)
-    assert len(plain.top2_margins) == NEW_TOKENS
-    if divergence is not None:
-        assert divergence.reference_margin is not None
-        assert divergence.reference_margin < 0.1, divergence.describe()  # a near-tie, not a bug
+    original = F.linear
+
+    def one_row_in_two_halves(x, weight, bias=None):  # a lone row: two partial products, each rounded
+        if x.numel() != x.shape[-1]:
+            return rowwise_linear(x, weight, bias)
+        half = x.shape[-1] // 2
+        out = original(x[..., :half], weight[:, :half]) + original(x[..., half:], weight[:, half:])
+        return out if bias is None else out + bias
+
+    monkeypatch.setattr(F, "linear", one_row_in_two_halves)
+    bf16 = loaded(tiny_model("llama", seed=0).to(torch.bfloat16), "tiny-bf16")
+    divergences = []
+    for prompt in PROMPTS:
+        plain = SpeculativeGenerator(bf16).generate(prompt, max_new_tokens=NEW_TOKENS)
+        assert len(plain.top2_margins) == NEW_TOKENS
+        spec = SpeculativeGenerator(bf16, drafter=ModelDrafter(bf16, k=4, confidence=0), cost_model=None).generate(
+            prompt, max_new_tokens=NEW_TOKENS)
+        divergence = first_divergence(plain, spec)
+        if spec.token_ids != plain.token_ids:
+            divergences.append((divergence, plain, spec))
+        else:
+            assert divergence is None
+    assert divergences  # this kernel does make verification round apart from one-token steps
+    for divergence, plain, spec in divergences:
+        position = divergence.position
+        assert plain.token_ids[:position] == spec.token_ids[:position]
+        assert (divergence.reference_token, divergence.other_token) == (plain.token_ids[position],
+                                                                          spec.token_ids[position])
+        assert divergence.reference_margin == plain.top2_margins[position]
+        # a near-tie, not a bug: at most two bf16 rounding steps of the logits (docs/exactness.md)
+        assert divergence.reference_margin <= 0.25, divergence.describe()
 
 
 def test_padding_verification_to_cheaper_sizes_is_lossless(target, other, references):

@@ -9,8 +9,8 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from tiny import (RandomDrafter, cpu_model, first_token_total_variation, hf_greedy, loaded, random_prompt, repetitive_prompt,
-                  tiny_model, tiny_tokenizer)
+from tiny import (RandomDrafter, cpu_model, first_token_total_variation, hf_greedy, loaded, random_prompt,
+                  repetitive_prompt, rowwise_linear, stand_in_linear, tiny_model, tiny_tokenizer)
 
 from specdecode import SpecDecodeError, SpeculativeGenerator, load_model
 from specdecode.runtime.cpu import linear as cpu_linear
@@ -56,11 +56,6 @@ def test_speculative_decoding_stays_exact_with_weight_first_layers():
 
 
 # ----------------------------------------------------------------------------- exact bf16 steps
-def rowwise_linear(x, weight, bias):
-    """A product that gives every row the same bits whatever the row count (one row at a time)."""
-    return torch.cat([F.linear(x[:, row:row + 1], weight, bias) for row in range(x.shape[1])], dim=1)
-
-
 def test_row_rounding_is_classified_from_what_the_kernel_computes():
     layers = [torch.nn.Linear(32, 48), torch.nn.Linear(48, 32, bias=False)]
     assert one_row_rounding(layers, rowwise_linear) == "stable"
@@ -121,18 +116,8 @@ def test_bf16_targets_get_exact_steps_where_the_kernels_allow_and_nothing_else_c
 @pytest.fixture
 def one_row_apart_kernel(monkeypatch):
     """F.linear replaced, for the test, by a product of the kind that breaks bf16 exactness on an AVX-512 BF16
-    EPYC whatever CPU runs the test: every row gets the same bits among any number of rows (computed one at
-    a time), but a lone row rounds differently (its result moved by about a bf16 step)."""
-    original = F.linear
-
-    def linear(x, weight, bias=None):
-        rows = x.numel() // x.shape[-1]
-        if rows == 1:
-            return original(x, weight, bias) * (1 + 2 ** -7)
-        flat = x.reshape(rows, 1, x.shape[-1])
-        return torch.cat([original(row, weight, bias) for row in flat]).reshape(*x.shape[:-1], weight.shape[0])
-
-    monkeypatch.setattr(F, "linear", linear)
+    EPYC: a lone row rounds apart from the same row among others (tiny.stand_in_linear)."""
+    monkeypatch.setattr(F, "linear", stand_in_linear())
 
 
 def generate_with_every_drafter(target, draft, prompt, tokens: int) -> tuple[list[int], dict[str, list[int]]]:
@@ -179,13 +164,15 @@ def test_bf16_smollm2_speculative_equals_plain_with_exact_steps(one_row_apart_ke
 
 
 @pytest.mark.zoo
-def test_bf16_smollm2_on_this_cpus_own_kernels_is_exact():
-    """On this CPU's own kernels a bf16 target is exact within the width calibration finds, and speculative
-    output equals plain decoding's."""
+def test_bf16_smollm2_on_this_cpus_own_kernels_is_exact_or_auto_chooses_fp32():
+    """On this CPU's own kernels: where calibration finds an exact width, a bf16 target's speculative output
+    equals plain decoding's for every drafter; where it finds none, the bf16 model is left as it was and
+    says so, and dtype="auto" loads the target in fp32 instead (exactness before speed)."""
     target = load_model("smollm2-135m-instruct", dtype="bf16")
-    if not target.exact_steps:  # the model is then left as it was and says so
+    if not target.exact_steps:
         assert target.model.config._attn_implementation == "sdpa" and target.linear_kernel != "padded_row"
-        pytest.skip("this CPU's bf16 products give no two-row product the bits of a wider one: no exact width")
+        assert load_model("smollm2-135m-instruct").dtype == torch.float32
+        return
     draft = load_model("smollm2-135m-instruct", dtype="fp32", drafts_only=True)
     prompts = [[{"role": "user", "content": "Repeat after me: the quick brown fox jumps over the lazy dog."}],
                [{"role": "user", "content": "Write a Python function that returns the n-th Fibonacci number."}]]

@@ -6,6 +6,7 @@ import os
 import random
 
 import torch
+import torch.nn.functional as F
 from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
 from specdecode.drafters import Drafter
@@ -13,6 +14,7 @@ from specdecode.models.load import LoadedModel
 from specdecode.tree import DraftTree
 
 VOCAB = 96
+_LINEAR = F.linear  # the real product, before any test replaces F.linear with a stand-in
 # Where tiny models live: "cpu" (CI) or e.g. "cuda" to run the same tests on a GPU
 # (SPECDECODE_TEST_DEVICE=cuda python -m pytest tests/test_exactness.py ...).
 TEST_DEVICE = torch.device(os.environ.get("SPECDECODE_TEST_DEVICE", "cpu"))
@@ -136,3 +138,25 @@ def first_token_total_variation(gen, model: torch.nn.Module, prompt: list[int], 
     for seed in range(samples):
         counts[gen.generate(prompt, max_new_tokens=2, temperature=1.0, seed=seed).token_ids[0]] += 1
     return 0.5 * float((counts / counts.sum() - target).abs().sum())
+
+
+def rowwise_linear(x, weight, bias=None):
+    """A product that gives every row the same bits whatever the row count (one row at a time)."""
+    flat = x.reshape(-1, 1, x.shape[-1])  # [rows, 1, in]
+    return torch.cat([_LINEAR(row, weight, bias) for row in flat]).reshape(*x.shape[:-1], weight.shape[0])
+
+
+def stand_in_linear(exact_rows: int | None = None, apart: float = 2 ** -7):
+    """F.linear as some CPUs compute bf16 products, whatever CPU runs the test: every row gets the same bits
+    among any number of rows (computed one at a time), but a lone row (a one-token step, as oneDNN's
+    matrix-vector path on an AVX-512 BF16 EPYC) is moved by about a bf16 step, and with `exact_rows` so are
+    products of more rows (a Sapphire Rapids with AMX keeps the bits up to 32 rows, not at 64). `apart`: the
+    relative move."""
+
+    def linear(x, weight, bias=None):
+        rows = x.numel() // x.shape[-1]
+        out = rowwise_linear(x, weight, bias)
+        moved = rows == 1 or (exact_rows is not None and rows > exact_rows)
+        return out * (1 + apart) if moved else out
+
+    return linear

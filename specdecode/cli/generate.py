@@ -56,7 +56,8 @@ class GenerateConfig:
     def drafter_label(self) -> str:
         if self.drafter.strip() == "none":
             return "none"
-        return f"{self.drafter.strip()} (k={self.k if self.k is not None else 'adaptive'}, tree_width={self.tree_width})"
+        k = self.k if self.k is not None else "adaptive"
+        return f"{self.drafter.strip()} (k={k}, tree_width={self.tree_width})"
 
 
 @dataclass(frozen=True)

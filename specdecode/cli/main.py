@@ -239,7 +239,8 @@ def bench(
             questions=questions, model=model, out=out, methods=methods,
             categories=tuple(c.strip() for c in (categories or "").split(",") if c.strip()),
             limit_per_category=limit_per_category, max_new_tokens=max_new_tokens, dtype=dtype, quantize=quantize,
-            drafter_dtype=drafter_dtype, drafter_quantize=_no_none(drafter_quantize), k=k, tree_width=tree_width, warmup=warmup,
+            drafter_dtype=drafter_dtype, drafter_quantize=_no_none(drafter_quantize), k=k, tree_width=tree_width,
+            warmup=warmup,
             fresh=fresh, store=store, rag_k=rag_k,
             cost_model=cost_model,
         )

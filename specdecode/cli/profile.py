@@ -36,11 +36,14 @@ def run_profile(config: ProfileConfig, write: Callable[[str], None]) -> None:
     target = load_model(config.model, dtype=config.dtype, quantize=config.quantize)
     runner = select_backend()
     runner.prepare(target.model)
-    width = target.max_exact_rows or "any" if target.exact_steps else "not exact (bf16 verifications may round apart)"
+    if target.exact_steps:
+        width = f"{target.max_exact_rows or 'any number of'} rows"
+    else:
+        width = "none (verifications may round apart from one-token steps)"
     write(f"machine: {machine_key()}\n")
     write(f"model: {target.name}, {str(target.dtype).removeprefix('torch.')}, quantization "
           f"{target.quantization or 'none'}, linear kernel {target.linear_kernel}, {runner.describe(target.model)}\n")
-    write(f"exact steps: {target.exact_steps}; widest exact forward: {width} rows\n")
+    write(f"exact steps: {target.exact_steps}; widest exact forward: {width}\n")
     if target.calibration is not None:
         write(f"calibration: {target.calibration.path}\n")
     with torch.inference_mode():

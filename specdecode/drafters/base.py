@@ -12,6 +12,7 @@ from typing import Protocol
 
 import torch
 
+from ..errors import SpecDecodeError
 from ..sampling import GREEDY, SamplingParams
 from ..tree import DraftTree
 
@@ -95,6 +96,18 @@ class AdaptiveLength:
             self.current = min(self.maximum, self.current + 2)
         else:
             self.current = max(self.minimum, self.current - 1)
+
+
+PROTOCOL_METHODS = ("begin", "propose", "accept")
+
+
+def check_drafter(drafter) -> None:
+    """Raise SpecDecodeError, naming what is missing, if `drafter` lacks a method of the protocol."""
+    missing = [method for method in PROTOCOL_METHODS if not callable(getattr(drafter, method, None))]
+    if missing:
+        raise SpecDecodeError(
+            f"drafter {drafter_name(drafter)!r} has no {', '.join(missing)} method; a drafter implements "
+            "begin(prompt_ids, **options), propose(context_ids, budget) and accept(token_ids).")
 
 
 def optional_part(drafter, name: str, default=None):

@@ -22,7 +22,7 @@ from ..errors import SpecDecodeError
 from ..policy import LevelAcceptance, best_nodes, makes_the_cut, node_score
 from ..sampling import GREEDY
 from ..tree import DraftTree
-from .base import Drafter, drafter_name, optional_part
+from .base import Drafter, check_drafter, drafter_name, optional_part
 
 
 @dataclass
@@ -48,9 +48,10 @@ class MixtureDrafter(Drafter):
 
     def __init__(self, drafters: Sequence[Drafter], *, prior: float = 0.5):
         drafters = list(drafters)
-        if not drafters or not all(callable(getattr(d, "propose", None)) for d in drafters):
-            raise SpecDecodeError("MixtureDrafter needs a non-empty list of drafters (objects with begin, propose "
-                                  "and accept).")
+        if not drafters:
+            raise SpecDecodeError("MixtureDrafter needs a non-empty list of drafters.")
+        for drafter in drafters:
+            check_drafter(drafter)
         if not 0 < prior < 1:
             raise SpecDecodeError(f"MixtureDrafter prior must be in (0, 1), got {prior}.")
         self.prior = prior
@@ -59,10 +60,6 @@ class MixtureDrafter(Drafter):
         self.name = "mixture(" + ",".join(names) + ")"
         self.tree = DraftTree.empty()
         self.sources: list[set[int]] = []  # merged node -> the members that proposed it
-
-    @property
-    def drafters(self) -> list[Drafter]:
-        return [m.drafter for m in self.members]
 
     def check_target(self, target) -> None:
         for member in self.members:

@@ -17,9 +17,11 @@ import torch
 from . import zoo
 from ..errors import ModelLoadError, SpecDecodeError
 from ..runtime.calibrate import Calibration
+from ..runtime.machine import cpu_flags
 from ..runtime.cpu.gguf_int4 import import_gguf_int4
-from ..runtime.cpu.linear import (MAX_PROBED_ROWS, check_cpu_kernels, exact_one_token_steps, exact_width, fastest_decode_dtype,
-                                  fastest_draft_quantization, measured_orientation, tune_linear_layers)
+from ..runtime.cpu.linear import (MAX_PROBED_ROWS, check_cpu_kernels, exact_one_token_steps, exact_width,
+                                  fastest_decode_dtype, fastest_draft_quantization, measured_orientation,
+                                  tune_linear_layers)
 from ..runtime.cpu.quantize import FBGEMM_MODES, check_mode, quantize_model
 from ..runtime.cpu.rowwise_attention import ROWWISE
 
@@ -63,25 +65,14 @@ def output_vocab_size(model: torch.nn.Module) -> int:
 
 
 def cpu_supports_bf16() -> bool:
-    """True if this CPU computes bf16 natively (AVX-512 BF16 or AMX), read from /proc/cpuinfo."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        text = None
-    if text is not None:
-        return _cpuinfo_has_bf16(text)
-    # No /proc (macOS, Windows): torch's capability string never promises bf16 unless it names it.
-    capability = torch.backends.cpu.get_cpu_capability().upper()
-    return "AMX" in capability or "BF16" in capability
+    """True if this CPU computes bf16 natively (AVX-512 BF16 or AMX), from its flags (runtime/machine.py;
+    without /proc/cpuinfo, torch's capability string, which never promises bf16 unless it names it)."""
+    return any("bf16" in flag or "amx" in flag for flag in cpu_flags())
 
 
 def _cpuinfo_has_bf16(cpuinfo: str) -> bool:
-    """True if any `flags` line of a /proc/cpuinfo text lists a native bf16 instruction set."""
-    for line in cpuinfo.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() == "flags" and any(flag in value.split() for flag in _BF16_FLAGS):
-            return True
-    return False
+    """True if a /proc/cpuinfo text's flags list a native bf16 instruction set."""
+    return any(flag in cpu_flags(cpuinfo) for flag in _BF16_FLAGS)
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:

@@ -103,7 +103,8 @@ class Calibration:
     def forward_costs(self, model: torch.nn.Module, runner, measure=None) -> "ForwardCosts":
         """The model's forward costs as it runs now (its kernels, attention and runner)."""
         state = runtime_state(model, runner)
-        document = self.get(f"forward_costs:{state}", lambda: (measure or measure_forward_costs)(model, runner).to_json())
+        measure = measure or measure_forward_costs
+        document = self.get(f"forward_costs:{state}", lambda: measure(model, runner).to_json())
         try:
             return ForwardCosts.from_json(document)
         except (KeyError, TypeError, SpecDecodeError):  # a damaged entry: measured again
