@@ -187,6 +187,39 @@ def ask(
     run_command(lambda: run_ask(config, write=echo))
 
 
+@app.command("summarize")
+def summarize(
+    files: list[str] = typer.Argument(..., help="Text, Markdown or HTML files, summarized together; - reads "
+                                                "the text from standard input."),
+    model: str = typer.Option(..., "--model", "-m", help="Target model: zoo name, folder, .gguf file or hub id."),
+    drafter: str = typer.Option("auto", "--drafter", "-d",
+                                help="auto (prompt lookup + self-drafting: lookup+self) | none | any drafter name, "
+                                     "e.g. lookup or lookup+model:NAME."),
+    max_new_tokens: int = typer.Option(256, "--max-new-tokens", "-n", help="At most this many tokens per summary."),
+    instruction: Optional[str] = typer.Option(None, "--instruction", "-i",
+                                              help="What the summary should be (length, style); default: a few "
+                                                   "paragraphs."),
+    split: bool = typer.Option(True, "--split/--no-split",
+                               help="Summarize a document too long for one prompt in parts, then the part summaries "
+                                    "together (default), or refuse it."),
+    max_prompt_tokens: Optional[int] = typer.Option(None, "--max-prompt-tokens",
+                                                    help="Prompts of at most this many tokens (default: the "
+                                                         "model's context minus --max-new-tokens)."),
+    dtype: str = typer.Option("auto", "--dtype", help="auto | bf16 | fp32."),
+    compare: bool = typer.Option(False, "--compare", help="Also summarize with plain decoding: speedup, identical."),
+    stream: bool = typer.Option(False, "--stream", help="Print the final summary as it is generated."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bar over the parts."),
+) -> None:
+    """Summarize long documents with speculative decoding (in parts when they do not fit one prompt)."""
+    from .summarize import SummarizeConfig, run_summarize
+
+    source = read_prompt("-") if files == ["-"] else tuple(Path(f) for f in files)
+    config = SummarizeConfig(source=source, model=model, drafter=drafter, max_new_tokens=max_new_tokens,
+                             instruction=instruction, split=split, max_prompt_tokens=max_prompt_tokens, dtype=dtype,
+                             compare=compare, stream=stream and not compare, progress=not quiet)
+    run_command(lambda: run_summarize(config, write=echo))
+
+
 def echo(text: str) -> None:
     typer.echo(text, nl=False)
 

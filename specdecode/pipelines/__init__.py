@@ -1,7 +1,10 @@
-"""Pipelines: composable stages around the generator (RAG first)."""
+"""Pipelines: composable stages around the generator (RAG, long-document summaries)."""
 
-from .base import Pipeline, PipelineState, Stage
+from .base import Pipeline, PipelineState, Stage, user_prompt
 from .rag import DEFAULT_TEMPLATE, BuildPrompt, Generate, RAGAnswer, RAGPipeline, Retrieve
+from .reading import html_to_text, read_source, split_text
+from .summarize import SummarizePipeline, Summary, SummaryStage
 
 __all__ = ["DEFAULT_TEMPLATE", "BuildPrompt", "Generate", "Pipeline", "PipelineState", "RAGAnswer", "RAGPipeline",
-           "Retrieve", "Stage"]
+           "Retrieve", "Stage", "SummarizePipeline", "Summary", "SummaryStage", "html_to_text", "read_source",
+           "split_text", "user_prompt"]

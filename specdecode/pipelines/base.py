@@ -57,3 +57,11 @@ class Pipeline:
             else:
                 yield from streaming(state)
         return state
+
+
+def user_prompt(tokenizer, text: str, cue: str):
+    """`text` as one user chat message when the tokenizer has a chat template, else plain text ending
+    in `cue` on a line of its own (e.g. "Answer:"), so a base model knows where its part begins."""
+    if getattr(tokenizer, "chat_template", None):
+        return [{"role": "user", "content": text}]
+    return f"{text}\n{cue}"

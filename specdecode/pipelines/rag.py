@@ -20,7 +20,7 @@ from ..models.load import load_model
 from ..outputs import GenerationOutput, GenerationStats
 from ..prompts import encode_prompt
 from ..retrieval.span_index import span_index
-from .base import Pipeline, PipelineState
+from .base import Pipeline, PipelineState, user_prompt
 
 DEFAULT_TEMPLATE = (
     "Answer the question using the numbered sources below; quote them where they answer it, and cite them "
@@ -95,10 +95,8 @@ class BuildPrompt:
     def _prompt(self, question: str, passages: list):
         sources = "\n\n".join(SOURCE_FORMAT.format(number=i + 1, source=p.source, text=p.text.strip())
                               for i, p in enumerate(passages)) or "(no sources)"
-        text = self.template.format(sources=sources, question=question.strip())
-        if getattr(self.tokenizer, "chat_template", None):
-            return [{"role": "user", "content": text}]
-        return text + "\nAnswer:"
+        return user_prompt(self.tokenizer, self.template.format(sources=sources, question=question.strip()),
+                           "Answer:")
 
     def _length(self, prompt) -> int:
         return len(encode_prompt(self.tokenizer, prompt))

@@ -81,18 +81,26 @@ def _names_a_path(item) -> bool:
 def _read_file(path: Path) -> tuple[Document | None, str]:
     if any(part.startswith(".") for part in path.parts[-1:]):
         return None, "hidden file"
+    text, reason = read_text_file(path)
+    if text is None:
+        return None, reason
+    if not text.strip():
+        return None, "empty"
+    return Document(text, str(path)), ""
+
+
+def read_text_file(path: Path) -> tuple[str | None, str]:
+    """(the file's text, "") when it is text by its content (UTF-8 without NUL bytes, at most
+    MAX_FILE_BYTES), else (None, why not). An empty file is text: "". OSError (unreadable) propagates."""
     if path.stat().st_size > MAX_FILE_BYTES:
         return None, f"larger than {MAX_FILE_BYTES // 1_000_000} MB"
     data = path.read_bytes()
     if b"\x00" in data[:8192]:
         return None, "binary, not text (NUL bytes)"
     try:
-        text = data.decode("utf-8")
+        return data.decode("utf-8"), ""
     except UnicodeDecodeError as e:
         return None, f"binary or not UTF-8 text (byte {e.start})"
-    if not text.strip():
-        return None, "empty"
-    return Document(text, str(path)), ""
 
 
 def chunk_document(document: Document, tokenizer, chunk_tokens: int, overlap: int) -> list[Passage]:
