@@ -5,9 +5,11 @@ Ours: `plain` (our plain decoding) and every drafter name of `drafters.registry`
 Peers, on the same loaded target: `hf-plain` (`model.generate`, greedy), `hf-assisted:NAME`
 (`assistant_model=` NAME loaded in the target's dtype), `hf-lookup` (`prompt_lookup_num_tokens=10`). A
 peer's target forwards are counted with a forward hook on the target module (the assistant is another
-module). `llama-cpp` (optional, needs llama-cpp-python) decodes the target's own GGUF file with llama.cpp;
-`llama-cpp-lookup` the same with llama-cpp-python's speculative decoding (`LlamaPromptLookupDecoding`,
-its defaults: drafts of up to 10 tokens copied after a matching 2-gram of the context).
+module); its prefill is the first forward of the target (and of the assistant), timed by hooks
+(FirstForwards). `llama-cpp` (optional, needs llama-cpp-python) decodes the target's own GGUF file
+with llama.cpp; `llama-cpp-lookup` the same with llama-cpp-python's speculative decoding
+(`LlamaPromptLookupDecoding`, its defaults: drafts of up to 10 tokens copied after a matching 2-gram of
+the context).
 """
 
 from __future__ import annotations
@@ -49,7 +51,8 @@ class TurnResult:
     accept_histogram: tuple[int, ...] | None  # [a] = target forwards that accepted a draft tokens
     top2_margins: tuple[float, ...] | None  # greedy: target top-1 minus top-2 logit per token (ours)
     drafters: dict | None = None  # a mixture's per-drafter counts (GenerationStats.drafters; ours)
-    prefill_s: float | None = None  # the prompt's prefill, part of wall_s (ours; None: not measured apart)
+    prefill_s: float | None = None  # the prompt's prefill, part of wall_s (ours, HF's; None: not measured apart)
+    prompt_tokens: int | None = None  # the prompt's length (the runner fills it in)
 
 
 class Method(Protocol):
@@ -160,6 +163,8 @@ class HFMethod:
         config = self.config_class(max_new_tokens=max_new_tokens, **self.config_kwargs)
         forwards = []
         hook = model.register_forward_hook(lambda *_: forwards.append(1))
+        assistant = self.generate_kwargs.get("assistant_model")
+        prefill = FirstForwards([model] + ([assistant] if assistant is not None else []), self.target.device)
         try:
             start = time.perf_counter()
             with torch.inference_mode():
@@ -168,9 +173,44 @@ class HFMethod:
             wall_s = time.perf_counter() - start
         finally:
             hook.remove()
+            prefill.remove()
         token_ids = tuple(output[0, len(prompt_ids):].tolist())
         text = self.target.tokenizer.decode(token_ids, skip_special_tokens=True)
-        return TurnResult(token_ids, text, wall_s, len(forwards), None, None)
+        return TurnResult(token_ids, text, wall_s, len(forwards), None, None, prefill_s=prefill.seconds())
+
+
+class FirstForwards:
+    """Times the first forward of each module inside a generate call (pre-hook to hook, CUDA synchronised
+    around it): HF's prefill. The target's first forward takes the whole prompt (with hf-lookup and
+    hf-assisted also the first step's draft) and yields the first new token; hf-assisted's assistant
+    takes the prompt in its first forward too. What generate does around them counts as decoding."""
+
+    def __init__(self, modules: Sequence[torch.nn.Module], device: torch.device | str = "cpu",
+                 clock: Callable[[], float] = time.perf_counter):
+        self.clock, self.cuda = clock, torch.device(device).type == "cuda"
+        self.spans: dict[int, list[float]] = {}  # module index -> [start, end]
+        self.handles = []
+        for index, module in enumerate(modules):
+            self.handles.append(module.register_forward_pre_hook(lambda *_, i=index: self._mark(i, 0)))
+            self.handles.append(module.register_forward_hook(lambda *_, i=index: self._mark(i, 1)))
+        self.modules = len(modules)
+
+    def _mark(self, index: int, edge: int) -> None:
+        span = self.spans.setdefault(index, [])
+        if len(span) == edge:  # the first forward's start, then its end; later forwards are decoding
+            if self.cuda:
+                torch.cuda.synchronize()
+            span.append(self.clock())
+
+    def seconds(self) -> float | None:
+        """The first forwards' seconds, summed (None: a module never finished a forward)."""
+        if len(self.spans) < self.modules or any(len(span) < 2 for span in self.spans.values()):
+            return None
+        return sum(end - start for start, end in self.spans.values())
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
 
 
 class LlamaCppMethod:

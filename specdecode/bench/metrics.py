@@ -5,8 +5,9 @@ speedup = mean over questions of a method's tokens/s / the same mean for `plain`
 both have finished); median_speedup = the median over those questions of the per-question ratio.
 tau = new tokens / target forwards that produced them (1.00 for plain decoding, bonus included).
 decode_speedup: the speedup of the tokens/s after the prompt's prefill (new tokens / (wall - prefill)),
-where both methods measured their prefill (ours); the prefill is the same forward for plain and
-speculative decoding, so it bounds the end-to-end speedup (prefill_share: its share of the method's wall).
+where both methods measured their prefill (ours; HF's: its first forwards, methods.FirstForwards); the
+prefill is the same forward for plain and speculative decoding, so it bounds the end-to-end speedup
+(prefill_share: its share of the method's wall).
 """
 
 from __future__ import annotations

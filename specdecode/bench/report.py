@@ -1,4 +1,5 @@
-"""The benchmark's reports: summary.json, report.md, speedup.png and acceptance.png."""
+"""The benchmark's reports: summary.json, report.md, speedup.png and acceptance.png (and
+speedup_by_length.png where the categories are length buckets: lengths.py)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
+from .lengths import PLOT_FILE, length_buckets, length_figure, length_lines
 from .metrics import OVERALL, MethodSummary, summarize
 from .results import ResultsFolder
 
@@ -20,21 +22,25 @@ def write_reports(folder: ResultsFolder, methods: Sequence[str], environment: di
     order = list(dict.fromkeys([*methods, *(r["method"] for r in folder.records)]))
     table = summarize(folder.records, order)
     dtypes = sorted({r.get("dtype", "?") for r in folder.records})
+    buckets = length_buckets(folder.records)
     document = {
         "settings": folder.settings,
         "environment": {**environment, "target_dtype": ", ".join(dtypes) or None},
         "methods": order,
         "summary": {category: [asdict(row) for row in rows] for category, rows in table.items()},
+        "length_buckets": [asdict(b) for b in buckets],
         "divergences": [
             {"question_id": r["question_id"], "method": r["method"], **r["divergence"]}
             for r in folder.records if r.get("divergence")
         ],
     }
     folder.write_text("summary.json", json.dumps(document, indent=2))
-    folder.write_text("report.md", markdown_report(document, table))
+    folder.write_text("report.md", markdown_report(document, table, length_lines(table, buckets) if buckets else []))
     if folder.records:
         plot_speedups(table, folder.path / "speedup.png")
         plot_acceptance(table.get(OVERALL, []), folder.path / "acceptance.png")
+    if buckets:
+        _save(length_figure(table, buckets), folder.path / PLOT_FILE)
     return document
 
 
@@ -52,7 +58,7 @@ def table_lines(rows: Sequence[MethodSummary]) -> list[str]:
     return lines
 
 
-def markdown_report(document: dict, table: dict[str, list[MethodSummary]]) -> str:
+def markdown_report(document: dict, table: dict[str, list[MethodSummary]], by_length: Sequence[str] = ()) -> str:
     settings, env = document["settings"], document["environment"]
     lines = [
         "# specdecode bench report",
@@ -72,10 +78,14 @@ def markdown_report(document: dict, table: dict[str, list[MethodSummary]]) -> st
         "speedup = a method's mean tokens/s over the questions / plain's over the same questions; median "
         "speedup = median of the per-question ratios; tau = new tokens per target forward (bonus included); "
         "identical = token ids equal to plain decoding's; decode speedup = the speedup of the tokens/s after "
-        "the prompt's prefill (ours: the prefill is the same forward for plain and speculative decoding, so "
-        "it bounds the speedup); prefill share = the prefill's share of the method's seconds. Methods ran "
+        "the prompt's prefill (ours: the target's forwards over the prompt and the drafter's start, the same "
+        "target forwards for plain and speculative decoding, so they bound the speedup; HF peers: the first "
+        "forward of the target, and of hf-assisted's assistant, timed by hooks inside the timed generate: "
+        "the prompt, which also yields the first new token and verifies a first draft where there is one; "
+        "llama.cpp: not measured); prefill share = the prefill's share of the method's seconds. Methods ran "
         "interleaved per question.",
         "",
+        *by_length,
     ]
     for category, rows in table.items():
         lines += [f"## {category}", "", *table_lines(rows), ""]
@@ -104,9 +114,13 @@ def markdown_report(document: dict, table: dict[str, list[MethodSummary]]) -> st
 
 
 def _save(figure, path: Path) -> None:
+    """Write the figure atomically and close it."""
+    import matplotlib.pyplot as plt
+
     tmp = path.with_name(path.stem + ".tmp" + path.suffix)
     figure.savefig(tmp, dpi=120, bbox_inches="tight")
     os.replace(tmp, path)
+    plt.close(figure)
 
 
 def plot_speedups(table: dict[str, list[MethodSummary]], path: Path) -> None:
@@ -134,7 +148,6 @@ def plot_speedups(table: dict[str, list[MethodSummary]], path: Path) -> None:
     if methods:
         axes.legend(fontsize=8)
     _save(figure, path)
-    plt.close(figure)
 
 
 def plot_acceptance(rows: Sequence[MethodSummary], path: Path) -> None:
@@ -160,4 +173,3 @@ def plot_acceptance(rows: Sequence[MethodSummary], path: Path) -> None:
     else:
         axes.text(0.5, 0.5, "no speculative method of ours in these results", ha="center", transform=axes.transAxes)
     _save(figure, path)
-    plt.close(figure)

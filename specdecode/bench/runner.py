@@ -183,9 +183,10 @@ def run_turns(method: Method, question: Question, target: LoadedModel, max_new_t
     for text in question.turns:
         turn = rag(text) if rag else RagTurn(text, ())
         messages.append({"role": "user", "content": turn.content})
-        result = method.run(encode_prompt(target.tokenizer, messages), max_new_tokens, turn.passages)
+        prompt_ids = encode_prompt(target.tokenizer, messages)
+        result = method.run(prompt_ids, max_new_tokens, turn.passages)
         messages.append({"role": "assistant", "content": result.text})
-        results.append(result)
+        results.append(replace(result, prompt_tokens=len(prompt_ids)))
     return results
 
 
@@ -199,6 +200,7 @@ def make_record(question: Question, name: MethodName, turns: Sequence[TurnResult
         "category": question.category,
         "method": name.text,
         "turns": len(turns),
+        "prompt_tokens": [t.prompt_tokens for t in turns],  # per turn, chat template included
         "new_tokens": sum(len(ids) for ids in token_ids),
         "wall_s": sum(t.wall_s for t in turns),
         "prefill_s": None if any(t.prefill_s is None for t in turns) else sum(t.prefill_s for t in turns),
