@@ -41,6 +41,7 @@ class Request:
     seed: int | None
     stop: tuple[str, ...]
     speculative: bool
+    on_prefill: Callable[[int, int], None] | None = None  # (prompt tokens prefilled, of total) after each chunk
 
 
 @dataclass
@@ -70,12 +71,15 @@ class SpeculativeGenerator:
     cost_model: "auto" sizes each draft from the target's forward costs on this machine (calibrated once,
         runtime/calibrate.py) and the acceptance seen so far (policy.py), drafting nothing where no draft pays;
         a ForwardCosts gives the timings; None lets the drafter alone decide (up to max_draft_tokens).
+    prefill_chunk: the prompt is prefilled in forwards of at most this many tokens (bounds the memory of a
+        long document's attention; plain and speculative decoding prefill alike).
     clock: what the engine times prefill, drafting and verification with (seconds; tests inject their own).
     """
 
     def __init__(self, target, drafter: Drafter | None = None, *, tokenizer=None, max_draft_tokens: int = 64,
                  attention: str = "auto", pad_verification: bool | Sequence[int] = True,
-                 cost_model: str | ForwardCosts | None = "auto", clock: Callable[[], float] = time.perf_counter):
+                 cost_model: str | ForwardCosts | None = "auto", prefill_chunk: int = 2048,
+                 clock: Callable[[], float] = time.perf_counter):
         self.target = load_model(target, tokenizer=tokenizer)
         self.model = self.target.model
         self.tokenizer = self.target.tokenizer
@@ -101,12 +105,16 @@ class SpeculativeGenerator:
         if not (cost_model in ("auto", None) or isinstance(cost_model, ForwardCosts)):
             raise SpecDecodeError(f"cost_model must be 'auto', None or a ForwardCosts, got {cost_model!r}.")
         self.cost_model = cost_model
+        if not isinstance(prefill_chunk, int) or prefill_chunk < 1:
+            raise SpecDecodeError(f"prefill_chunk must be a whole number of tokens >= 1, got {prefill_chunk!r}.")
+        self.prefill_chunk = prefill_chunk
         self.clock = clock
 
     # ------------------------------------------------------------------ public API
     def generate(self, prompt, max_new_tokens: int = 128, **options) -> GenerationOutput:
         """Generate from a string, chat messages or token ids. Options: temperature, top_p, top_k,
-        seed, stop (str or list), speculative (False = plain decoding), verifier ("auto")."""
+        seed, stop (str or list), speculative (False = plain decoding), verifier ("auto"), on_prefill
+        (called with (tokens prefilled, total) after each prefill chunk: a progress display)."""
         request = self._request(prompt, max_new_tokens, **options)
         run = _Run()
         for _ in self._decode(request, run):
@@ -152,10 +160,11 @@ class SpeculativeGenerator:
         # Prefill every prompt token but the last (the pending token is fed with the first draft);
         #    plain and speculative decoding prefill alike, so exact models may batch its attention.
         #    A drafter feeds the prompt to its own state (a model drafter: its cache) in `begin`.
-        if len(committed) > 1:
-            self.attention.forward(model, cache, torch.tensor(committed[:-1]), torch.arange(len(committed) - 1),
-                                   hidden=True, prefill=True)
+        self._prefill(cache, committed[:-1], request.on_prefill)
         if drafter is not None:
+            read_target_cache = optional_part(drafter, "read_target_cache")
+            if read_target_cache is not None:  # a self-drafter gathers its draft cache from the target's
+                read_target_cache(cache)
             drafter.begin(request.prompt_ids, sampling=request.sampling, generator=generator)
             run.sizer = self._sizer()
         tally.prefill_s = clock() - started
@@ -207,6 +216,17 @@ class SpeculativeGenerator:
                 return
 
     # ------------------------------------------------------------------ helpers
+    def _prefill(self, cache: KVCache, token_ids: list[int], on_prefill: Callable[[int, int], None] | None) -> None:
+        """Feed the prompt (all but the pending token) in chunks of `prefill_chunk` tokens, so that a long
+        document's attention memory stays bounded; `on_prefill(done, total)` after each chunk."""
+        total = len(token_ids)
+        for start in range(0, total, self.prefill_chunk):
+            end = min(total, start + self.prefill_chunk)
+            self.attention.forward(self.model, cache, torch.tensor(token_ids[start:end]), torch.arange(start, end),
+                                   hidden=True, prefill=True)
+            if on_prefill is not None:
+                on_prefill(end, total)
+
     def _prepare(self, speculative: bool) -> None:
         """Run what is calibrated or probed once (from the cache where it was measured before), so that no
         generation's timings include it: the runner's check of its lean forward, and for speculative
@@ -245,7 +265,8 @@ class SpeculativeGenerator:
 
     def _request(self, prompt, max_new_tokens: int, *, temperature: float = 0.0, top_p: float = 1.0,
                  top_k: int = 0, seed: int | None = None, stop: str | Sequence[str] | None = None,
-                 speculative: bool = True, verifier: str = "auto") -> Request:
+                 speculative: bool = True, verifier: str = "auto",
+                 on_prefill: Callable[[int, int], None] | None = None) -> Request:
         if not isinstance(max_new_tokens, int) or max_new_tokens <= 0:
             raise SpecDecodeError(f"max_new_tokens must be a positive whole number, got {max_new_tokens!r}.")
         sampling = SamplingParams(temperature=temperature, top_p=top_p, top_k=top_k)
@@ -264,7 +285,7 @@ class SpeculativeGenerator:
         stops = (stop,) if isinstance(stop, str) else tuple(stop or ())
         if any(not isinstance(s, str) or not s for s in stops):
             raise SpecDecodeError(f"stop strings must be non-empty strings, got {stop!r}.")
-        return Request(prompt_ids, max_new_tokens, sampling, seed, stops, speculative)
+        return Request(prompt_ids, max_new_tokens, sampling, seed, stops, speculative, on_prefill)
 
     def _output(self, request: Request, run: _Run) -> GenerationOutput:
         text = ""

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from specdecode import SpeculativeGenerator, first_divergence, load_model
-from specdecode.drafters import LookupDrafter, ModelDrafter
+from specdecode.drafters import LookupDrafter, MixtureDrafter, ModelDrafter
 
 pytestmark = pytest.mark.zoo
 
@@ -80,3 +80,29 @@ def test_noisy_drafter_is_really_tested(target, noisy, references):
     out = SpeculativeGenerator(target, drafter=ModelDrafter(noisy, k=4, confidence=0), cost_model=None).generate(
         PROMPTS[0], max_new_tokens=NEW_TOKENS)
     assert 0.1 < out.stats.acceptance_rate < 0.95
+
+
+@pytest.fixture(scope="module")
+def long_text_prompt(target):
+    """~1500 tokens of a Python standard library module's source (every machine with Python has it)."""
+    import argparse
+    import inspect
+
+    ids = target.tokenizer.encode(inspect.getsource(argparse))[:1500]
+    return [{"role": "user", "content": target.tokenizer.decode(ids) + "\n\nSummarize the code above."}]
+
+
+@pytest.mark.parametrize("drafter", [
+    pytest.param(dict(kv="snapkv", kv_budget=256, weights="int8"), id="snapkv-int8"),
+    pytest.param(dict(kv="streaming", kv_budget=256, weights=None, tree_width=2), id="streaming-own-tree"),
+])
+def test_self_draft_on_a_long_text_equals_plain_on_smollm2(target, long_text_prompt, drafter):
+    from specdecode.drafters import SelfDrafter
+
+    plain = SpeculativeGenerator(target).generate(long_text_prompt, max_new_tokens=NEW_TOKENS, speculative=False)
+    mixture = MixtureDrafter([LookupDrafter(), SelfDrafter(target, **drafter)])
+    out = SpeculativeGenerator(target, drafter=mixture, cost_model=None).generate(long_text_prompt,
+                                                                                   max_new_tokens=NEW_TOKENS)
+    divergence = first_divergence(plain, out)
+    assert divergence is None, divergence.describe()
+    assert out.stats.drafters["self:" + drafter["kv"] + (":int8" if drafter["weights"] else "")]["accepted"] > 0

@@ -280,3 +280,22 @@ def test_cli_bad_input_is_one_clear_error(model_dir, long_document, tmp_path):
         result = invoke("summarize", *args, "--model", model_dir, "--drafter", "lookup")
         assert result.exit_code == 1, result.output
         assert result.stderr.startswith("error: ") and message in result.stderr, result.stderr
+
+
+def test_auto_drafter_is_lookup_plus_self(target, long_document):
+    from specdecode.drafters import MixtureDrafter
+
+    auto = SummarizePipeline(target, max_new_tokens=20, max_prompt_tokens=LIMIT, progress=False, cost_model=None)
+    assert isinstance(auto.generator.drafter, MixtureDrafter)
+    assert [m.name for m in auto.generator.drafter.members][0] == "lookup"
+    spec, plain = auto(long_document), auto(long_document, speculative=False)
+    assert [s.token_ids for s in spec.stages] == [s.token_ids for s in plain.stages]
+
+
+def test_a_long_prefill_shows_its_progress(target, long_document, capsys):
+    pipeline = SummarizePipeline(target, drafter="lookup", max_new_tokens=5, progress=True, cost_model=None)
+    pipeline.generator.prefill_chunk = 64  # the document's prompt takes several chunks
+    summary = pipeline(long_document)
+    assert summary.parts == 1
+    assert "reading" in capsys.readouterr().err
+    assert summary.token_ids == pipeline(long_document, speculative=False, progress=False).token_ids

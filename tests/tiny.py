@@ -21,10 +21,10 @@ TEST_DEVICE = torch.device(os.environ.get("SPECDECODE_TEST_DEVICE", "cpu"))
 
 
 def tiny_model(arch: str = "llama", seed: int = 0, vocab: int = VOCAB, layers: int = 2,
-               device: torch.device = TEST_DEVICE) -> torch.nn.Module:
-    """A random 2-layer model in fp32; exactness holds for any weights."""
+               device: torch.device = TEST_DEVICE, context: int = 512) -> torch.nn.Module:
+    """A random 2-layer model in fp32 with a context of `context` tokens; exactness holds for any weights."""
     common = dict(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=layers,
-                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=context,
                   initializer_range=0.3)  # peaked, varied outputs (the default 0.02 gives near-uniform logits)
     torch.manual_seed(seed)
     if arch == "llama":

@@ -33,6 +33,8 @@ class Drafter(Protocol):
     - `name` (optional): shown in stats and error messages (default: the class name).
     - `report() -> dict` (optional): statistics of the last generation, shown in the stats.
     - `check_target(target)` (optional): raise IncompatibleDrafterError for a target it cannot draft for.
+    - `read_target_cache(cache)` (optional): the target's KVCache, handed over after the prefill and before
+      `begin`; it holds an entry for every committed token but the last. Read it, never write it.
     """
 
     name = "custom"

@@ -74,6 +74,13 @@ class MixtureDrafter(Drafter):
             if set_passages is not None:
                 set_passages(passages)
 
+    def read_target_cache(self, cache) -> None:
+        """Hand the target's cache to the members that draft from it (a SelfDrafter)."""
+        for member in self.members:
+            read_target_cache = optional_part(member.drafter, "read_target_cache")
+            if read_target_cache is not None:
+                read_target_cache(cache)
+
     def begin(self, prompt_ids, *, sampling=GREEDY, generator=None) -> None:
         super().begin(prompt_ids, sampling=sampling, generator=generator)
         for member in self.members:

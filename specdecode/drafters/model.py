@@ -291,6 +291,7 @@ class ModelDrafter(Drafter):
                 node_depths.append(0 if parent < 0 else node_depths[parent] + 1)
 
         add_children(-1, logits)
+        cached = self.cache.length  # the context's entries (a compressed cache may hold fewer than context_len)
         fed: list[int] = []  # tree nodes whose KV entries follow the context in the cache, in order
         level = [i for i in range(len(tokens))]
         for _ in range(depth - 1):
@@ -310,6 +311,6 @@ class ModelDrafter(Drafter):
                 first_child = len(tokens)
                 add_children(node, level_logits[row])
                 level.extend(range(first_child, len(tokens)))
-        self.cache.crop(context_len)  # drop the tree nodes; cached_ids still equals the context
+        self.cache.crop(cached)  # drop the tree nodes; cached_ids still equals the context
         best = sorted(range(len(tokens)), key=lambda i: (-scores[i], i))[:max_nodes]  # a path's score <= its parent's
         return DraftTree(tokens, parents).subset(best)

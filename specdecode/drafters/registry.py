@@ -1,5 +1,5 @@
 """Drafters by name: the one place where a name a user types (`lookup`, `retrieval`, `model:NAME`,
-or several joined with `+` for a MixtureDrafter, e.g. `retrieval+model:NAME`) becomes a drafter.
+`self[:KV[:WEIGHTS]]`, or several joined with `+` for a MixtureDrafter, e.g. `retrieval+model:NAME`) becomes a drafter.
 The CLI's `--drafter` and the benchmark's `--methods` both read it, so a drafter added here is
 usable from both.
 """
@@ -15,15 +15,18 @@ from .base import Drafter
 from .lookup import LookupDrafter
 from .mixture import MixtureDrafter
 from .model import ModelDrafter
+from .self import KV_POLICIES, WEIGHTS, SelfDrafter
 from .retrieval import RetrievalDrafter
 from .suffix import SuffixIndex
 
-DRAFTER_PATTERNS = ("lookup", "retrieval", "model:NAME")  # what a user types for each drafter
-MODEL_SPEC_HELP = "NAME: a zoo name, model folder, .gguf file or hub id"
+DRAFTER_PATTERNS = ("lookup", "retrieval", "model:NAME", "self[:KV[:WEIGHTS]]")  # what a user types for each drafter
+MODEL_SPEC_HELP = ("NAME: a zoo name, model folder, .gguf file or hub id; self: the target drafts for itself, KV: "
+                   f"{'/'.join(KV_POLICIES)}, WEIGHTS: {'/'.join(w for w in WEIGHTS)}/own")
 MIXTURE_HELP = "A+B merges the drafts of A and B into one tree"
 DRAFTER_NAMES = f"none, {', '.join(DRAFTER_PATTERNS)} ({MIXTURE_HELP}; {MODEL_SPEC_HELP})"
 KINDS_WITH_MODEL = ("model",)  # kinds written KIND:MODEL
-KINDS = ("none", "lookup", "retrieval", *KINDS_WITH_MODEL)
+KINDS_WITH_OPTIONS = ("self",)  # kinds written KIND[:OPTION[:OPTION]]
+KINDS = ("none", "lookup", "retrieval", *KINDS_WITH_MODEL, *KINDS_WITH_OPTIONS)
 
 LoadDraft = Callable[[str, LoadedModel], LoadedModel]  # (model spec, target) -> the drafter's model
 
@@ -33,7 +36,7 @@ class DrafterName:
     """A parsed drafter name: `kind` or `kind:model`."""
 
     kind: str  # one of KINDS
-    model: str | None = None  # the drafter model's spec, for kinds in KINDS_WITH_MODEL
+    model: str | None = None  # the drafter model's spec (KINDS_WITH_MODEL), or the options (KINDS_WITH_OPTIONS)
 
     @classmethod
     def parse(cls, text: str) -> DrafterName:
@@ -46,7 +49,9 @@ class DrafterName:
             raise SpecDecodeError(
                 f"drafter {kind}: needs a model after the colon, e.g. {kind}:qwen2.5-coder-0.5b-instruct."
             )
-        if kind not in KINDS_WITH_MODEL and colon:
+        if kind in KINDS_WITH_OPTIONS and colon:
+            self_options(model)  # checked now, before any model loads
+        elif kind not in KINDS_WITH_MODEL and colon:
             raise SpecDecodeError(f"drafter {kind!r} takes no model; use {DRAFTER_NAMES}.")
         return cls(kind, model or None)
 
@@ -78,6 +83,17 @@ def default_load_draft(spec, target: LoadedModel, dtype: str = "fast-decode",
     return load_model(spec, dtype=dtype, device=target.device, quantize=quantize, drafts_only=True)
 
 
+def self_options(text: str | None) -> tuple[str, str | None]:
+    """`self`'s options `KV[:WEIGHTS]` -> (kv policy, weights); defaults snapkv and "auto"; WEIGHTS `own`
+    drafts with the target's own weights."""
+    kv, _, weights = (text or "").partition(":")
+    kv, weights = kv.strip() or "snapkv", weights.strip() or "auto"
+    if kv not in KV_POLICIES or weights not in (*WEIGHTS, "own"):
+        raise SpecDecodeError(f"drafter self:{text}: use self[:KV[:WEIGHTS]] with KV one of {', '.join(KV_POLICIES)} "
+                              f"and WEIGHTS one of {', '.join(WEIGHTS)}, own (e.g. self:snapkv:w8a8).")
+    return kv, None if weights == "own" else weights
+
+
 def parse_drafters(text: str) -> tuple[DrafterName, ...]:
     """`A+B+...` -> the parsed parts (one part for a single drafter)."""
     parts = tuple(DrafterName.parse(part) for part in text.split("+"))
@@ -107,6 +123,9 @@ def make_drafter(name: DrafterName | str, target: LoadedModel, options: DrafterO
         return LookupDrafter(k=options.k, tree_width=options.tree_width)
     if name.kind == "retrieval":
         return RetrievalDrafter(options.corpus, k=options.k)
+    if name.kind == "self":
+        kv, weights = self_options(name.model)
+        return SelfDrafter(target, kv=kv, weights=weights, k=options.k, tree_width=options.tree_width)
     load = load_draft or (lambda spec, t: default_load_draft(spec, t, options.drafter_dtype, options.drafter_quantize))
     draft = load(name.model, target)
     return ModelDrafter(draft, k=options.k, tree_width=options.tree_width)

@@ -6,6 +6,7 @@ custom 4D tree-attention masks), as a `LoadedModel`.
 
 from __future__ import annotations
 
+import copy
 import difflib
 import os
 from dataclasses import dataclass
@@ -216,6 +217,18 @@ def load_model(
     return loaded
 
 
+def quantized_twin(target: LoadedModel, quantize: str) -> LoadedModel:
+    """A copy of `target`'s model with `quantize`d weights ("w8a8", "int8", "int4", "fp16"), for drafting only
+    (same tokenizer; costs the copy's memory). The target itself is left as it is."""
+    check_mode(quantize)
+    twin = copy.deepcopy(target.model)
+    if twin.config._attn_implementation != "sdpa":
+        twin.set_attn_implementation("sdpa")  # a draft need not equal one-token steps bit for bit
+    if quantize in FBGEMM_MODES:
+        twin = twin.float()  # FBGEMM's layers take fp32 activations
+    return _finish(twin, target.tokenizer, f"{target.name}:{quantize}", "auto", quantize, drafts_only=True)
+
+
 def _resolve_source(spec: str) -> tuple[str, str, bool]:
     """(what to pass to from_pretrained, display name, whether it is a hub id)."""
     if spec in zoo.ZOO:
@@ -341,7 +354,7 @@ def _wrap_instance(model, tokenizer, dtype, device, cpu_kernels: str, quantize: 
 def _finish(model, tokenizer, name: str, cpu_kernels: str, quantize: str | None = None,
             group_size: int = 128, gguf: Path | None = None, drafts_only: bool = False) -> LoadedModel:
     vocab = model.get_input_embeddings().num_embeddings
-    if len(tokenizer) > vocab:
+    if tokenizer is not None and len(tokenizer) > vocab:
         raise ModelLoadError(
             f"the tokenizer has {len(tokenizer)} tokens but the model {name!r} embeds only {vocab}; "
             "pass the tokenizer that belongs to this model."

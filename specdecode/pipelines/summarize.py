@@ -162,6 +162,8 @@ class SummarizePipeline:
         max_new = options.pop("max_new_tokens", self.max_new_tokens)
         instruction = options.pop("instruction", None) or self.instruction
         split, progress = options.pop("split", self.split), options.pop("progress", self.progress)
+        if progress and "on_prefill" not in options:
+            options["on_prefill"] = self._prefill_bar()
         document, _ = read_source(source)
         limit, why = self.limit(max_new)
         stages: list[SummaryStage] = []
@@ -234,6 +236,23 @@ class SummarizePipeline:
 
     def _count(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def _prefill_bar(self):
+        """An on_prefill for generate: a progress bar over a prompt's prefill when it takes several chunks."""
+        bars = []
+
+        def on_prefill(done: int, total: int) -> None:
+            if total <= self.generator.prefill_chunk:
+                return
+            if not bars:
+                from tqdm.auto import tqdm
+
+                bars.append(tqdm(total=total, desc="reading", unit="token", dynamic_ncols=True, leave=False))
+            bars[0].update(done - bars[0].n)
+            if done >= total:
+                bars.pop().close()
+
+        return on_prefill
 
     @staticmethod
     def _bar(bar, parts: int, progress: bool):

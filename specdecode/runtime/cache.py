@@ -116,3 +116,29 @@ class KVCache:
                 for states in (layer.keys, layer.values):  # [batch, heads, length, head_dim]
                     states[..., start : start + kept, :] = states.index_select(-2, source)
         self.crop(start + kept)
+
+    def layer_entries(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Every layer's (keys, values) [batch, kv_heads, length, head_dim] (views, not copies)."""
+        return [(layer.keys, layer.values) for layer in self.hf.layers if getattr(layer, "is_initialized", False)]
+
+    def gathered(self, model: torch.nn.Module, index: Sequence[torch.Tensor], dtype: torch.dtype | None = None
+                 ) -> KVCache:
+        """A new cache for `model` holding, in layer l and KV head h, this cache's entries index[l][h]
+        (index[l]: [kv_heads, n], the same count n for every head and layer), in `dtype` (default: as
+        stored). Keys already carry their rotary positions, so gathered entries need no recompute."""
+        cache = KVCache(model)
+        for layer_index, ((keys, values), chosen) in enumerate(zip(self.layer_entries(), index, strict=True)):
+            chosen = chosen.to(keys.device)
+            gather = chosen[None, :, :, None].expand(keys.shape[0], -1, -1, keys.shape[-1])  # [b, kv, n, d]
+            dtype_ = dtype or keys.dtype
+            cache.hf.update(keys.gather(2, gather).to(dtype_), values.gather(2, gather).to(dtype_), layer_index)
+        return cache
+
+    def append_from(self, source: KVCache, start: int, end: int) -> None:
+        """Append `source`'s entries [start, end) to every layer, in this cache's dtype."""
+        if end <= start:
+            return
+        for layer_index, (keys, values) in enumerate(source.layer_entries()):
+            own = self.hf.layers[layer_index]
+            dtype = own.keys.dtype if getattr(own, "is_initialized", False) else keys.dtype
+            self.hf.update(keys[..., start:end, :].to(dtype), values[..., start:end, :].to(dtype), layer_index)
