@@ -396,3 +396,12 @@ def test_run_json_records_the_machine_and_every_commit_that_measured(tmp_path):
     document = json.loads((tmp_path / "out" / "run.json").read_text())
     assert document["commits"] == ["abc123", "def456"] and "threads" in document["settings"]["machine"]
     assert source_commit() is None or re.fullmatch(r"[0-9a-f]{10}(\+changes)?", source_commit())
+
+
+def test_drafter_counts_sum_per_member_and_leave_a_single_drafters_own_statistics_out():
+    from specdecode.bench.metrics import add_drafter_counts
+
+    reports = [{"kv": "snapkv", "kv_budget": 2048}, {"self": {"drafted": 3, "accepted": 2}},
+               {"self": {"drafted": 1, "accepted": 1, "skipped_steps": 2}}, None]
+    assert add_drafter_counts(reports) == {"self": {"drafted": 4, "accepted": 3, "skipped_steps": 2}}
+    assert add_drafter_counts([{"kv": "snapkv"}]) is None

@@ -112,11 +112,13 @@ def add_histograms(histograms: Iterable[Sequence[int] | None]) -> tuple[int, ...
 
 def add_drafter_counts(reports: Iterable[dict | None]) -> dict | None:
     """Per-drafter reports ({name: {"drafted": n, "accepted": n, ...}}) -> the counts summed (a mixture's
-    steps without a drafter too)."""
+    steps without a drafter too). A single drafter's own statistics (not per-member counts) are left out."""
     keys = ("drafted", "accepted", "skipped_steps")
     total: dict[str, dict[str, int]] = {}
     for report in reports:
         for name, counts in (report or {}).items():
+            if not isinstance(counts, dict):
+                continue
             entry = total.setdefault(name, dict.fromkeys(keys, 0))
             for key in keys:
                 entry[key] += int(counts.get(key) or 0)
