@@ -6,27 +6,16 @@ from __future__ import annotations
 import random
 
 import pytest
-from tiny import tiny_model, tiny_tokenizer
-from typer.testing import CliRunner
-
-from specdecode.cli.main import app
+from tiny import invoke_cli, tiny_model_folder
 
 
-def invoke(*args: str):
-    result = CliRunner().invoke(app, list(args))
-    assert "Traceback" not in result.output
-    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
-    return result
+
+invoke = invoke_cli
 
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny-llama")
-    model = tiny_model("llama", seed=0)
-    model.generation_config.eos_token_id = 1
-    model.save_pretrained(folder)
-    tiny_tokenizer().save_pretrained(folder)
-    return str(folder)
+    return tiny_model_folder(tmp_path_factory.mktemp("tiny-llama"))
 
 
 @pytest.fixture(scope="module")

@@ -9,10 +9,8 @@ import re
 from pathlib import Path
 
 import pytest
-from tiny import RandomDrafter, tiny_model, tiny_tokenizer
-from typer.testing import CliRunner
+from tiny import RandomDrafter, invoke_cli, tiny_model, tiny_model_folder, tiny_tokenizer
 
-from specdecode.cli.main import app
 from specdecode.errors import SpecDecodeError
 from specdecode.models.load import LoadedModel
 from specdecode.pipelines import SummarizePipeline, html_to_text, read_source, split_text
@@ -239,21 +237,12 @@ def test_summaries_that_never_shrink_are_refused(target):
 # ----------------------------------------------------------------------------- the command line
 
 
-def invoke(*args: str):
-    result = CliRunner().invoke(app, list(args))
-    assert "Traceback" not in result.output
-    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
-    return result
+invoke = invoke_cli
 
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny-llama")
-    model = tiny_model("llama", seed=0)
-    model.generation_config.eos_token_id = 1
-    model.save_pretrained(folder)
-    tiny_tokenizer().save_pretrained(folder)
-    return str(folder)
+    return tiny_model_folder(tmp_path_factory.mktemp("tiny-llama"))
 
 
 def test_cli_summarize_compare(model_dir, long_document, tmp_path):

@@ -160,3 +160,24 @@ def stand_in_linear(exact_rows: int | None = None, apart: float = 2 ** -7):
         return out * (1 + apart) if moved else out
 
     return linear
+
+
+def invoke_cli(*args: str):
+    """Run the `specdecode` command in-process; a command may fail with its message, never with a traceback."""
+    from typer.testing import CliRunner
+
+    from specdecode.cli.main import app
+
+    result = CliRunner().invoke(app, list(args))
+    assert "Traceback" not in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    return result
+
+
+def tiny_model_folder(folder) -> str:
+    """A tiny Llama (end-of-sequence id 1) and the tiny tokenizer saved in `folder`, for the command line."""
+    model = tiny_model("llama", seed=0)
+    model.generation_config.eos_token_id = 1
+    model.save_pretrained(folder)
+    tiny_tokenizer().save_pretrained(folder)
+    return str(folder)

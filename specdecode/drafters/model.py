@@ -175,13 +175,17 @@ class ModelDrafter(Drafter):
     def begin(self, prompt_ids, *, sampling=GREEDY, generator=None) -> None:
         """A new generation: the prompt is fed to the drafter's cache now (a one-time cost, like the target's
         prefill), so that proposals only catch up on committed tokens."""
-        super().begin(prompt_ids, sampling=sampling, generator=generator)
+        self._start(prompt_ids, sampling, generator)
         self.cache.reset()
-        self.cached_ids = []
+        self.prompt_logits = self._catch_up(prompt_ids) if len(prompt_ids) else None  # [vocab]
+
+    def _start(self, prompt_ids, sampling, generator) -> None:
+        """What every generation resets: sampling, the adaptive length, the pruned head for this prompt."""
+        super().begin(prompt_ids, sampling=sampling, generator=generator)
+        self.cached_ids, self.prompt_logits = [], None
         self.length.reset()
         if self.draft_vocab is not None:
             self.head = PrunedHead(self.model.get_output_embeddings(), self.head_size, self.head_base, prompt_ids)
-        self.prompt_logits = self._catch_up(prompt_ids) if len(prompt_ids) else None  # [vocab]
 
     def propose(self, context_ids: Sequence[int], budget: int) -> DraftTree:
         depth = min(self.length.current, budget)

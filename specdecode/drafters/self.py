@@ -31,7 +31,7 @@ from ..models.load import LoadedModel, draft_quantization, load_model, output_vo
 from ..runtime.cache import KVCache
 from ..runtime.window_attention import supports_window_attention, window_attention
 from ..sampling import GREEDY
-from .model import ModelDrafter, PrunedHead
+from .model import ModelDrafter
 
 KV_POLICIES = ("snapkv", "streaming", "full")
 WEIGHTS = ("auto", "w8a8", "int8", "int4")
@@ -120,7 +120,7 @@ class SelfDrafter(ModelDrafter):
                          quantize=None, prefill_twin=False)
         self.target_cache: KVCache | None = None
         self.synced = 0  # target entries reflected in the draft cache (its prompt selection, then copies)
-        self.kept = 0  # draft cache entries that mirror the target's (the rest are this drafter's own)
+        self.selected = 0  # prompt entries the policy kept (per KV head)
         self.prompt_length = 0  # target entries at `begin`: what the policy selected from
         self.name = f"self:{kv}" + (f":{weights}" if weights else "")
 
@@ -144,15 +144,10 @@ class SelfDrafter(ModelDrafter):
         if self.target_cache is None:
             raise SpecDecodeError("SelfDrafter drafts from the target's KV cache; run it through "
                                   "SpeculativeGenerator, which hands the cache over (read_target_cache).")
-        self.sampling, self.generator = sampling, generator
-        self.length.reset()
-        self.head = None
-        if self.draft_vocab is not None:
-            self.head = PrunedHead(self.model.get_output_embeddings(), self.head_size, self.head_base, prompt_ids)
-        self.prompt_length = self.target_cache.length
+        self._start(prompt_ids, sampling, generator)
+        self.prompt_length = self.synced = self.target_cache.length
         self.cache = self.target_cache.gathered(self.model, self.prompt_selection(prompt_ids), self.model.dtype)
-        self.synced, self.kept = self.prompt_length, self.cache.length
-        self.cached_ids, self.prompt_logits = [], None
+        self.selected = self.cache.length
 
     def prompt_selection(self, prompt_ids: Sequence[int]) -> list[torch.Tensor]:
         """Per layer, the kept prompt positions [kv_heads, n] among the target's first prompt_length entries."""
@@ -164,6 +159,11 @@ class SelfDrafter(ModelDrafter):
         scores = window_attention(self.source.model, self.target_cache, window, length)  # [kv, length] per layer
         return [self.policy.selection(length, keys.shape[1], s) for (keys, _), s in zip(entries, scores)]
 
+    @property
+    def kept(self) -> int:
+        """Draft cache entries that mirror the target's (the rest are this drafter's own)."""
+        return self.selected + self.synced - self.prompt_length
+
     # ------------------------------------------------------------------ drafting
     def _catch_up(self, context_ids: Sequence[int]) -> torch.Tensor:
         """Drop this drafter's own entries, copy the target's newly committed ones, feed what the target has
@@ -171,7 +171,6 @@ class SelfDrafter(ModelDrafter):
         target = self.target_cache
         self.cache.crop(self.kept)
         self.cache.append_from(target, self.synced, target.length)
-        self.kept += target.length - self.synced
         self.synced = target.length
         logits = self._forward(list(context_ids[self.synced:]), self.synced, last_only=True)[-1]  # [vocab]
         self.cached_ids = list(context_ids)

@@ -41,7 +41,7 @@ def window_attention(model: torch.nn.Module, cache: KVCache, window_ids: torch.T
     entries = cache.layer_entries()  # [(keys [1, kv, length, d], values)] per layer
     prefix = KVCache(model)
     for layer_index, (keys, values) in enumerate(entries):
-        prefix.hf.update(keys[..., :start, :].clone(), values[..., :start, :].clone(), layer_index)
+        prefix.hf.update(keys[..., :start, :], values[..., :start, :], layer_index)  # update copies
     positions = torch.arange(start, length, device=device)[None]  # [1, w]
     base = model.base_model
     hidden = base(input_ids=window_ids.to(device)[None], position_ids=positions, cache=prefix.hf, use_cache=True,
