@@ -21,6 +21,7 @@ from typer.testing import CliRunner
 from specdecode.models import zoo
 from specdecode.cli.main import app
 from specdecode.errors import ModelLoadError, SpecDecodeError
+from specdecode.runtime.cpu.rowwise_attention import fold_rows_of
 from specdecode.models.load import (
     LoadedModel,
     _cpuinfo_has_bf16,
@@ -308,7 +309,7 @@ def test_local_folder_loads_ready_for_the_engine(tmp_path):
     assert not loaded.model.training
     assert not any(p.requires_grad for p in loaded.model.parameters())
     # a bf16 target attends row by row where that makes its verifications exact (linear.exact_one_token_steps)
-    assert loaded.model.config._attn_implementation == ("specdecode_rowwise" if loaded.exact_steps else "sdpa")
+    assert (fold_rows_of(loaded.model.config._attn_implementation) is not None) == loaded.exact_steps
     assert loaded.tokenizer.eos_token == "</s>"
     assert load_model(loaded) is loaded
 

@@ -25,7 +25,7 @@ from specdecode.errors import SpecDecodeError
 from specdecode.runtime.cpu import linear as cpu_linear
 from specdecode.runtime.cpu.linear import fastest_draft_quantization
 from specdecode.runtime.cpu import quantize as quantize_module
-from specdecode.runtime.cpu.rowwise_attention import _visible
+from specdecode.runtime.cpu.rowwise_attention import _visible, fold_rows_of
 from specdecode.runtime.cpu.quantize import (Fp16Linear, Int4Linear, Int8Linear, RowInt8Linear, fbgemm_available,
                                              quantize_int4, quantize_model)
 
@@ -141,7 +141,7 @@ def test_w8a8_model_verifies_a_tree_exactly_as_it_decodes_one_token_at_a_time(ar
 
 @pytest.fixture
 def row_calls(monkeypatch) -> list:
-    """Grows by one entry each time row-wise attention attends a row on its own."""
+    """Grows by one entry each time row-wise attention (not the batched prefill) attends fed tokens."""
     import specdecode.runtime.cpu.rowwise_attention as rowwise
 
     calls = []
@@ -205,7 +205,7 @@ def test_loading_a_w8a8_instance_keeps_its_rowwise_attention():
     model = cpu_model("llama", seed=2)
     quantize_model(model, "w8a8")
     target = load_cpu(model, tokenizer=tiny_tokenizer())  # the loader switches other attentions to SDPA
-    assert target.model.config._attn_implementation == "specdecode_rowwise"
+    assert fold_rows_of(target.model.config._attn_implementation)  # row-wise, however many tokens per call
 
 
 @pytest.mark.parametrize("mode", ["int8", "fp16", "w8a8"])
@@ -254,7 +254,7 @@ def test_a_w8a8_drafter_keeps_batched_attention():
     assert drafter.model.config._attn_implementation == "sdpa"
     assert isinstance(drafter.model.lm_head, RowInt8Linear)
     target = load_cpu(cpu_model("llama", seed=2), tokenizer=tiny_tokenizer(), quantize="w8a8")
-    assert target.model.config._attn_implementation == "specdecode_rowwise"
+    assert fold_rows_of(target.model.config._attn_implementation)  # row-wise, however many tokens per call
 
 
 def test_w8a8_sampling_through_a_verification_follows_the_target_distribution():
@@ -313,7 +313,7 @@ def test_bf16_weight_only_targets_get_exact_steps_where_their_kernels_allow(mode
     monkeypatch.setattr(specdecode.models.load, "exact_width", lambda layers: probed.extend(layers) or 65)  # any CPU
     target = load_cpu(model_dir, dtype="bf16", quantize=mode, group_size=GROUP)
     assert target.exact_steps and target.linear_kernel == "quantized"
-    assert target.model.config._attn_implementation == "specdecode_rowwise"
+    assert fold_rows_of(target.model.config._attn_implementation)  # row-wise, however many tokens per call
     assert probed and all(isinstance(layer, layer_class) for layer in probed)  # the quantized kernels probed
     monkeypatch.undo()
 

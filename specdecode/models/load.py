@@ -24,7 +24,7 @@ from ..runtime.cpu.linear import (MAX_PROBED_ROWS, check_cpu_kernels, exact_one_
                                   fastest_decode_dtype, fastest_draft_quantization, measured_orientation,
                                   tune_linear_layers)
 from ..runtime.cpu.quantize import FBGEMM_MODES, check_mode, quantize_model
-from ..runtime.cpu.rowwise_attention import ROWWISE
+from ..runtime.cpu.rowwise_attention import exact_fold_rows, fold_rows_of, use_rowwise_attention
 
 if TYPE_CHECKING:
     import transformers
@@ -339,7 +339,8 @@ def _wrap_instance(model, tokenizer, dtype, device, cpu_kernels: str, quantize: 
         model = model.to(resolve_device(device))
     if dtype != "auto":
         model = model.to(resolve_dtype(dtype, model.device))
-    if model.config._attn_implementation not in ("sdpa", ROWWISE):  # ROWWISE: already exact (w8a8, bf16)
+    implementation = model.config._attn_implementation
+    if implementation != "sdpa" and fold_rows_of(implementation) is None:  # row-wise: already exact (w8a8, bf16)
         try:
             model.set_attn_implementation("sdpa")
         except (ValueError, ImportError) as e:
@@ -378,6 +379,8 @@ def _finish(model, tokenizer, name: str, cpu_kernels: str, quantize: str | None 
         kernel = ("padded_row" if any(isinstance(m, torch.nn.Linear) for m in model.modules()) else "quantized"
                   ) if exact else None
         width = width if exact and width < MAX_PROBED_ROWS else None
+    if exact and fold_rows_of(model.config._attn_implementation):  # how many tokens may share an attention call
+        use_rowwise_attention(model, calibration.get("attention_fold_rows", lambda: exact_fold_rows(model)))
     if kernel is None:
         orientation = cpu_kernels
         if cpu_kernels == "auto" and model.device.type == "cpu":  # chosen once per model and machine

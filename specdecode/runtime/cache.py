@@ -18,11 +18,14 @@ from ..errors import SpecDecodeError
 
 
 GROWTH_MIN_ENTRIES = 256  # spare room a buffer gets at least when it grows
+KEY_BLOCK = 512  # buffers hold whole blocks of this many entries: row-wise attention reads keys in such blocks
 
 
 class GrowingLayer(DynamicLayer):
     """A DynamicLayer whose keys and values are views [batch, heads, length, head_dim] of preallocated
-    buffers [batch, heads, capacity, head_dim] that grow by half when full.
+    buffers [batch, heads, capacity, head_dim] that grow by half when full. A buffer is zeroed when made
+    and its capacity is whole KEY_BLOCKs, so what lies past the entries is always finite (zeros or
+    dropped entries): row-wise attention reads up to the end of a block, masked.
 
     DynamicLayer appends with torch.cat: every step allocates and copies the whole cache, O(length)
     per token (every layer's keys and values of every token so far). Here a step writes its q
@@ -57,10 +60,10 @@ class GrowingLayer(DynamicLayer):
                 and (held.numel() == 0 or held.data_ptr() == buffer.data_ptr()))
 
     def _reallocate(self, key_states: torch.Tensor, value_states: torch.Tensor, start: int, end: int) -> None:
-        capacity = end + max(end // 2, GROWTH_MIN_ENTRIES)
+        capacity = -(-(end + max(end // 2, GROWTH_MIN_ENTRIES)) // KEY_BLOCK) * KEY_BLOCK
         buffers = []
         for held, states in ((self.keys, key_states), (self.values, value_states)):
-            buffer = states.new_empty(*states.shape[:2], capacity, states.shape[-1])  # [b, heads, capacity, d]
+            buffer = states.new_zeros(*states.shape[:2], capacity, states.shape[-1])  # [b, heads, capacity, d]
             if start:
                 buffer[..., :start, :] = held[..., :start, :]
             buffers.append(buffer)

@@ -20,7 +20,7 @@ from .cache import KVCache
 from ..errors import SpecDecodeError
 from .cpu.lean_forward import lean_forward, matches_own_forward
 from .cpu.linear import padded_sizes
-from .cpu.rowwise_attention import BATCHED_PREFILL, ROWWISE
+from .cpu.rowwise_attention import BATCHED_PREFILL, fold_rows_of
 from .calibrate import runtime_state
 
 
@@ -86,7 +86,7 @@ class SDPABackend:
             return lean_forward(model, cache, input_ids.to(device), positions.to(device),
                                 kwargs.get("attention_mask"), logits_to_keep, hidden)
         called = model.base_model if hidden else model
-        if prefill and model.config._attn_implementation == ROWWISE and _passes_keywords(called):
+        if prefill and fold_rows_of(model.config._attn_implementation) and _passes_keywords(called):
             kwargs[BATCHED_PREFILL] = True  # else (a forward without **kwargs) the prefill stays row-wise
         inputs = dict(
             input_ids=input_ids.to(device)[None],  # [1, q]

@@ -24,9 +24,7 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from ..cache import KVCache
 from .fusion import products_of
-from .rowwise_attention import ROWWISE, rowwise_attention
-
-ATTENTION = ("sdpa", ROWWISE)  # the attention implementations a lean forward calls as transformers would
+from .rowwise_attention import fold_rows_of, rowwise_attention
 
 
 def _supported_layers() -> tuple[type, ...]:
@@ -43,7 +41,8 @@ def fits(model: torch.nn.Module) -> bool:
     attention) and no hooks on the modules whose calls it skips (a hook may have side effects)."""
     body = getattr(model, "base_model", None)
     layers = getattr(body, "layers", None)
-    if body is model or not layers or model.config._attn_implementation not in ATTENTION:
+    implementation = model.config._attn_implementation  # sdpa or row-wise: those a lean forward calls as transformers would
+    if body is model or not layers or (implementation != "sdpa" and fold_rows_of(implementation) is None):
         return False
     if model.device.type != "cpu" or not hasattr(model, "lm_head"):
         return False
@@ -67,7 +66,8 @@ def lean_forward(model: torch.nn.Module, cache: KVCache, input_ids: torch.Tensor
     [q, hidden_size]. The cache grows by q entries, as with the model's own forward. Modules are looked
     up on every call, so a layer replaced later (quantized, say) is the one used."""
     body, q = model.base_model, input_ids.shape[-1]
-    rowwise = model.config._attn_implementation == ROWWISE
+    fold_rows = fold_rows_of(model.config._attn_implementation)  # None: SDPA
+    rowwise = fold_rows is not None
     if attention_mask is None and q > 1 and not rowwise:  # SDPA's is_causal would ignore the cache
         past = cache.length
         attention_mask = torch.ones(q, past + q, dtype=torch.bool, device=input_ids.device).tril(past)[None, None]
@@ -78,7 +78,7 @@ def lean_forward(model: torch.nn.Module, cache: KVCache, input_ids: torch.Tensor
         attention, mlp = layer.self_attn, layer.mlp
         projected = products_of([attention.q_proj, attention.k_proj, attention.v_proj])(
             layer.input_layernorm(states))  # query [1, q, heads * d], key and value [1, q, kv_heads * d]
-        states = states + _attention(attention, *projected, rotary, cache.hf.layers[index], attention_mask, rowwise)
+        states = states + _attention(attention, *projected, rotary, cache.hf.layers[index], attention_mask, fold_rows)
         gate, up = products_of([mlp.gate_proj, mlp.up_proj])(layer.post_attention_layernorm(states))  # [1, q, inter]
         states = states + mlp.down_proj(mlp.act_fn(gate) * up)
     states = body.norm(states)  # [1, q, hidden]
@@ -90,17 +90,21 @@ def lean_forward(model: torch.nn.Module, cache: KVCache, input_ids: torch.Tensor
 
 def _attention(attention: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                rotary: tuple[torch.Tensor, torch.Tensor], cache_layer, attention_mask: torch.Tensor | None,
-               rowwise: bool) -> torch.Tensor:
+               fold_rows: int | None) -> torch.Tensor:
     """The projected query, key, value states [1, q, (kv_)heads * d] -> the attention block's output
-    [1, q, hidden] (o_proj applied), with the attention function transformers would call."""
+    [1, q, hidden] (o_proj applied), with the attention function transformers would call (row-wise with
+    `fold_rows` tokens per call, or SDPA where None)."""
     shape = (*query.shape[:-1], -1, attention.head_dim)  # [1, q, heads, head_dim]
     query = _rotate(query.view(shape).transpose(1, 2), *rotary)  # [1, heads, q, d]
     key = _rotate(key.view(shape).transpose(1, 2), *rotary)  # [1, kv_heads, q, d]
     value = value.view(shape).transpose(1, 2)  # [1, kv_heads, q, d]
     keys, values = cache_layer.update(key, value)  # [1, kv_heads, past + q, d] each
-    attend = rowwise_attention if rowwise else sdpa_attention_forward  # rowwise: None = causal, to the last key
-    out, _ = attend(attention, query, keys, values, attention_mask, dropout=0.0,
-                    scaling=attention.scaling)  # [1, q, heads, d]
+    if fold_rows is None:
+        out, _ = sdpa_attention_forward(attention, query, keys, values, attention_mask, dropout=0.0,
+                                        scaling=attention.scaling)  # [1, q, heads, d]
+    else:  # attention_mask None = causal, to the last key
+        out, _ = rowwise_attention(attention, query, keys, values, attention_mask, scaling=attention.scaling,
+                                   fold_rows=fold_rows)  # [1, q, heads, d]
     return attention.o_proj(out.reshape(*shape[:-2], -1).contiguous())  # [1, q, hidden]
 
 

@@ -6,37 +6,50 @@ the one-token kernel only by rounding (~1e-7), which changes a greedy choice onl
 w8a8 model (quantize.py) rounds every activation to a 7-bit grid per token, and a 1e-7 difference
 that crosses a grid boundary becomes a whole grid step, then a different token: batched attention
 breaks its exactness; a bf16 target's logits tie often enough that its rounding matters too
-(linear.exact_one_token_steps). Here each fed token attends on its own (one query) to exactly the keys it may
-see (a slice of the cache, or a gathered copy for a tree's ancestors: SDPA's result depends on the
-values, not on the strides, which a test checks), through the same SDPA call (query heads grouped by
-their shared key/value head) a one-token step makes, so a 16-token verification computes what 16
-one-token steps compute, bit for bit. Its cost against batched SDPA grows with the tokens fed: within
-noise for a few tokens, a visible share for a 16-token forward (docs/benchmarks.md: EPYC AVX2,
-2026-11-26, forward cost by target weights, the `w8a8` rows). A prompt's prefill is the same forward in
-plain and speculative decoding, so it need not match one-token steps: the attention backend passes
-`specdecode_batched_prefill=True` (transformers hands forward keywords down to attention functions) and
-it runs batched SDPA, which is faster over a long prompt than one query at a time.
+(linear.exact_one_token_steps).
 
-transformers' attention registry is the seam: `use_rowwise_attention(model)` registers the function
-under `ROWWISE` (with SDPA's mask builder) and switches the model to it.
+So every token's attention here is computed the way a one-token step computes it, by construction:
+one SDPA call (query heads grouped by their shared key/value head) over its visible keys as one run
+from the first, padded with masked keys to a multiple of `KEY_BLOCK`. PyTorch's CPU kernel walks the
+keys in blocks of 512, so every token, whatever the cache's length and whichever call it is in, sees
+whole blocks only; the masked keys add exact zeros. A verification's tokens may share one call ("fold"):
+their keys are read once instead of once per token, which is most of the attention's cost at long
+contexts. A token keeps its bits in a shared call only as long as the kernel treats each query row on
+its own, which depends on the kernel, the machine and the row count (PyTorch's bf16 kernel switches to
+packed products from 64 query rows): `exact_fold_rows` measures the widest fold per model and machine,
+once (runtime/calibrate.py keeps it), and `use_rowwise_attention(model, fold_rows)` sets it. A tree's
+token whose ancestors are not one run (a second branch) attends alone to a gathered copy of its keys, as
+a one-token step would see them: SDPA's result depends on the values, not on the strides.
+
+A prompt's prefill is the same forward in plain and speculative decoding, so it need not match
+one-token steps: the attention backend passes `specdecode_batched_prefill=True` (transformers hands
+forward keywords down to attention functions) and it runs batched SDPA.
+
+transformers' attention registry is the seam: the function is registered under a name per fold
+(`rowwise_name`), with SDPA's mask builder, and the model switched to it.
 """
 
 from __future__ import annotations
+
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 
 from ...errors import SpecDecodeError
+from ..cache import KEY_BLOCK
 
 ROWWISE = "specdecode_rowwise"
 BATCHED_PREFILL = "specdecode_batched_prefill"  # a forward keyword: these rows are a prompt, attend them batched
+PACKED_FROM_ROWS = {torch.bfloat16: 64, torch.float16: 16}  # PyTorch's CPU kernel packs its products from here
 
 
 def rowwise_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                       attention_mask: torch.Tensor | None, dropout: float = 0.0, scaling: float | None = None,
-                      **kwargs) -> tuple[torch.Tensor, None]:
+                      fold_rows: int = 1, **kwargs) -> tuple[torch.Tensor, None]:
     """query [1, heads, q, d]; key, value [1, kv_heads, kv, d]; attention_mask [1, 1, q, >= kv] (bool,
-    True = may attend; or float, 0 = may attend) or None for causal. Returns ([1, q, heads, d], None)."""
+    True = may attend; or float, 0 = may attend) or None for causal. At most `fold_rows` tokens share an
+    SDPA call. Returns ([1, q, heads, d], None)."""
     if kwargs.pop(BATCHED_PREFILL, False):
         from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
@@ -47,44 +60,131 @@ def rowwise_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.T
                               f"got a batch of {query.shape[0]}; generate for one prompt per call.")
     _, heads, q_len, head_dim = query.shape
     kv_heads = key.shape[1]
-    # a token's query heads grouped by the key/value head they share (GQA): [q, 1, kv_heads, groups, d]
-    grouped = query[0].transpose(0, 1).reshape(q_len, 1, kv_heads, heads // kv_heads, head_dim)
-    rows = []
-    for row in range(q_len):
-        row_key, row_value = _visible(key, value, attention_mask, row, q_len)  # [1, kv_heads, visible, d]
-        out = F.scaled_dot_product_attention(grouped[row], row_key, row_value, scale=scaling)  # [1, kv_heads, groups, d]
-        rows.append(out.reshape(heads, head_dim))
-    if q_len == 1:  # a one-token step: the same values without stack's copy
-        return rows[0].reshape(1, 1, heads, head_dim), None
-    return torch.stack(rows)[None], None  # [1, q, heads, d]
+    # a token's query heads grouped by the key/value head they share (GQA): [q, kv_heads, groups, d]
+    grouped = query[0].transpose(0, 1).reshape(q_len, kv_heads, heads // kv_heads, head_dim)
+    counts, gathered = _visible(attention_mask, q_len, key.shape[2])
+    outputs, row = [], 0
+    while row < q_len:
+        if row in gathered:  # keys that are not one run from the first: gathered, as a one-token step sees them
+            index = gathered[row]
+            keys, values = key.index_select(2, index), value.index_select(2, index)  # [1, kv_heads, visible, d]
+            span = _span(counts[row])
+            outputs.append(_attend(grouped[row:row + 1], _padded(keys, span), _padded(values, span), counts[row:row + 1],
+                                   scaling))
+            row += 1
+            continue
+        span, end = _span(counts[row]), row + 1
+        while end < q_len and end - row < fold_rows and end not in gathered and _span(counts[end]) == span:
+            end += 1
+        outputs.append(_attend(grouped[row:end], _padded(key, span), _padded(value, span), counts[row:end], scaling))
+        row = end
+    out = outputs[0] if len(outputs) == 1 else torch.cat(outputs)  # [q, heads, d]
+    return out[None], None  # [1, q, heads, d]
 
 
-def _visible(key: torch.Tensor, value: torch.Tensor, attention_mask: torch.Tensor | None, row: int,
-             q_len: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The keys and values fed token `row` may see: a prefix (causal rows, one-token steps) is a view,
-    any other set (a tree's ancestors) gathered; the values are the same either way."""
-    kv_len = key.shape[2]
-    if attention_mask is None:  # causal: the keys up to this token's own
-        count = kv_len - q_len + row + 1
-    else:
-        allowed = attention_mask[0, 0, row, :kv_len]  # [kv]
-        allowed = allowed if allowed.dtype == torch.bool else allowed == 0
-        count = int(allowed.sum())
-        if not bool(allowed[:count].all()):
-            index = allowed.nonzero().squeeze(1)  # [visible]
-            return key.index_select(2, index), value.index_select(2, index)
-    return key[:, :, :count], value[:, :, :count]
+def _attend(queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, counts: list[int],
+            scaling: float | None) -> torch.Tensor:
+    """One SDPA call for tokens queries [n, kv_heads, groups, d], token i seeing keys [0, counts[i]) of
+    keys, values [1, kv_heads, span, d] (span a multiple of KEY_BLOCK). Returns [n, heads, d]."""
+    n, kv_heads, groups, head_dim = queries.shape
+    span = keys.shape[2]
+    folded = queries.permute(1, 0, 2, 3).reshape(1, kv_heads, n * groups, head_dim)  # [1, kv_heads, n*groups, d]
+    limits = torch.tensor(counts, device=keys.device)[:, None]  # [n, 1]
+    mask = (torch.arange(span, device=keys.device) < limits).repeat_interleave(groups, 0)  # [n*groups, span]
+    out = F.scaled_dot_product_attention(folded, keys, values, attn_mask=mask[None, None], scale=scaling)
+    return out[0].reshape(kv_heads, n, groups, head_dim).transpose(0, 1).reshape(n, kv_heads * groups, head_dim)
 
 
-def use_rowwise_attention(model: torch.nn.Module) -> None:
-    """Switch a transformers model to row-wise attention (registered once; registering is idempotent)."""
+def _span(count: int) -> int:
+    """The keys a token with `count` visible keys attends over: rounded up to whole blocks."""
+    return max(1, -(-count // KEY_BLOCK)) * KEY_BLOCK
+
+
+def _padded(states: torch.Tensor, span: int) -> torch.Tensor:
+    """states [1, kv_heads, length, d] as [1, kv_heads, span, d]: cut, or extended over the spare room of the
+    cache buffer it views (GrowingLayer keeps it finite: zeros or earlier entries, all masked), or padded
+    with zeros where it has none."""
+    length = states.shape[2]
+    if length >= span:
+        return states[:, :, :span]
+    shape, stride = (*states.shape[:2], span, states.shape[3]), states.stride()
+    last = states.storage_offset() + sum((size - 1) * step for size, step in zip(shape, stride))
+    own_rows = states.shape[1] == 1 or span * stride[2] <= stride[1]  # the room is this head's, not the next's
+    if own_rows and stride[3] == 1 and stride[2] == shape[3] and last < states.untyped_storage().nbytes() // states.element_size():
+        return states.as_strided(shape, stride)
+    return F.pad(states, (0, 0, 0, span - length))
+
+
+def _visible(attention_mask: torch.Tensor | None, q_len: int, kv_len: int) -> tuple[list[int], dict[int, torch.Tensor]]:
+    """(each fed token's count of visible keys, {token: the positions it sees} for the tokens whose visible
+    keys are not the first `count`: a tree's later branches)."""
+    if attention_mask is None:  # causal: the keys up to each token's own
+        return [kv_len - q_len + row + 1 for row in range(q_len)], {}
+    allowed = attention_mask[0, 0, :, :kv_len]  # [q, kv]
+    allowed = allowed if allowed.dtype == torch.bool else allowed == 0
+    counts = allowed.sum(1).tolist()  # [q]
+    runs = torch.arange(kv_len, device=allowed.device)[None] < allowed.sum(1, keepdim=True)  # [q, kv]
+    scattered = (allowed != runs).any(1).nonzero().squeeze(1).tolist()
+    return counts, {row: allowed[row].nonzero().squeeze(1) for row in scattered}
+
+
+def rowwise_name(fold_rows: int) -> str:
+    """The attention implementation name of row-wise attention with `fold_rows` tokens per call."""
+    return ROWWISE if fold_rows == 1 else f"{ROWWISE}_fold{fold_rows}"
+
+
+def fold_rows_of(implementation: str | None) -> int | None:
+    """The fold of a row-wise attention implementation name; None for any other attention."""
+    if implementation == ROWWISE:
+        return 1
+    prefix = f"{ROWWISE}_fold"
+    if implementation and implementation.startswith(prefix) and implementation[len(prefix):].isdigit():
+        return int(implementation[len(prefix):])
+    return None
+
+
+def use_rowwise_attention(model: torch.nn.Module, fold_rows: int = 1) -> None:
+    """Switch a transformers model to row-wise attention with at most `fold_rows` tokens per SDPA call
+    (registered once per fold; registering is idempotent)."""
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-    AttentionInterface.register(ROWWISE, rowwise_attention)
-    AttentionMaskInterface.register(ROWWISE, sdpa_mask)
+    if fold_rows < 1:
+        raise SpecDecodeError(f"fold_rows must be at least 1, got {fold_rows}.")
+    name = rowwise_name(fold_rows)
+    AttentionInterface.register(name, partial(rowwise_attention, fold_rows=fold_rows))
+    AttentionMaskInterface.register(name, sdpa_mask)
     try:
-        model.set_attn_implementation(ROWWISE)
+        model.set_attn_implementation(name)
     except (ValueError, ImportError, AttributeError) as e:
         raise SpecDecodeError(f"{type(model).__name__} cannot switch its attention implementation ({e}); "
                               "w8a8 needs it to stay exact. Use quantize='fp16' for this model.") from e
+
+
+def exact_fold_rows(model: torch.nn.Module, max_rows: int = 65, trials: int = 12) -> int:
+    """The most tokens (1 to max_rows) one SDPA call may attend while every token gets the bits it gets
+    alone: the widest n such that every fold of 2..n tokens agrees with one call per token on `trials`
+    random queries and keys of the model's head shape and dtype, at random contexts (a third of them
+    crossing a key block's end). Whether a row keeps its bits depends on the kernel's product for that
+    row count, not monotonically, so every count is probed. Capped below the row count from which
+    PyTorch's kernel packs its products for this dtype."""
+    config = model.config
+    heads, kv_heads = config.num_attention_heads, config.num_key_value_heads or config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    weight = model.get_input_embeddings().weight
+    dtype, device, groups = weight.dtype, weight.device, heads // kv_heads
+    limit = min(max_rows, (PACKED_FROM_ROWS.get(dtype, 10**9) - 1) // groups)
+    generator = torch.Generator().manual_seed(0)
+    with torch.inference_mode():
+        for rows in range(2, limit + 1):
+            for trial in range(trials):
+                block_end = KEY_BLOCK * int(torch.randint(1, 5, (1,), generator=generator)) - rows // 2
+                context = block_end if trial % 3 == 0 else int(torch.randint(1, 4 * KEY_BLOCK, (1,), generator=generator))
+                query = torch.randn(1, heads, rows, head_dim, generator=generator).to(device, dtype)
+                key, value = (torch.randn(1, kv_heads, context + rows, head_dim, generator=generator).to(device, dtype)
+                              for _ in range(2))
+                alone, _ = rowwise_attention(None, query, key, value, None, fold_rows=1)
+                folded, _ = rowwise_attention(None, query, key, value, None, fold_rows=rows)
+                if not torch.equal(alone, folded):
+                    return rows - 1
+    return limit

@@ -1,0 +1,148 @@
+"""Row-wise attention: every fed token gets, bit for bit, what a one-token step gives it, whether it
+attends alone or folded into one SDPA call with other tokens (at most the fold calibrated for the model)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from tiny import random_prompt, tiny_tokenizer
+from transformers import LlamaConfig, LlamaForCausalLM
+
+import specdecode.runtime.cpu.rowwise_attention as rowwise
+from specdecode import SpeculativeGenerator
+from specdecode.drafters import LookupDrafter
+from specdecode.errors import SpecDecodeError
+from specdecode.models.load import load_model
+from specdecode.runtime.cache import KEY_BLOCK, KVCache
+from specdecode.runtime.cpu.rowwise_attention import (exact_fold_rows, fold_rows_of, rowwise_attention, rowwise_name,
+                                                      use_rowwise_attention)
+
+QWEN_1_5B_HEADS = dict(num_attention_heads=12, num_key_value_heads=2, head_dim=128)  # 6 query heads per KV head
+
+
+def long_head_model(dtype: torch.dtype = torch.bfloat16, seed: int = 0) -> torch.nn.Module:
+    """A tiny Llama with Qwen2.5-1.5B's attention heads (2 KV heads x 6, head_dim 128) and a 2048 context."""
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=96, hidden_size=96, intermediate_size=128, num_hidden_layers=2,
+                         max_position_embeddings=2048, initializer_range=0.3, **QWEN_1_5B_HEADS)
+    model = LlamaForCausalLM(config)
+    model.config._attn_implementation = "sdpa"
+    model.generation_config.eos_token_id = None
+    return model.to(dtype).eval()
+
+
+def random_attention(rows: int, context: int, dtype: torch.dtype, seed: int, heads: int = 12, kv_heads: int = 2,
+                     head_dim: int = 128):
+    generator = torch.Generator().manual_seed(seed)
+    query = torch.randn(1, heads, rows, head_dim, generator=generator).to(dtype)  # [1, heads, rows, d]
+    key, value = (torch.randn(1, kv_heads, context + rows, head_dim, generator=generator).to(dtype) for _ in range(2))
+    return query, key, value
+
+
+def tree_mask(parents: list[int], context: int) -> torch.Tensor:
+    """[1, 1, rows, context + rows] bool: every token sees the context, its ancestors and itself."""
+    rows = len(parents)
+    mask = torch.zeros(1, 1, rows, context + rows, dtype=torch.bool)
+    mask[..., :context] = True
+    for row in range(rows):
+        node = row
+        while node != -1:
+            mask[0, 0, row, context + node] = True
+            node = parents[node]
+    return mask
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_the_calibrated_fold_gives_every_token_its_own_bits(dtype):
+    """Fresh random data (not the probe's), chains and trees, contexts across key-block ends up to 16k."""
+    heads = type("Model", (), {"config": LlamaConfig(hidden_size=1536, **QWEN_1_5B_HEADS),
+                               "get_input_embeddings": lambda self: torch.nn.Embedding(2, 2).to(dtype)})()
+    fold = exact_fold_rows(heads)
+    assert 1 <= fold <= 65
+    for seed, (rows, context) in enumerate([(fold, 300), (fold + 3, KEY_BLOCK - 2), (2 * fold + 1, 16380),
+                                            (fold, 3 * KEY_BLOCK)]):
+        query, key, value = random_attention(rows, context, dtype, seed)
+        for mask in (None, tree_mask([-1] + [max(0, (r - 1) // 2) for r in range(1, rows)], context)):
+            alone, _ = rowwise_attention(None, query, key, value, mask, fold_rows=1)
+            folded, _ = rowwise_attention(None, query, key, value, mask, fold_rows=fold)
+            assert torch.equal(alone, folded), (rows, context, mask is None)
+
+
+def test_a_tree_token_off_the_first_run_attends_what_a_one_token_step_attends():
+    """A second branch's token sees the context and its ancestors, not its siblings: its keys are
+    gathered into one run, as plain decoding would have laid them out."""
+    query, key, value = random_attention(3, 700, torch.bfloat16, seed=5)
+    branched, _ = rowwise_attention(None, query, key, value, tree_mask([-1, 0, 0], 700))  # [1, 3, heads, d]
+    one_step_key = torch.cat([key[:, :, :701], key[:, :, 702:703]], dim=2)  # the context, the root, itself
+    one_step_value = torch.cat([value[:, :, :701], value[:, :, 702:703]], dim=2)
+    step, _ = rowwise_attention(None, query[:, :, 2:3], one_step_key, one_step_value, None)
+    assert torch.equal(branched[:, 2:3], step)
+
+
+class StandIn:
+    """An SDPA whose rounding depends on the query rows in a call: apart where `differs(rows)`."""
+
+    def __init__(self, differs):
+        self.differs, self.real = differs, torch.nn.functional.scaled_dot_product_attention
+
+    def __call__(self, query, *args, **kwargs):
+        out = self.real(query, *args, **kwargs)
+        return out + 1e-2 if self.differs(query.shape[2]) else out
+
+
+@pytest.mark.parametrize("differs, fold", [(lambda m: m > 4 * 6, 4),  # apart from 5 tokens of 6 query heads on
+                                           (lambda m: m == 3 * 6, 2),  # apart at 3 tokens only: every count probed
+                                           (lambda m: m > 6, 1)])  # any fold apart: none
+def test_the_probe_finds_the_widest_fold_where_every_count_keeps_the_bits(monkeypatch, differs, fold):
+    monkeypatch.setattr(rowwise.F, "scaled_dot_product_attention", StandIn(differs))
+    model = long_head_model(torch.float32)
+    assert exact_fold_rows(model, trials=2) == fold
+
+
+def test_bf16_folds_stop_below_the_kernels_packed_products():
+    model = long_head_model(torch.bfloat16)
+    assert exact_fold_rows(model, trials=1) <= (rowwise.PACKED_FROM_ROWS[torch.bfloat16] - 1) // 6
+
+
+def test_keys_are_read_in_whole_blocks_from_the_caches_spare_room():
+    model = long_head_model(torch.float32)
+    cache = KVCache(model)
+    with torch.inference_mode():
+        model(input_ids=torch.tensor([random_prompt(1, 600)]), cache=cache.hf, use_cache=True)
+    layer = cache.hf.layers[0]
+    assert layer.key_buffer.shape[2] % KEY_BLOCK == 0
+    assert torch.equal(layer.key_buffer[..., 600:, :], torch.zeros_like(layer.key_buffer[..., 600:, :]))
+    extended = rowwise._padded(layer.keys, 1024)  # [1, kv_heads, 1024, d]: a view of the buffer, no copy
+    assert extended.data_ptr() == layer.keys.data_ptr() and torch.equal(extended[..., :600, :], layer.keys)
+    tight = layer.keys.clone()  # no spare room: padded with zeros
+    padded = rowwise._padded(tight, 1024)
+    assert torch.equal(padded[..., :600, :], tight) and not padded[..., 600:, :].any()
+
+
+def test_fold_names_and_a_bad_fold():
+    assert fold_rows_of(rowwise_name(1)) == 1 and fold_rows_of(rowwise_name(7)) == 7
+    assert fold_rows_of("sdpa") is None and fold_rows_of("specdecode_rowwise_foldx") is None
+    with pytest.raises(SpecDecodeError, match="fold_rows"):
+        use_rowwise_attention(long_head_model(), 0)
+
+
+def test_an_exact_bf16_target_folds_its_verifications_and_decodes_as_plain(monkeypatch):
+    """Loaded in bf16, the target gets exact steps and the fold calibrated for it on this machine (read
+    back on the next load); lookup over a prompt that crosses key blocks gives plain decoding's tokens."""
+    target = load_model(long_head_model(), tokenizer=tiny_tokenizer(), device="cpu")
+    if not target.exact_steps:
+        pytest.skip("this CPU's bf16 products keep no row's bits among others: no exact steps to fold")
+    fold = fold_rows_of(target.model.config._attn_implementation)
+    assert fold == target.calibration.values()["attention_fold_rows"]
+    calls = []
+    real_attend = rowwise._attend
+    monkeypatch.setattr(rowwise, "_attend", lambda queries, *a: calls.append(len(queries)) or real_attend(queries, *a))
+    phrase = random_prompt(3, 40)
+    prompt = (phrase * 30)[:1100]  # repeats: lookup drafts long chains
+    plain = SpeculativeGenerator(target).generate(prompt, max_new_tokens=40).token_ids
+    calls.clear()
+    out = SpeculativeGenerator(target, LookupDrafter()).generate(prompt, max_new_tokens=40)
+    assert out.token_ids == plain
+    assert max(calls) <= fold
+    if fold > 1:
+        assert max(calls) > 1  # some verification attended several tokens in one call
