@@ -27,6 +27,7 @@ def run_profile(config: ProfileConfig, write: Callable[[str], None]) -> None:
 
     from ..models.load import load_model
     from ..runtime.calibrate import measure_forward_costs
+    from ..runtime.cpu.rowwise_attention import fold_rows_of
     from ..runtime.machine import machine_key
     from ..runtime.runner import select_backend
 
@@ -43,7 +44,9 @@ def run_profile(config: ProfileConfig, write: Callable[[str], None]) -> None:
     write(f"machine: {machine_key()}\n")
     write(f"model: {target.name}, {str(target.dtype).removeprefix('torch.')}, quantization "
           f"{target.quantization or 'none'}, linear kernel {target.linear_kernel}, {runner.describe(target.model)}\n")
-    write(f"exact steps: {target.exact_steps}; widest exact forward: {width}\n")
+    fold = fold_rows_of(target.model.config._attn_implementation)
+    attention = f"; tokens per attention call: {fold}" if fold else ""
+    write(f"exact steps: {target.exact_steps}; widest exact forward: {width}{attention}\n")
     if target.calibration is not None:
         write(f"calibration: {target.calibration.path}\n")
     with torch.inference_mode():

@@ -174,7 +174,7 @@ def measure_forward_costs(model: torch.nn.Module, runner, *, sizes: tuple[int, .
     with torch.inference_mode():
         cache = KVCache(model)
         prefix = torch.randint(vocab, (context,), generator=generator)  # [context]
-        runner.forward(model, cache, prefix, torch.arange(context), hidden=True)
+        runner.forward(model, cache, prefix, torch.arange(context), hidden=True, prefill=True)  # a prompt: batched
         for round_ in range(rounds + 1):  # round 0 warms every size up
             for size in sizes:
                 ids = torch.randint(vocab, (size,), generator=generator)  # [size]
