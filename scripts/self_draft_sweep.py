@@ -33,10 +33,10 @@ class SharedPrefill(SpeculativeGenerator):
         super().__init__(*args, **kwargs)
         self.saved = saved
 
-    def _prefill(self, cache, token_ids, on_prefill):
+    def _prefill(self, cache, token_ids, on_prefill, model_inputs=None):
         entries = self.saved.get(len(token_ids))
         if entries is None:
-            super()._prefill(cache, token_ids, on_prefill)
+            super()._prefill(cache, token_ids, on_prefill, model_inputs)
             self.saved[len(token_ids)] = [(k.clone(), v.clone()) for k, v in cache.layer_entries()]
             return
         for layer, (keys, values) in enumerate(entries):

@@ -15,10 +15,11 @@ import importlib
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from . import bench, drafters, pipelines, policy, retrieval, verifiers
+    from . import bench, drafters, multimodal, pipelines, policy, retrieval, verifiers
     from .engine import SpeculativeGenerator
     from .errors import IncompatibleDrafterError, ModelLoadError, SpecDecodeError
     from .models.load import LoadedModel, load_model
+    from .multimodal.vlm import load_vlm
     from .outputs import Divergence, GenerationOutput, GenerationStats, first_divergence
     from .sampling import SamplingParams
     from .tree import DraftTree
@@ -38,6 +39,8 @@ _EXPORTS = {  # public name -> the module (relative to this package) that define
     "drafters": None,
     "first_divergence": ".outputs",
     "load_model": ".models.load",
+    "load_vlm": ".multimodal.vlm",
+    "multimodal": None,
     "pipelines": None,
     "policy": None,
     "retrieval": None,

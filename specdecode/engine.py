@@ -12,7 +12,7 @@ draft; its forward has `rows` >= fed (padding to a row count the machine runs fa
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Generator, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -25,7 +25,7 @@ from .runtime.cache import KVCache
 from .runtime.calibrate import Calibration
 from .runtime.runner import select_backend
 from .outputs import GenerationOutput, GenerationStats, Step, Tally
-from .prompts import StopChecker, encode_prompt, eos_token_ids
+from .prompts import EncodedPrompt, StopChecker, encode_prompt, eos_token_ids, has_images
 from .sampling import SamplingParams
 from .tree import DraftTree
 from .verifiers import accept
@@ -42,6 +42,7 @@ class Request:
     stop: tuple[str, ...]
     speculative: bool
     on_prefill: Callable[[int, int], None] | None = None  # (prompt tokens prefilled, of total) after each chunk
+    model_inputs: Mapping[str, torch.Tensor] = field(default_factory=dict)  # the prompt forward's other inputs (images)
 
 
 @dataclass
@@ -112,7 +113,8 @@ class SpeculativeGenerator:
 
     # ------------------------------------------------------------------ public API
     def generate(self, prompt, max_new_tokens: int = 128, **options) -> GenerationOutput:
-        """Generate from a string, chat messages or token ids. Options: temperature, top_p, top_k,
+        """Generate from a string, chat messages, token ids or, for a vision-language target (sd.load_vlm),
+        an image prompt ({"images": [...], "prompt": ...} or chat messages with image parts). Options: temperature, top_p, top_k,
         seed, stop (str or list), speculative (False = plain decoding), verifier ("auto"), on_prefill
         (called with (tokens prefilled, total) after each prefill chunk: a progress display)."""
         request = self._request(prompt, max_new_tokens, **options)
@@ -160,7 +162,7 @@ class SpeculativeGenerator:
         # Prefill every prompt token but the last (the pending token is fed with the first draft);
         #    plain and speculative decoding prefill alike, so exact models may batch its attention.
         #    A drafter feeds the prompt to its own state (a model drafter: its cache) in `begin`.
-        self._prefill(cache, committed[:-1], request.on_prefill)
+        self._prefill(cache, committed[:-1], request.on_prefill, request.model_inputs)
         if drafter is not None:
             read_target_cache = optional_part(drafter, "read_target_cache")
             if read_target_cache is not None:  # a self-drafter gathers its draft cache from the target's
@@ -216,14 +218,17 @@ class SpeculativeGenerator:
                 return
 
     # ------------------------------------------------------------------ helpers
-    def _prefill(self, cache: KVCache, token_ids: list[int], on_prefill: Callable[[int, int], None] | None) -> None:
+    def _prefill(self, cache: KVCache, token_ids: list[int], on_prefill: Callable[[int, int], None] | None,
+                 model_inputs: Mapping[str, torch.Tensor] | None = None) -> None:
         """Feed the prompt (all but the pending token) in chunks of `prefill_chunk` tokens, so that a long
-        document's attention memory stays bounded; `on_prefill(done, total)` after each chunk."""
+        document's attention memory stays bounded; `on_prefill(done, total)` after each chunk. A prompt with
+        model inputs (images) is one forward: the model matches its image tokens to the images in it."""
         total = len(token_ids)
-        for start in range(0, total, self.prefill_chunk):
-            end = min(total, start + self.prefill_chunk)
+        chunk = max(total, 1) if model_inputs else self.prefill_chunk
+        for start in range(0, total, chunk):
+            end = min(total, start + chunk)
             self.attention.forward(self.model, cache, torch.tensor(token_ids[start:end]), torch.arange(start, end),
-                                   hidden=True, prefill=True)
+                                   hidden=True, prefill=True, model_inputs=model_inputs if start == 0 else None)
             if on_prefill is not None:
                 on_prefill(end, total)
 
@@ -276,7 +281,15 @@ class SpeculativeGenerator:
                 f"verifier={verifier!r} does not match temperature={temperature}: temperature 0 verifies with "
                 "'greedy', temperature > 0 with 'sampling' (or pass verifier='auto')."
             )
-        prompt_ids = encode_prompt(self.tokenizer, prompt)
+        if has_images(prompt):
+            if self.target.prompt_encoder is None:
+                raise SpecDecodeError(f"{self.target.name} takes no images; load a vision-language model with "
+                                      "sd.load_vlm(...) to pass images, or give a text prompt.")
+            prompt = self.target.prompt_encoder(prompt)
+        if isinstance(prompt, EncodedPrompt):
+            prompt_ids, model_inputs = list(prompt.token_ids), dict(prompt.model_inputs)
+        else:
+            prompt_ids, model_inputs = encode_prompt(self.tokenizer, prompt), {}
         if self.max_positions and len(prompt_ids) + max_new_tokens > self.max_positions:
             raise SpecDecodeError(
                 f"the prompt ({len(prompt_ids)} tokens) plus max_new_tokens ({max_new_tokens}) exceeds the "
@@ -285,7 +298,7 @@ class SpeculativeGenerator:
         stops = (stop,) if isinstance(stop, str) else tuple(stop or ())
         if any(not isinstance(s, str) or not s for s in stops):
             raise SpecDecodeError(f"stop strings must be non-empty strings, got {stop!r}.")
-        return Request(prompt_ids, max_new_tokens, sampling, seed, stops, speculative, on_prefill)
+        return Request(prompt_ids, max_new_tokens, sampling, seed, stops, speculative, on_prefill, model_inputs)
 
     def _output(self, request: Request, run: _Run) -> GenerationOutput:
         text = ""

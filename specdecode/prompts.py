@@ -2,11 +2,33 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
 import torch
 
 from .errors import SpecDecodeError
+
+
+@dataclass(frozen=True)
+class EncodedPrompt:
+    """A prompt already encoded: its token ids, and the other tensors the model's prompt forward takes (a
+    vision-language model's pixel values and image sizes; none for text)."""
+
+    token_ids: tuple[int, ...]
+    model_inputs: Mapping[str, torch.Tensor] = field(default_factory=dict)
+
+
+def has_images(prompt) -> bool:
+    """Whether a prompt is an image prompt: a {"images": [...], "prompt": ...} dict, or chat messages with an
+    {"type": "image", ...} part."""
+    if isinstance(prompt, Mapping):
+        return True
+    if isinstance(prompt, Sequence) and not isinstance(prompt, (str, bytes)) and prompt and all(
+            isinstance(m, dict) for m in prompt):
+        return any(isinstance(m.get("content"), list) and any(
+            isinstance(part, dict) and part.get("type") == "image" for part in m["content"]) for m in prompt)
+    return False
 
 
 def encode_prompt(tokenizer, prompt) -> list[int]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import difflib
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -54,6 +55,8 @@ class LoadedModel:
     max_exact_rows: int | None = None  # with exact_steps: the most tokens one forward may feed and keep every
     #                                    row's bits on this CPU (None: any number); the engine stays within it
     calibration: Calibration | None = None  # its measurements on this machine (runtime/calibrate.py)
+    processor: Any = None  # a vision-language model's processor (images and text -> model inputs)
+    prompt_encoder: Callable[[Any], Any] | None = None  # a VLM's image prompts -> EncodedPrompt (multimodal/vlm.py)
 
 
 def output_vocab_size(model: torch.nn.Module) -> int:

@@ -1,5 +1,6 @@
-"""Vision-language inputs: images in (pillow), for VLM targets and the caption pipeline."""
+"""Vision-language: VLM targets with their processor (vlm.py), images in (images.py)."""
 
 from .images import MAX_PIXELS, image_files, load_image, load_images
+from .vlm import SUPPORTED, ImagePrompts, load_vlm
 
-__all__ = ["MAX_PIXELS", "image_files", "load_image", "load_images"]
+__all__ = ["MAX_PIXELS", "SUPPORTED", "ImagePrompts", "image_files", "load_image", "load_images", "load_vlm"]

@@ -56,9 +56,12 @@ class Calibration:
     def for_model(cls, model: torch.nn.Module, *, quantization: str | None = None, drafts_only: bool = False,
                   folder: Path | None = None) -> "Calibration":
         """A model's calibration: its shape, dtype, device, quantization and role on this machine."""
-        config = model.config.to_dict()
+        config = model.config.get_text_config().to_dict()  # a vision-language model's language model
         shape = {k: config.get(k) for k in ("model_type", "hidden_size", "intermediate_size", "num_hidden_layers",
                                             "num_attention_heads", "num_key_value_heads", "vocab_size", "head_dim")}
+        vision = getattr(model.config, "vision_config", None)
+        if vision is not None:  # and its vision tower
+            shape["vision"] = {k: getattr(vision, k, None) for k in ("model_type", "hidden_size", "num_hidden_layers")}
         parameter = next(model.parameters())
         return cls({"model": shape, "dtype": str(parameter.dtype), "device": parameter.device.type,
                     "quantization": quantization, "drafts_only": drafts_only}, folder)

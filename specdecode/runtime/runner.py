@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import inspect
 import weakref
+from collections.abc import Mapping
 from typing import Protocol
 
 import torch
@@ -37,6 +38,7 @@ class AttentionBackend(Protocol):
         logits_to_keep: int = 0,
         hidden: bool = False,
         prefill: bool = False,
+        model_inputs: Mapping[str, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """Feed input_ids [q] after the cache's entries; return logits [q or logits_to_keep, vocab],
         or with hidden=True the final hidden states [q, hidden_size] (the LM head is skipped).
@@ -45,7 +47,8 @@ class AttentionBackend(Protocol):
         keys (the cache's last m - q entries, then the q fed tokens) each fed token may attend to;
         every earlier key is visible. None means plain causal attention. The cache grows by q entries.
         prefill=True: the tokens are a prompt that plain and speculative decoding feed alike, so a model
-        on row-wise attention (exact steps) may attend them batched (rowwise_attention.py).
+        on row-wise attention (exact steps) may attend them batched (rowwise_attention.py). model_inputs:
+        the prompt forward's other inputs (a VLM's pixel values), with prefill=True only.
         """
         ...
 
@@ -73,7 +76,7 @@ class SDPABackend:
         self._lean_models: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> matches_own_forward
 
     def forward(self, model, cache, input_ids, positions, tree_mask=None, logits_to_keep=0, hidden=False,
-                prefill=False):
+                prefill=False, model_inputs=None):
         device = model.device
         past = cache.length
         q = input_ids.shape[-1]
@@ -94,6 +97,7 @@ class SDPABackend:
             cache=cache.hf,
             use_cache=True,
             **kwargs,
+            **(model_inputs or {}),
         )
         if hidden:
             return called(**inputs).last_hidden_state[0]  # [q, hidden_size]

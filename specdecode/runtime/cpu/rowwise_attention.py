@@ -154,8 +154,12 @@ def use_rowwise_attention(model: torch.nn.Module, fold_rows: int = 1) -> None:
     name = rowwise_name(fold_rows)
     AttentionInterface.register(name, partial(rowwise_attention, fold_rows=fold_rows))
     AttentionMaskInterface.register(name, sdpa_mask)
+    implementation: str | dict = name
+    parts = getattr(model.config, "sub_configs", None) or {}
+    if "text_config" in parts:  # a vision-language model: its vision tower (not causal) keeps SDPA
+        implementation = {"": name, **{part: name if part == "text_config" else "sdpa" for part in parts}}
     try:
-        model.set_attn_implementation(name)
+        model.set_attn_implementation(implementation)
     except (ValueError, ImportError, AttributeError) as e:
         raise SpecDecodeError(f"{type(model).__name__} cannot switch its attention implementation ({e}); "
                               "w8a8 needs it to stay exact. Use quantize='fp16' for this model.") from e
@@ -168,7 +172,7 @@ def exact_fold_rows(model: torch.nn.Module, max_rows: int = 65, trials: int = 12
     crossing a key block's end). Whether a row keeps its bits depends on the kernel's product for that
     row count, not monotonically, so every count is probed. Capped below the row count from which
     PyTorch's kernel packs its products for this dtype."""
-    config = model.config
+    config = model.config.get_text_config()  # a vision-language model's language model
     heads, kv_heads = config.num_attention_heads, config.num_key_value_heads or config.num_attention_heads
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
     weight = model.get_input_embeddings().weight

@@ -1,0 +1,178 @@
+"""Vision-language targets: a tiny random LLaVA built from a config (CLIP vision tower, projector, Llama)
+with its processor; image prompts decode exactly as transformers' own generate, and speculatively exactly as
+plain decoding. Images: matplotlib's sample photo and generated arrays."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from matplotlib import cbook
+from tiny import tiny_tokenizer
+from transformers import (CLIPImageProcessor, CLIPVisionConfig, LlamaConfig, LlavaConfig,
+                          LlavaForConditionalGeneration, LlavaProcessor)
+
+from specdecode import SpeculativeGenerator
+from specdecode.drafters import LookupDrafter
+from specdecode.errors import ModelLoadError, SpecDecodeError
+import specdecode as sd
+from specdecode.multimodal import load_vlm
+from specdecode.runtime.cpu.rowwise_attention import fold_rows_of
+
+IMAGE_TOKEN = "<image>"
+
+
+def tiny_processor() -> LlavaProcessor:
+    tokenizer = tiny_tokenizer()
+    tokenizer.add_special_tokens({"additional_special_tokens": [IMAGE_TOKEN]})  # id 96
+    images = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    return LlavaProcessor(image_processor=images, tokenizer=tokenizer, patch_size=8,
+                          vision_feature_select_strategy="full", num_additional_image_tokens=1)  # 16 patches + CLS
+
+
+def tiny_llava(seed: int = 0) -> LlavaForConditionalGeneration:
+    """32x32 images in patches of 8: 17 image tokens each; a 2-layer Llama over 97 tokens."""
+    vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                              image_size=32, patch_size=8, projection_dim=32)
+    text = LlamaConfig(vocab_size=97, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                       initializer_range=0.3)
+    torch.manual_seed(seed)
+    model = LlavaForConditionalGeneration(LlavaConfig(vision_config=vision, text_config=text, image_token_id=96,
+                                                      vision_feature_select_strategy="full",
+                                                      vision_feature_layer=-1))
+    model.generation_config.eos_token_id = None
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def photo():
+    from PIL import Image
+
+    with cbook.get_sample_data("grace_hopper.jpg") as file:
+        return Image.open(file).convert("RGB")
+
+
+def noise(seed: int) -> np.ndarray:
+    return (np.random.RandomState(seed).rand(40, 50, 3) * 255).astype(np.uint8)
+
+
+def hf_reference(model, processor, images, text: str, max_new_tokens: int) -> list[int]:
+    inputs = processor(images=images, text=[text], return_tensors="pt")
+    out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=0)
+    return out[0, inputs["input_ids"].shape[1]:].tolist()
+
+
+@pytest.mark.parametrize("count", [1, 2])
+def test_image_prompts_decode_as_transformers_and_speculation_changes_nothing(photo, count):
+    processor, model = tiny_processor(), tiny_llava()
+    images = [photo, noise(1)][:count]
+    reference = hf_reference(model, processor, images, f"{IMAGE_TOKEN} " * count + "w5 w6 w7", 24)
+    vlm = load_vlm(model, processor=processor, dtype="fp32")
+    prompt = {"images": images, "prompt": "w5 w6 w7"}  # no chat template: the images' placeholders go first
+    plain = SpeculativeGenerator(vlm).generate(prompt, max_new_tokens=24)
+    assert plain.token_ids == reference
+    assert plain.prompt_ids.count(96) == 17 * count  # each image expanded to its 17 tokens
+    speculative = SpeculativeGenerator(vlm, LookupDrafter()).generate(prompt, max_new_tokens=24)
+    assert speculative.token_ids == reference
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_draft_trees_over_an_image_prompt_verify_exactly(photo, dtype):
+    """The true continuation planted on one branch of random trees (siblings, wrong turns): tree masks and
+    depth positions after the image's tokens; deep acceptance through the trees."""
+    from tiny import OracleDrafter
+
+    vlm = load_vlm(tiny_llava(seed=3), processor=tiny_processor(), dtype=dtype)
+    prompt = {"images": [photo, noise(4)], "prompt": "w5 w6"}
+    plain = SpeculativeGenerator(vlm).generate(prompt, max_new_tokens=30)
+    for seed in range(3):
+        drafter = OracleDrafter(plain.prompt_ids, plain.token_ids, seed=seed, vocab=97)
+        out = SpeculativeGenerator(vlm, drafter, cost_model=None).generate(prompt, max_new_tokens=30)
+        assert out.token_ids == plain.token_ids
+        assert sum(out.stats.accept_histogram[2:]) > 0  # steps that accepted two or more draft tokens
+
+
+def test_the_image_changes_the_caption(photo):
+    vlm = load_vlm(tiny_llava(), processor=tiny_processor(), dtype="fp32")
+    gen = SpeculativeGenerator(vlm)
+    captions = {tuple(gen.generate({"images": image, "prompt": "w5"}, max_new_tokens=8).token_ids)
+                for image in (photo, noise(1), noise(2))}
+    assert len(captions) > 1  # the pixels reach the model
+
+
+def test_chat_messages_with_image_parts(photo):
+    processor = tiny_processor()
+    processor.chat_template = ("{% for m in messages %}w2 {% for part in m['content'] %}{% if part['type'] == 'image' %}"
+                               "<image> {% else %}{{ part['text'] }} {% endif %}{% endfor %}w3 {% endfor %}w4")
+    model = tiny_llava()
+    vlm = load_vlm(model, processor=processor, dtype="fp32")
+    messages = [{"role": "user", "content": [{"type": "image", "image": photo}, {"type": "text", "text": "w9"}]}]
+    out = SpeculativeGenerator(vlm, LookupDrafter()).generate(messages, max_new_tokens=12)
+    assert out.token_ids == hf_reference(model, processor, [photo], "w2 <image> w9 w3 w4", 12)
+    as_dict = SpeculativeGenerator(vlm).generate({"images": [photo], "prompt": "w9"}, max_new_tokens=12)
+    assert as_dict.token_ids == out.token_ids  # a question alone goes through the chat template too
+
+
+def test_an_exact_bf16_vlm_attends_row_wise_in_its_language_model_only(photo):
+    model = tiny_llava().to(torch.bfloat16)
+    vlm = load_vlm(model, processor=tiny_processor())
+    if not vlm.exact_steps:
+        pytest.skip("this CPU's bf16 products keep no row's bits among others: no exact steps")
+    assert fold_rows_of(model.config.text_config._attn_implementation) is not None
+    assert model.config.vision_config._attn_implementation == "sdpa"  # the vision tower is not causal
+    prompt = {"images": [photo], "prompt": "w5 w6"}
+    plain = SpeculativeGenerator(vlm).generate(prompt, max_new_tokens=20)
+    assert SpeculativeGenerator(vlm, LookupDrafter()).generate(prompt, max_new_tokens=20).token_ids == plain.token_ids
+
+
+def test_a_text_prompt_on_a_vlm_and_images_on_a_text_model(photo):
+    vlm = load_vlm(tiny_llava(), processor=tiny_processor(), dtype="fp32")
+    assert len(SpeculativeGenerator(vlm).generate("w5 w6", max_new_tokens=4).token_ids) == 4
+    from tiny import loaded, tiny_model
+
+    with pytest.raises(SpecDecodeError, match="takes no images; load a vision-language model"):
+        SpeculativeGenerator(loaded(tiny_model())).generate({"images": [photo], "prompt": "w5"}, max_new_tokens=4)
+
+
+@pytest.mark.parametrize("prompt, message", [
+    ({"images": [], "prompt": "w5"}, "no images given"),
+    ({"images": ["/no/such.png"], "prompt": "w5"}, "no such image file"),
+    ({"images": [noise(1)], "prompt": "<image> <image> w5"}, "2 image placeholders"),
+    ({"pictures": [noise(1)]}, "an image prompt is"),
+    ({"images": [noise(1)], "prompt": "w5 <image>"}, "must not end with an image"),
+    ([{"role": "user", "content": [{"type": "image"}]}], "needs its image"),
+])
+def test_bad_image_prompts_get_one_clear_error(prompt, message):
+    vlm = load_vlm(tiny_llava(), processor=tiny_processor(), dtype="fp32")
+    with pytest.raises(SpecDecodeError, match=message):
+        SpeculativeGenerator(vlm).generate(prompt, max_new_tokens=4)
+
+
+def test_unsupported_families_and_missing_pieces_are_refused(tmp_path):
+    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
+
+    config = Qwen2VLConfig(text_config=dict(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                            num_attention_heads=2, num_key_value_heads=1,
+                                            rope_scaling={"type": "mrope", "mrope_section": [2, 3, 3]}),
+                           vision_config=dict(depth=1, embed_dim=16, hidden_size=32, num_heads=2))
+    with pytest.raises(ModelLoadError, match="'qwen2_vl' vision-language models are not supported yet; supported: llava"):
+        load_vlm(Qwen2VLForConditionalGeneration(config), processor=tiny_processor())
+    with pytest.raises(ModelLoadError, match="needs its processor"):
+        load_vlm(tiny_llava())
+    with pytest.raises(ModelLoadError, match="not a vision-language processor"):
+        load_vlm(tiny_llava(), processor=tiny_tokenizer())
+    with pytest.raises(ModelLoadError, match="could not load a vision-language model from the folder"):
+        (tmp_path / "config.json").write_text("{}")
+        load_vlm(tmp_path)
+
+
+def test_a_saved_folder_loads_with_its_processor(tmp_path, photo):
+    model, processor = tiny_llava(), tiny_processor()
+    processor.tokenizer.chat_template = None  # the tiny tokenizer's template knows no image parts
+    model.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    vlm = sd.load_vlm(tmp_path, dtype="fp32")  # the package's name for it
+    prompt = {"images": [photo], "prompt": "w5 w6"}
+    assert SpeculativeGenerator(vlm).generate(prompt, max_new_tokens=8).token_ids == \
+        hf_reference(model, processor, [photo], f"{IMAGE_TOKEN} w5 w6", 8)
