@@ -93,6 +93,48 @@ def test_draft_trees_over_an_image_prompt_verify_exactly(photo, dtype):
         assert sum(out.stats.accept_histogram[2:]) > 0  # steps that accepted two or more draft tokens
 
 
+def text_twin(vlm_model: LlavaForConditionalGeneration):
+    """A text-only LM with the VLM's own language model weights and the tokenizer without the image token."""
+    from transformers import LlamaForCausalLM
+
+    from specdecode.models.load import load_model
+
+    text = LlamaForCausalLM(vlm_model.config.text_config)
+    text.model.load_state_dict(vlm_model.model.language_model.state_dict())
+    text.lm_head.load_state_dict(vlm_model.lm_head.state_dict())
+    return load_model(text.eval(), tokenizer=tiny_tokenizer(), dtype="fp32")
+
+
+def test_a_text_only_drafter_drafts_from_the_prompt_without_the_image(photo):
+    """Its tokenizer lacks the image token the target's processor added: it drafts from the context with the
+    image tokens left out, in the ids both share; output unchanged, and its drafts are accepted."""
+    from specdecode.drafters import ModelDrafter
+
+    model = tiny_llava(seed=5)
+    vlm = load_vlm(model, processor=tiny_processor(), dtype="fp32")
+    drafter = ModelDrafter(text_twin(model), k=3, quantize=None, dtype="fp32", draft_vocab=None)
+    prompt = {"images": [photo], "prompt": "w5 w6 w7"}
+    plain = SpeculativeGenerator(vlm).generate(prompt, max_new_tokens=24)
+    out = SpeculativeGenerator(vlm, drafter, cost_model=None).generate(prompt, max_new_tokens=24)
+    assert out.token_ids == plain.token_ids
+    assert drafter.foreign_ids == {96} and 96 not in drafter.cached_ids
+    assert sum(out.stats.accept_histogram[1:]) > 0
+
+
+def test_a_drafter_whose_vocabulary_differs_otherwise_is_refused():
+    from specdecode.drafters import ModelDrafter
+    from specdecode.errors import IncompatibleDrafterError
+    from tiny import tiny_model
+
+    from specdecode.models.load import load_model
+
+    vlm = load_vlm(tiny_llava(), processor=tiny_processor(), dtype="fp32")
+    other = tiny_tokenizer(vocab=80)  # fewer words: not the target's ids plus added tokens
+    drafter = ModelDrafter(load_model(tiny_model(vocab=80), tokenizer=other, dtype="fp32"), quantize=None, dtype="fp32")
+    with pytest.raises(IncompatibleDrafterError, match="does not share"):
+        SpeculativeGenerator(vlm, drafter)
+
+
 def test_the_image_changes_the_caption(photo):
     vlm = load_vlm(tiny_llava(), processor=tiny_processor(), dtype="fp32")
     gen = SpeculativeGenerator(vlm)

@@ -135,6 +135,7 @@ class ModelDrafter(Drafter):
         self.attention.prepare(self.model)  # its one-time probe now, not inside a generation
         self.cache = KVCache(self.model)
         self.cached_ids: list[int] = []
+        self.foreign_ids: frozenset[int] = frozenset()  # the target's added tokens this drafter never sees
         self.prompt_logits: torch.Tensor | None = None  # [vocab]: after the prompt, until the first proposal
         self.vocab_size = output_vocab_size(self.model)
         head = self.model.get_output_embeddings()
@@ -160,7 +161,14 @@ class ModelDrafter(Drafter):
         target_vocab = output_vocab_size(target.model)
         draft_tok, target_tok = self.draft.tokenizer, getattr(target, "tokenizer", None)
         if draft_tok is not None and target_tok is not None:
-            same = draft_tok.get_vocab() == target_tok.get_vocab()
+            ours, theirs = draft_tok.get_vocab(), target_tok.get_vocab()
+            same = ours == theirs
+            added = {token: i for token, i in theirs.items() if token not in ours}
+            if (not same and added and set(added) <= set(target_tok.get_added_vocab())
+                    and all(theirs.get(token) == i for token, i in ours.items())):
+                # the target's tokenizer is ours plus added tokens (a VLM's image token): we draft from the
+                # context without them, in our shared ids
+                self.foreign_ids, same = frozenset(added.values()), True
         else:
             same = self.vocab_size == target_vocab
         if not same:
@@ -175,6 +183,7 @@ class ModelDrafter(Drafter):
     def begin(self, prompt_ids, *, sampling=GREEDY, generator=None) -> None:
         """A new generation: the prompt is fed to the drafter's cache now (a one-time cost, like the target's
         prefill), so that proposals only catch up on committed tokens."""
+        prompt_ids = self._view(prompt_ids)
         self._start(prompt_ids, sampling, generator)
         self.cache.reset()
         self.prompt_logits = self._catch_up(prompt_ids) if len(prompt_ids) else None  # [vocab]
@@ -188,6 +197,7 @@ class ModelDrafter(Drafter):
             self.head = PrunedHead(self.model.get_output_embeddings(), self.head_size, self.head_base, prompt_ids)
 
     def propose(self, context_ids: Sequence[int], budget: int) -> DraftTree:
+        context_ids = self._view(context_ids)
         depth = min(self.length.current, budget)
         if depth <= 0:
             self.length.drafted(DraftTree.empty())
@@ -208,6 +218,10 @@ class ModelDrafter(Drafter):
         self.length.committed(token_ids)
 
     # ------------------------------------------------------------------ drafting
+    def _view(self, token_ids: Sequence[int]) -> Sequence[int]:
+        """The context as this drafter sees it: without the target's added tokens (foreign_ids)."""
+        return [t for t in token_ids if t not in self.foreign_ids] if self.foreign_ids else token_ids
+
     def _forward(self, token_ids: Sequence[int], start: int, tree_mask=None, depths=None,
                  last_only: bool = False) -> torch.Tensor:
         """Feed tokens at positions start.. (or start + depths for tree nodes); logits [q, vocab]
