@@ -181,3 +181,34 @@ def tiny_model_folder(folder) -> str:
     model.save_pretrained(folder)
     tiny_tokenizer().save_pretrained(folder)
     return str(folder)
+
+
+IMAGE_TOKEN = "<image>"  # the tiny LLaVA processor's image placeholder (id 96)
+
+
+def tiny_processor():
+    """A LLaVA processor: CLIP's PIL image processor (32x32) and the tiny tokenizer plus an image token."""
+    from transformers import CLIPImageProcessor, LlavaProcessor
+
+    tokenizer = tiny_tokenizer()
+    tokenizer.add_special_tokens({"additional_special_tokens": [IMAGE_TOKEN]})  # id 96
+    images = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    return LlavaProcessor(image_processor=images, tokenizer=tokenizer, patch_size=8,
+                          vision_feature_select_strategy="full", num_additional_image_tokens=1)  # 16 patches + CLS
+
+
+def tiny_llava(seed: int = 0):
+    """A random LLaVA: 32x32 images in patches of 8 (17 image tokens each), a 2-layer Llama over 97 tokens."""
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+
+    vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                              image_size=32, patch_size=8, projection_dim=32)
+    text = LlamaConfig(vocab_size=97, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                       initializer_range=0.3)
+    torch.manual_seed(seed)
+    model = LlavaForConditionalGeneration(LlavaConfig(vision_config=vision, text_config=text, image_token_id=96,
+                                                      vision_feature_select_strategy="full",
+                                                      vision_feature_layer=-1))
+    model.generation_config.eos_token_id = None
+    return model.eval()

@@ -220,6 +220,28 @@ def summarize(
     run_command(lambda: run_summarize(config, write=echo))
 
 
+@app.command("caption")
+def caption(
+    images: list[str] = typer.Argument(..., help="Image files, folders (their images) or glob patterns."),
+    model: str = typer.Option(..., "--model", "-m", help="A vision-language model: a folder or a hub id (LLaVA family)."),
+    drafter: str = typer.Option("auto", "--drafter", "-d", help="auto (lookup) | none | any drafter name, e.g. "
+                                                                "model:NAME for a text-only LM of the same tokenizer."),
+    prompt: Optional[str] = typer.Option(None, "--prompt", "-p", help="What to ask of each image (default: "
+                                                                      "Describe this image.)."),
+    max_new_tokens: int = typer.Option(128, "--max-new-tokens", "-n", help="At most this many tokens per caption."),
+    dtype: str = typer.Option("auto", "--dtype", help="auto | bf16 | fp32."),
+    out: Optional[str] = typer.Option(None, "--out", "-o", help="Also write the captions to this .jsonl or .csv file."),
+    compare: bool = typer.Option(False, "--compare", help="Also caption with plain decoding: speedup, identical."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bar over the images."),
+) -> None:
+    """Caption images with a vision-language model and speculative decoding."""
+    from .caption import CaptionConfig, run_caption
+
+    config = CaptionConfig(images=tuple(images), model=model, drafter=drafter, prompt=prompt,
+                           max_new_tokens=max_new_tokens, dtype=dtype, out=out, compare=compare, progress=not quiet)
+    run_command(lambda: run_caption(config, write=echo))
+
+
 def echo(text: str) -> None:
     typer.echo(text, nl=False)
 
