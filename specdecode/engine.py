@@ -114,9 +114,9 @@ class SpeculativeGenerator:
     # ------------------------------------------------------------------ public API
     def generate(self, prompt, max_new_tokens: int = 128, **options) -> GenerationOutput:
         """Generate from a string, chat messages, token ids or, for a vision-language target (sd.load_vlm),
-        an image prompt ({"images": [...], "prompt": ...} or chat messages with image parts). Options: temperature, top_p, top_k,
-        seed, stop (str or list), speculative (False = plain decoding), verifier ("auto"), on_prefill
-        (called with (tokens prefilled, total) after each prefill chunk: a progress display)."""
+        an image prompt ({"images": [...], "prompt": ...} or chat messages with image parts). Options:
+        temperature, top_p, top_k, seed, stop (str or list), speculative (False = plain decoding), verifier
+        ("auto"), on_prefill (called with (tokens prefilled, total) after each prefill chunk: a progress display)."""
         request = self._request(prompt, max_new_tokens, **options)
         run = _Run()
         for _ in self._decode(request, run):

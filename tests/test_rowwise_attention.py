@@ -126,14 +126,21 @@ def test_fold_names_and_a_bad_fold():
         use_rowwise_attention(long_head_model(), 0)
 
 
-def test_an_exact_bf16_target_folds_its_verifications_and_decodes_as_plain(monkeypatch):
-    """Loaded in bf16, the target gets exact steps and the fold calibrated for it on this machine (read
-    back on the next load); lookup over a prompt that crosses key blocks gives plain decoding's tokens."""
-    target = load_model(long_head_model(), tokenizer=tiny_tokenizer(), device="cpu")
-    if not target.exact_steps:
-        pytest.skip("this CPU's bf16 products keep no row's bits among others: no exact steps to fold")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_folded_verifications_decode_as_plain(monkeypatch, dtype):
+    """A bf16 target gets exact steps where this CPU's products allow them, with the fold calibrated for it on
+    this machine (kept in its calibration); an fp32 model is put on row-wise attention with the fold probed
+    for it. Lookup over a prompt that crosses key blocks then gives plain decoding's tokens."""
+    model = long_head_model(dtype)
+    if dtype == torch.float32:
+        use_rowwise_attention(model, exact_fold_rows(model))
+    target = load_model(model, tokenizer=tiny_tokenizer(), device="cpu")
     fold = fold_rows_of(target.model.config._attn_implementation)
-    assert fold == target.calibration.values()["attention_fold_rows"]
+    if dtype == torch.bfloat16:
+        assert fold == target.calibration.values().get("attention_fold_rows")  # both None without exact steps
+        if not target.exact_steps:  # this CPU keeps no bf16 row's bits among others: SDPA, nothing folds
+            assert fold is None and target.model.config._attn_implementation == "sdpa"
+            return
     calls = []
     real_attend = rowwise._attend
     monkeypatch.setattr(rowwise, "_attend", lambda queries, *a: calls.append(len(queries)) or real_attend(queries, *a))

@@ -16,7 +16,7 @@ from specdecode import SpeculativeGenerator
 from specdecode.drafters import LookupDrafter
 from specdecode.errors import ModelLoadError, SpecDecodeError
 from specdecode.multimodal import load_vlm
-from specdecode.runtime.cpu.rowwise_attention import fold_rows_of
+from specdecode.runtime.cpu.rowwise_attention import exact_fold_rows, fold_rows_of, use_rowwise_attention
 
 @pytest.fixture(scope="module")
 def photo():
@@ -50,13 +50,19 @@ def test_image_prompts_decode_as_transformers_and_speculation_changes_nothing(ph
     assert speculative.token_ids == reference
 
 
-@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
-def test_draft_trees_over_an_image_prompt_verify_exactly(photo, dtype):
+@pytest.mark.parametrize("attention", ["sdpa", "rowwise"])
+def test_draft_trees_over_an_image_prompt_verify_exactly(photo, attention):
     """The true continuation planted on one branch of random trees (siblings, wrong turns): tree masks and
-    depth positions after the image's tokens; deep acceptance through the trees."""
+    depth positions after the image's tokens; deep acceptance through the trees. Also with the row-wise
+    attention of exact targets (tokens folded per call as calibrated here), in the language model only."""
     from tiny import OracleDrafter
 
-    vlm = load_vlm(tiny_llava(seed=3), processor=tiny_processor(), dtype=dtype)
+    model = tiny_llava(seed=3)
+    if attention == "rowwise":
+        use_rowwise_attention(model, exact_fold_rows(model))
+        assert fold_rows_of(model.config.text_config._attn_implementation) is not None
+        assert model.config.vision_config._attn_implementation == "sdpa"  # the vision tower is not causal
+    vlm = load_vlm(model, processor=tiny_processor(), dtype="fp32")
     prompt = {"images": [photo, noise(4)], "prompt": "w5 w6"}
     plain = SpeculativeGenerator(vlm).generate(prompt, max_new_tokens=30)
     for seed in range(3):
@@ -129,13 +135,17 @@ def test_chat_messages_with_image_parts(photo):
     assert as_dict.token_ids == out.token_ids  # a question alone goes through the chat template too
 
 
-def test_an_exact_bf16_vlm_attends_row_wise_in_its_language_model_only(photo):
+def test_a_bf16_vlm_is_exact_where_this_cpu_allows_it_in_its_language_model_only(photo):
+    """Where the CPU's bf16 products keep every row's bits, the language model attends row-wise (the vision
+    tower keeps SDPA) and lookup decodes as plain; elsewhere nothing is switched (fp32 is the exact choice)."""
     model = tiny_llava().to(torch.bfloat16)
     vlm = load_vlm(model, processor=tiny_processor())
+    assert model.config.vision_config._attn_implementation == "sdpa"
+    text_attention = model.config.text_config._attn_implementation
     if not vlm.exact_steps:
-        pytest.skip("this CPU's bf16 products keep no row's bits among others: no exact steps")
-    assert fold_rows_of(model.config.text_config._attn_implementation) is not None
-    assert model.config.vision_config._attn_implementation == "sdpa"  # the vision tower is not causal
+        assert text_attention == "sdpa"
+        return
+    assert fold_rows_of(text_attention) is not None
     prompt = {"images": [photo], "prompt": "w5 w6"}
     plain = SpeculativeGenerator(vlm).generate(prompt, max_new_tokens=20)
     assert SpeculativeGenerator(vlm, LookupDrafter()).generate(prompt, max_new_tokens=20).token_ids == plain.token_ids
@@ -191,3 +201,24 @@ def test_a_saved_folder_loads_with_its_processor(tmp_path, photo):
     prompt = {"images": [photo], "prompt": "w5 w6"}
     assert SpeculativeGenerator(vlm).generate(prompt, max_new_tokens=8).token_ids == \
         hf_reference(model, processor, [photo], f"{IMAGE_TOKEN} w5 w6", 8)
+
+
+def test_sampled_first_token_over_an_image_prompt_follows_the_target_distribution(photo):
+    """Temperature 1 with a drafter that carries its probabilities (the text-only twin): the first token's
+    frequencies converge to the VLM's own softmax after the image prompt."""
+    from specdecode.drafters import ModelDrafter
+
+    model, processor = tiny_llava(seed=5), tiny_processor()
+    vlm = load_vlm(model, processor=processor, dtype="fp32")
+    drafter = ModelDrafter(text_twin(model), k=2, quantize=None, dtype="fp32", draft_vocab=None)
+    gen = SpeculativeGenerator(vlm, drafter, cost_model=None)
+    inputs = processor(images=[photo], text=[f"{IMAGE_TOKEN} w5 w6"], return_tensors="pt")
+    with torch.no_grad():
+        target = model(**inputs).logits[0, -1].float().softmax(-1)  # [vocab]
+    counts = torch.zeros_like(target)
+    prompt = {"images": [photo], "prompt": "w5 w6"}
+    for seed in range(2000):
+        counts[gen.generate(prompt, max_new_tokens=2, temperature=1.0, seed=seed).token_ids[0]] += 1
+    tv = 0.5 * float((counts / counts.sum() - target).abs().sum())
+    noise = 0.5 * float((2 * target * (1 - target) / (torch.pi * 2000)).sqrt().sum())  # E[TV] of exact sampling
+    assert tv < 2 * noise, (tv, noise)

@@ -41,16 +41,21 @@ def run_caption(config: CaptionConfig, write: Write) -> None:
     captions = CaptionPipeline(vlm, drafter=drafter, max_new_tokens=config.max_new_tokens, progress=config.progress,
                                **options)
     paths = [path for _, path in named]
-    results = captions(paths)
-    plain = captions(paths, speculative=False) if config.compare else None
+    if not config.compare:
+        results = captions(paths)
+    else:  # per image, speculative then plain, side by side, after an untimed warm-up
+        captions(paths[:1], max_new_tokens=min(4, config.max_new_tokens), progress=False)
+        pairs = [(captions([path], progress=False)[0], captions([path], progress=False, speculative=False)[0])
+                 for path in paths]
+        results = [speculative for speculative, _ in pairs]
     for index, caption in enumerate(results):
         s = caption.stats
         write(f"{caption.image}: {caption.text}\n")
         write(f"  [{s.new_tokens} tokens in {s.wall_s:.2f} s, {s.mean_accepted:.2f} tokens per target forward]\n")
-        if plain is not None:
-            other = plain[index]
-            speedup = f"{other.stats.wall_s / s.wall_s:.2f}x" if s.wall_s > 0 else "n/a"
-            same = "yes" if other.token_ids == caption.token_ids else "no"
-            write(f"  plain: {other.stats.wall_s:.2f} s; speedup {speedup}; identical token ids: {same}\n")
+        if config.compare:
+            plain = pairs[index][1]
+            speedup = f"{plain.stats.wall_s / s.wall_s:.2f}x" if s.wall_s > 0 else "n/a"
+            same = "yes" if plain.token_ids == caption.token_ids else "no"
+            write(f"  plain: {plain.stats.wall_s:.2f} s; speedup {speedup}; identical token ids: {same}\n")
     if config.out is not None:
         write(f"wrote {len(results)} captions to {write_captions(results, config.out)}\n")

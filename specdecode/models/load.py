@@ -25,7 +25,7 @@ from ..runtime.cpu.linear import (MAX_PROBED_ROWS, check_cpu_kernels, exact_one_
                                   fastest_decode_dtype, fastest_draft_quantization, measured_orientation,
                                   tune_linear_layers)
 from ..runtime.cpu.quantize import FBGEMM_MODES, check_mode, quantize_model
-from ..runtime.cpu.rowwise_attention import exact_fold_rows, fold_rows_of, use_rowwise_attention
+from ..runtime.cpu.rowwise_attention import exact_fold_rows, fold_rows_of, runs_sdpa, use_rowwise_attention
 
 if TYPE_CHECKING:
     import transformers
@@ -342,8 +342,7 @@ def _wrap_instance(model, tokenizer, dtype, device, cpu_kernels: str, quantize: 
         model = model.to(resolve_device(device))
     if dtype != "auto":
         model = model.to(resolve_dtype(dtype, model.device))
-    implementation = model.config._attn_implementation
-    if implementation != "sdpa" and fold_rows_of(implementation) is None:  # row-wise: already exact (w8a8, bf16)
+    if not runs_sdpa(model.config._attn_implementation):  # row-wise is kept: already exact (w8a8, bf16)
         try:
             model.set_attn_implementation("sdpa")
         except (ValueError, ImportError) as e:

@@ -52,12 +52,23 @@ def load_images(sources: Any, *, max_pixels: int = MAX_PIXELS) -> list:
     return [load_image(sources, max_pixels=max_pixels)]
 
 
+def names_several(source: Any) -> bool:
+    """Whether a path-like source names several images (a folder or a glob pattern), not one file."""
+    if not isinstance(source, (str, os.PathLike)):
+        return False
+    return _is_glob(str(source)) or Path(source).expanduser().is_dir()
+
+
+def _is_glob(text: str) -> bool:
+    return any(char in text for char in "*?[")
+
+
 def image_files(sources: Iterable[str | os.PathLike]) -> list[Path]:
     """The image files named by paths, folders (their images, sorted by name) and glob patterns, in order."""
     found: list[Path] = []
     for source in sources:
         text = str(source)
-        if any(char in text for char in "*?["):
+        if _is_glob(text):
             base = Path(text).expanduser()
             anchor = Path(base.anchor) if base.is_absolute() else Path(".")
             pattern = str(base.relative_to(anchor)) if base.is_absolute() else text

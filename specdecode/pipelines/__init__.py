@@ -7,5 +7,5 @@ from .reading import html_to_text, read_source, split_text
 from .summarize import SummarizePipeline, Summary, SummaryStage
 
 __all__ = ["DEFAULT_TEMPLATE", "BuildPrompt", "Caption", "CaptionPipeline", "Generate", "Pipeline", "PipelineState",
-           "RAGAnswer", "RAGPipeline", "Retrieve", "Stage", "SummarizePipeline", "Summary", "SummaryStage", "html_to_text", "read_source",
-           "split_text", "user_prompt", "write_captions"]
+           "RAGAnswer", "RAGPipeline", "Retrieve", "Stage", "SummarizePipeline", "Summary", "SummaryStage",
+           "html_to_text", "read_source", "split_text", "user_prompt", "write_captions"]

@@ -26,7 +26,7 @@ from ..drafters import Drafter
 from ..drafters.registry import DrafterOptions, make_drafter
 from ..engine import SpeculativeGenerator
 from ..errors import SpecDecodeError
-from ..multimodal import image_files, load_vlm
+from ..multimodal import image_files, load_vlm, names_several
 from ..multimodal.vlm import DEFAULT_PROMPT
 from ..outputs import GenerationOutput, GenerationStats
 
@@ -67,7 +67,7 @@ class CaptionPipeline:
         """Caption one image (a path, a PIL image, bytes, a numpy array: one Caption) or several (a list, a
         folder, a glob: a list). Options: prompt, max_new_tokens, progress, and those of generate
         (speculative=False for plain decoding, temperature, seed, ...)."""
-        single = not isinstance(images, (list, tuple)) and not _names_several(images)
+        single = not isinstance(images, (list, tuple)) and not names_several(images)
         named = named_images(images)
         prompt = options.pop("prompt", self.prompt)
         max_new = options.pop("max_new_tokens", self.max_new_tokens)
@@ -123,14 +123,6 @@ def write_captions(captions: Caption | Sequence[Caption], path: str | os.PathLik
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
     return path
-
-
-def _names_several(images) -> bool:
-    """A folder or a glob pattern names several images (a list of results), a file one."""
-    if not isinstance(images, (str, os.PathLike)):
-        return False
-    text = str(images)
-    return any(char in text for char in "*?[") or Path(text).expanduser().is_dir()
 
 
 def _bar(total: int):

@@ -97,7 +97,7 @@ class SDPABackend:
             cache=cache.hf,
             use_cache=True,
             **kwargs,
-            **(model_inputs or {}),
+            **{name: value.to(device) for name, value in (model_inputs or {}).items()},
         )
         if hidden:
             return called(**inputs).last_hidden_state[0]  # [q, hidden_size]

@@ -24,7 +24,7 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from ..cache import KVCache
 from .fusion import products_of
-from .rowwise_attention import fold_rows_of, rowwise_attention
+from .rowwise_attention import fold_rows_of, rowwise_attention, runs_sdpa
 
 
 def _supported_layers() -> tuple[type, ...]:
@@ -41,8 +41,7 @@ def fits(model: torch.nn.Module) -> bool:
     attention) and no hooks on the modules whose calls it skips (a hook may have side effects)."""
     body = getattr(model, "base_model", None)
     layers = getattr(body, "layers", None)
-    implementation = model.config._attn_implementation  # sdpa or row-wise: those a lean forward calls as transformers would
-    if body is model or not layers or (implementation != "sdpa" and fold_rows_of(implementation) is None):
+    if body is model or not layers or not runs_sdpa(model.config._attn_implementation):
         return False
     if model.device.type != "cpu" or not hasattr(model, "lm_head"):
         return False

@@ -69,8 +69,8 @@ def rowwise_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.T
             index = gathered[row]
             keys, values = key.index_select(2, index), value.index_select(2, index)  # [1, kv_heads, visible, d]
             span = _span(counts[row])
-            outputs.append(_attend(grouped[row:row + 1], _padded(keys, span), _padded(values, span), counts[row:row + 1],
-                                   scaling))
+            outputs.append(_attend(grouped[row:row + 1], _padded(keys, span), _padded(values, span),
+                                   counts[row:row + 1], scaling))
             row += 1
             continue
         span, end = _span(counts[row]), row + 1
@@ -110,7 +110,8 @@ def _padded(states: torch.Tensor, span: int) -> torch.Tensor:
     shape, stride = (*states.shape[:2], span, states.shape[3]), states.stride()
     last = states.storage_offset() + sum((size - 1) * step for size, step in zip(shape, stride))
     own_rows = states.shape[1] == 1 or span * stride[2] <= stride[1]  # the room is this head's, not the next's
-    if own_rows and stride[3] == 1 and stride[2] == shape[3] and last < states.untyped_storage().nbytes() // states.element_size():
+    in_storage = last < states.untyped_storage().nbytes() // states.element_size()
+    if own_rows and stride[3] == 1 and stride[2] == shape[3] and in_storage:
         return states.as_strided(shape, stride)
     return F.pad(states, (0, 0, 0, span - length))
 
@@ -122,10 +123,15 @@ def _visible(attention_mask: torch.Tensor | None, q_len: int, kv_len: int) -> tu
         return [kv_len - q_len + row + 1 for row in range(q_len)], {}
     allowed = attention_mask[0, 0, :, :kv_len]  # [q, kv]
     allowed = allowed if allowed.dtype == torch.bool else allowed == 0
-    counts = allowed.sum(1).tolist()  # [q]
-    runs = torch.arange(kv_len, device=allowed.device)[None] < allowed.sum(1, keepdim=True)  # [q, kv]
+    visible = allowed.sum(1, keepdim=True)  # [q, 1]
+    runs = torch.arange(kv_len, device=allowed.device)[None] < visible  # [q, kv]: the first `visible` keys
     scattered = (allowed != runs).any(1).nonzero().squeeze(1).tolist()
-    return counts, {row: allowed[row].nonzero().squeeze(1) for row in scattered}
+    return visible[:, 0].tolist(), {row: allowed[row].nonzero().squeeze(1) for row in scattered}
+
+
+def runs_sdpa(implementation: str | None) -> bool:
+    """Whether an attention implementation is SDPA's or row-wise (SDPA per token): those the engine runs."""
+    return implementation == "sdpa" or fold_rows_of(implementation) is not None
 
 
 def rowwise_name(fold_rows: int) -> str:
@@ -183,7 +189,8 @@ def exact_fold_rows(model: torch.nn.Module, max_rows: int = 65, trials: int = 12
         for rows in range(2, limit + 1):
             for trial in range(trials):
                 block_end = KEY_BLOCK * int(torch.randint(1, 5, (1,), generator=generator)) - rows // 2
-                context = block_end if trial % 3 == 0 else int(torch.randint(1, 4 * KEY_BLOCK, (1,), generator=generator))
+                anywhere = int(torch.randint(1, 4 * KEY_BLOCK, (1,), generator=generator))
+                context = block_end if trial % 3 == 0 else anywhere
                 query = torch.randn(1, heads, rows, head_dim, generator=generator).to(device, dtype)
                 key, value = (torch.randn(1, kv_heads, context + rows, head_dim, generator=generator).to(device, dtype)
                               for _ in range(2))
