@@ -43,6 +43,8 @@ class Request:
     speculative: bool
     on_prefill: Callable[[int, int], None] | None = None  # (prompt tokens prefilled, of total) after each chunk
     model_inputs: Mapping[str, torch.Tensor] = field(default_factory=dict)  # the prompt forward's other inputs (images)
+    positions: torch.Tensor | None = None  # [sections, prompt] the prompt's rotary positions; None: 0..n-1
+    position_shift: int = 0  # a token after the prompt sits at (its index + this): EncodedPrompt.position_shift
 
 
 @dataclass
@@ -156,13 +158,13 @@ class SpeculativeGenerator:
         self._prepare(speculative=drafter is not None)  # calibration: before the clock starts
         stops = StopChecker(self.tokenizer, request.stop)
         committed = list(request.prompt_ids)
-        cache = run.cache = KVCache(model)
+        cache = run.cache = KVCache(model, position_shift=request.position_shift)
         started = clock()
 
         # Prefill every prompt token but the last (the pending token is fed with the first draft);
         #    plain and speculative decoding prefill alike, so exact models may batch its attention.
         #    A drafter feeds the prompt to its own state (a model drafter: its cache) in `begin`.
-        self._prefill(cache, committed[:-1], request.on_prefill, request.model_inputs)
+        self._prefill(cache, committed[:-1], request.on_prefill, request.model_inputs, request.positions)
         if drafter is not None:
             read_target_cache = optional_part(drafter, "read_target_cache")
             if read_target_cache is not None:  # a self-drafter gathers its draft cache from the target's
@@ -219,15 +221,17 @@ class SpeculativeGenerator:
 
     # ------------------------------------------------------------------ helpers
     def _prefill(self, cache: KVCache, token_ids: list[int], on_prefill: Callable[[int, int], None] | None,
-                 model_inputs: Mapping[str, torch.Tensor] | None = None) -> None:
+                 model_inputs: Mapping[str, torch.Tensor] | None = None, positions: torch.Tensor | None = None) -> None:
         """Feed the prompt (all but the pending token) in chunks of `prefill_chunk` tokens, so that a long
         document's attention memory stays bounded; `on_prefill(done, total)` after each chunk. A prompt with
-        model inputs (images) is one forward: the model matches its image tokens to the images in it."""
+        model inputs (images) is one forward: the model matches its image tokens to the images in it.
+        positions [sections, >= len(token_ids)]: the prompt's own rotary positions (else 0..n-1)."""
         total = len(token_ids)
         chunk = max(total, 1) if model_inputs else self.prefill_chunk
         for start in range(0, total, chunk):
             end = min(total, start + chunk)
-            self.attention.forward(self.model, cache, torch.tensor(token_ids[start:end]), torch.arange(start, end),
+            fed_positions = torch.arange(start, end) if positions is None else positions[:, start:end]
+            self.attention.forward(self.model, cache, torch.tensor(token_ids[start:end]), fed_positions,
                                    hidden=True, prefill=True, model_inputs=model_inputs if start == 0 else None)
             if on_prefill is not None:
                 on_prefill(end, total)
@@ -286,10 +290,9 @@ class SpeculativeGenerator:
                 raise SpecDecodeError(f"{self.target.name} takes no images; load a vision-language model with "
                                       "sd.load_vlm(...) to pass images, or give a text prompt.")
             prompt = self.target.prompt_encoder(prompt)
-        if isinstance(prompt, EncodedPrompt):
-            prompt_ids, model_inputs = list(prompt.token_ids), dict(prompt.model_inputs)
-        else:
-            prompt_ids, model_inputs = encode_prompt(self.tokenizer, prompt), {}
+        if not isinstance(prompt, EncodedPrompt):
+            prompt = EncodedPrompt(tuple(encode_prompt(self.tokenizer, prompt)))
+        prompt_ids = list(prompt.token_ids)
         if self.max_positions and len(prompt_ids) + max_new_tokens > self.max_positions:
             raise SpecDecodeError(
                 f"the prompt ({len(prompt_ids)} tokens) plus max_new_tokens ({max_new_tokens}) exceeds the "
@@ -298,7 +301,8 @@ class SpeculativeGenerator:
         stops = (stop,) if isinstance(stop, str) else tuple(stop or ())
         if any(not isinstance(s, str) or not s for s in stops):
             raise SpecDecodeError(f"stop strings must be non-empty strings, got {stop!r}.")
-        return Request(prompt_ids, max_new_tokens, sampling, seed, stops, speculative, on_prefill, model_inputs)
+        return Request(prompt_ids, max_new_tokens, sampling, seed, stops, speculative, on_prefill,
+                       dict(prompt.model_inputs), prompt.positions, prompt.position_shift)
 
     def _output(self, request: Request, run: _Run) -> GenerationOutput:
         text = ""

@@ -12,11 +12,25 @@ from .errors import SpecDecodeError
 
 @dataclass(frozen=True)
 class EncodedPrompt:
-    """A prompt already encoded: its token ids, and the other tensors the model's prompt forward takes (a
-    vision-language model's pixel values and image sizes; none for text)."""
+    """A prompt already encoded: its token ids, the other tensors the model's prompt forward takes (a
+    vision-language model's pixel values and image sizes; none for text), and the prompt's rotary positions
+    where they are not 0..n-1 (Qwen-VL's M-RoPE: [3, n], image tokens at their grid's positions)."""
 
     token_ids: tuple[int, ...]
     model_inputs: Mapping[str, torch.Tensor] = field(default_factory=dict)
+    positions: torch.Tensor | None = None  # [sections, n] or None (token i at position i)
+
+    @property
+    def position_shift(self) -> int:
+        """Every token after the prompt sits at (its index + this) on every section: 0 for 1-D positions."""
+        if self.positions is None:
+            return 0
+        return int(self.positions.max()) + 1 - len(self.token_ids)
+
+
+def prompt_tokens(prompt: Sequence[int] | EncodedPrompt) -> list[int]:
+    """A prompt's token ids: an EncodedPrompt's, or the ids themselves."""
+    return list(prompt.token_ids if isinstance(prompt, EncodedPrompt) else prompt)
 
 
 def has_images(prompt) -> bool:

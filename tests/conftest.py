@@ -23,3 +23,13 @@ def calibration_dir(tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("SPECDECODE_CALIBRATION_DIR", str(folder))
         yield folder
+
+
+@pytest.fixture(scope="session")
+def photo():
+    """matplotlib's sample photograph (Grace Hopper, 512x600 RGB): a real image nobody here made."""
+    from matplotlib import cbook
+    from PIL import Image
+
+    with cbook.get_sample_data("grace_hopper.jpg") as file:
+        return Image.open(file).convert("RGB")

@@ -4,11 +4,10 @@ plain decoding. Images: matplotlib's sample photo and generated arrays."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
-from matplotlib import cbook
-from tiny import IMAGE_TOKEN, tiny_llava, tiny_processor, tiny_tokenizer
+from tiny import (IMAGE_TOKEN, assert_trees_verify_exactly, hf_vlm_greedy, noise, tiny_llava, tiny_processor,
+                  tiny_tokenizer)
 from transformers import LlavaForConditionalGeneration
 
 import specdecode as sd
@@ -18,29 +17,11 @@ from specdecode.errors import ModelLoadError, SpecDecodeError
 from specdecode.multimodal import load_vlm
 from specdecode.runtime.cpu.rowwise_attention import exact_fold_rows, fold_rows_of, use_rowwise_attention
 
-@pytest.fixture(scope="module")
-def photo():
-    from PIL import Image
-
-    with cbook.get_sample_data("grace_hopper.jpg") as file:
-        return Image.open(file).convert("RGB")
-
-
-def noise(seed: int) -> np.ndarray:
-    return (np.random.RandomState(seed).rand(40, 50, 3) * 255).astype(np.uint8)
-
-
-def hf_reference(model, processor, images, text: str, max_new_tokens: int) -> list[int]:
-    inputs = processor(images=images, text=[text], return_tensors="pt")
-    out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=0)
-    return out[0, inputs["input_ids"].shape[1]:].tolist()
-
-
 @pytest.mark.parametrize("count", [1, 2])
 def test_image_prompts_decode_as_transformers_and_speculation_changes_nothing(photo, count):
     processor, model = tiny_processor(), tiny_llava()
     images = [photo, noise(1)][:count]
-    reference = hf_reference(model, processor, images, f"{IMAGE_TOKEN} " * count + "w5 w6 w7", 24)
+    reference = hf_vlm_greedy(model, processor, images, f"{IMAGE_TOKEN} " * count + "w5 w6 w7", 24)
     vlm = load_vlm(model, processor=processor, dtype="fp32")
     prompt = {"images": images, "prompt": "w5 w6 w7"}  # no chat template: the images' placeholders go first
     plain = SpeculativeGenerator(vlm).generate(prompt, max_new_tokens=24)
@@ -55,8 +36,6 @@ def test_draft_trees_over_an_image_prompt_verify_exactly(photo, attention):
     """The true continuation planted on one branch of random trees (siblings, wrong turns): tree masks and
     depth positions after the image's tokens; deep acceptance through the trees. Also with the row-wise
     attention of exact targets (tokens folded per call as calibrated here), in the language model only."""
-    from tiny import OracleDrafter
-
     model = tiny_llava(seed=3)
     if attention == "rowwise":
         use_rowwise_attention(model, exact_fold_rows(model))
@@ -64,12 +43,7 @@ def test_draft_trees_over_an_image_prompt_verify_exactly(photo, attention):
         assert model.config.vision_config._attn_implementation == "sdpa"  # the vision tower is not causal
     vlm = load_vlm(model, processor=tiny_processor(), dtype="fp32")
     prompt = {"images": [photo, noise(4)], "prompt": "w5 w6"}
-    plain = SpeculativeGenerator(vlm).generate(prompt, max_new_tokens=30)
-    for seed in range(3):
-        drafter = OracleDrafter(plain.prompt_ids, plain.token_ids, seed=seed, vocab=97)
-        out = SpeculativeGenerator(vlm, drafter, cost_model=None).generate(prompt, max_new_tokens=30)
-        assert out.token_ids == plain.token_ids
-        assert sum(out.stats.accept_histogram[2:]) > 0  # steps that accepted two or more draft tokens
+    assert_trees_verify_exactly(vlm, prompt, vocab=97)
 
 
 def text_twin(vlm_model: LlavaForConditionalGeneration):
@@ -130,7 +104,7 @@ def test_chat_messages_with_image_parts(photo):
     vlm = load_vlm(model, processor=processor, dtype="fp32")
     messages = [{"role": "user", "content": [{"type": "image", "image": photo}, {"type": "text", "text": "w9"}]}]
     out = SpeculativeGenerator(vlm, LookupDrafter()).generate(messages, max_new_tokens=12)
-    assert out.token_ids == hf_reference(model, processor, [photo], "w2 <image> w9 w3 w4", 12)
+    assert out.token_ids == hf_vlm_greedy(model, processor, [photo], "w2 <image> w9 w3 w4", 12)
     as_dict = SpeculativeGenerator(vlm).generate({"images": [photo], "prompt": "w9"}, max_new_tokens=12)
     assert as_dict.token_ids == out.token_ids  # a question alone goes through the chat template too
 
@@ -174,15 +148,7 @@ def test_bad_image_prompts_get_one_clear_error(prompt, message):
         SpeculativeGenerator(vlm).generate(prompt, max_new_tokens=4)
 
 
-def test_unsupported_families_and_missing_pieces_are_refused(tmp_path):
-    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
-
-    config = Qwen2VLConfig(text_config=dict(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                                            num_attention_heads=2, num_key_value_heads=1,
-                                            rope_scaling={"type": "mrope", "mrope_section": [2, 3, 3]}),
-                           vision_config=dict(depth=1, embed_dim=16, hidden_size=32, num_heads=2))
-    with pytest.raises(ModelLoadError, match="'qwen2_vl' vision-language models are not supported yet; supported: llava"):
-        load_vlm(Qwen2VLForConditionalGeneration(config), processor=tiny_processor())
+def test_missing_pieces_are_refused(tmp_path):
     with pytest.raises(ModelLoadError, match="needs its processor"):
         load_vlm(tiny_llava())
     with pytest.raises(ModelLoadError, match="not a vision-language processor"):
@@ -200,7 +166,7 @@ def test_a_saved_folder_loads_with_its_processor(tmp_path, photo):
     vlm = sd.load_vlm(tmp_path, dtype="fp32")  # the package's name for it
     prompt = {"images": [photo], "prompt": "w5 w6"}
     assert SpeculativeGenerator(vlm).generate(prompt, max_new_tokens=8).token_ids == \
-        hf_reference(model, processor, [photo], f"{IMAGE_TOKEN} w5 w6", 8)
+        hf_vlm_greedy(model, processor, [photo], f"{IMAGE_TOKEN} w5 w6", 8)
 
 
 def test_sampled_first_token_over_an_image_prompt_follows_the_target_distribution(photo):

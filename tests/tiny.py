@@ -212,3 +212,115 @@ def tiny_llava(seed: int = 0):
                                                       vision_feature_layer=-1))
     model.generation_config.eos_token_id = None
     return model.eval()
+
+
+QWEN_VL_TOKENS = ["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]  # ids 96..99
+
+
+def tiny_qwen2_vl_processor():
+    """Qwen2-VL's processor without its video part: the pillow image processor (images resized to 4..16 merged
+    patches of 28x28 pixels), the tiny tokenizer plus the vision tokens, and a chat template."""
+    from transformers import Qwen2VLProcessor
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    from specdecode.multimodal.processors import image_only
+
+    tokenizer = tiny_tokenizer()
+    tokenizer.add_special_tokens({"additional_special_tokens": QWEN_VL_TOKENS})
+    images = Qwen2VLImageProcessorPil(min_pixels=28 * 28 * 4, max_pixels=28 * 28 * 16, patch_size=14, merge_size=2)
+    template = ("{% for m in messages %}w2 {% for c in m['content'] %}{% if c['type'] == 'image' %}"
+                "<|vision_start|><|image_pad|><|vision_end|>{% else %}{{ c['text'] }}{% endif %}{% endfor %}"
+                " w3 {% endfor %}w4")
+    return image_only(Qwen2VLProcessor)(image_processor=images, tokenizer=tokenizer, chat_template=template)
+
+
+def tiny_qwen2_vl(seed: int = 0, family: str = "qwen2_vl"):
+    """A random Qwen2-VL (or Qwen2.5-VL): a 2-block vision tower (patches of 14, merged 2x2), a 2-layer
+    language model over 101 tokens with M-RoPE sections [2, 3, 3]."""
+    from transformers import (Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2VLConfig,
+                              Qwen2VLForConditionalGeneration)
+
+    text = dict(vocab_size=101, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                num_key_value_heads=2, max_position_embeddings=512, initializer_range=0.3,
+                rope_scaling={"type": "mrope", "mrope_section": [2, 3, 3]}, bos_token_id=None, eos_token_id=None)
+    vision = dict(depth=2, hidden_size=32, num_heads=2, patch_size=14, spatial_merge_size=2, temporal_patch_size=2,
+                  in_chans=3)
+    if family == "qwen2_vl":
+        config_class, model_class = Qwen2VLConfig, Qwen2VLForConditionalGeneration
+        vision.update(embed_dim=32, hidden_size=64, mlp_ratio=2)
+    else:
+        config_class, model_class = Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+        vision.update(intermediate_size=64, out_hidden_size=64, window_size=56, fullatt_block_indexes=[1])
+    torch.manual_seed(seed)
+    model = model_class(config_class(text_config=text, vision_config=vision, image_token_id=98, video_token_id=99,
+                                     vision_start_token_id=96, vision_end_token_id=97))
+    model.generation_config.eos_token_id = None
+    return model.eval()
+
+
+IDEFICS_TOKENS = ["<fake_token_around_image>", "<image>", "<end_of_utterance>", "<global-img>"]  # ids 96..99
+
+
+def tiny_idefics3_processor(family: str = "idefics3"):
+    """Idefics3's (or SmolVLM's image-only) processor: the PIL image processor (32x32, no splitting: an image
+    is <fake_token_around_image><global-img>, 16 <image> tokens, <fake_token_around_image>) and the tiny
+    tokenizer plus the image tokens (<image> is id 97)."""
+    from transformers import Idefics3Processor
+    from transformers.models.idefics3.image_processing_pil_idefics3 import Idefics3ImageProcessorPil
+    from transformers.models.smolvlm.image_processing_pil_smolvlm import SmolVLMImageProcessorPil
+
+    from specdecode.multimodal.processors import SmolVLMImageOnly
+
+    tokenizer = tiny_tokenizer()
+    tokenizer.add_special_tokens({"additional_special_tokens": IDEFICS_TOKENS})
+    image_class, processor_class = ((Idefics3ImageProcessorPil, Idefics3Processor) if family == "idefics3"
+                                    else (SmolVLMImageProcessorPil, SmolVLMImageOnly))
+    images = image_class(size={"longest_edge": 32}, max_image_size={"longest_edge": 32}, do_image_splitting=False)
+    return processor_class(image_processor=images, tokenizer=tokenizer, image_seq_len=16)
+
+
+def tiny_idefics3(seed: int = 0, family: str = "idefics3"):
+    """A random Idefics3 (or SmolVLM): a 2-layer vision tower over 32x32 images in patches of 4, pixel shuffle
+    by 2 (16 image tokens), a 2-layer Llama over 100 tokens."""
+    from transformers import (Idefics3Config, Idefics3ForConditionalGeneration, SmolVLMConfig,
+                              SmolVLMForConditionalGeneration)
+
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=32,
+                  patch_size=4)
+    text = dict(model_type="llama", vocab_size=100, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512, initializer_range=0.3)
+    config_class, model_class = ((Idefics3Config, Idefics3ForConditionalGeneration) if family == "idefics3"
+                                 else (SmolVLMConfig, SmolVLMForConditionalGeneration))
+    torch.manual_seed(seed)
+    model = model_class(config_class(vision_config=vision, text_config=text, image_token_id=97, scale_factor=2))
+    model.generation_config.eos_token_id = None
+    return model.eval()
+
+
+def noise(seed: int, height: int = 40, width: int = 50):
+    """A random RGB image (numpy uint8 [height, width, 3])."""
+    import numpy as np
+
+    return (np.random.RandomState(seed).rand(height, width, 3) * 255).astype(np.uint8)
+
+
+def hf_vlm_greedy(model, processor, images, text: str, max_new_tokens: int) -> list[int]:
+    """transformers' own greedy decoding of an image prompt, to the tokenizer's end of sequence as the engine's."""
+    inputs = processor(images=images, text=[text], return_tensors="pt")
+    out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=0,
+                         eos_token_id=processor.tokenizer.eos_token_id)
+    return out[0, inputs["input_ids"].shape[1]:].tolist()
+
+
+def assert_trees_verify_exactly(vlm, prompt, vocab: int, max_new_tokens: int = 30) -> None:
+    """The true continuation planted on one branch of random trees (siblings, wrong turns) over an image prompt:
+    the same tokens as plain decoding, with steps that accept two or more draft tokens."""
+    from specdecode import SpeculativeGenerator
+
+    plain = SpeculativeGenerator(vlm).generate(prompt, max_new_tokens=max_new_tokens)
+    assert len(plain.token_ids) == max_new_tokens  # no early end: the trees are tested all the way
+    for seed in range(3):
+        drafter = OracleDrafter(plain.prompt_ids, plain.token_ids, seed=seed, vocab=vocab)
+        out = SpeculativeGenerator(vlm, drafter, cost_model=None).generate(prompt, max_new_tokens=max_new_tokens)
+        assert out.token_ids == plain.token_ids
+        assert sum(out.stats.accept_histogram[2:]) > 0

@@ -28,7 +28,7 @@ from ..engine import SpeculativeGenerator
 from ..errors import SpecDecodeError
 from ..models.load import LoadedModel, gguf_origin, load_model
 from ..pipelines.rag import hand_passages
-from ..prompts import eos_token_ids
+from ..prompts import EncodedPrompt, eos_token_ids, prompt_tokens
 from ..runtime.cpu.quantize import FBGEMM_MODES
 
 PEERS = ("hf-plain", "hf-assisted", "hf-lookup", "llama-cpp", "llama-cpp-lookup")
@@ -58,8 +58,9 @@ class TurnResult:
 class Method(Protocol):
     name: str
 
-    def run(self, prompt_ids: list[int], max_new_tokens: int, passages: Sequence = ()) -> TurnResult:
-        """One generation; `passages` (retrieval.Passage, with --store) go to drafters that copy from them."""
+    def run(self, prompt: list[int] | EncodedPrompt, max_new_tokens: int, passages: Sequence = ()) -> TurnResult:
+        """One generation of a prompt (token ids, or an encoded image prompt); `passages` (retrieval.Passage,
+        with --store) go to drafters that copy from them."""
         ...
 
 
@@ -136,9 +137,9 @@ class OurMethod:
     def __init__(self, name: str, generator: SpeculativeGenerator, speculative: bool):
         self.name, self.generator, self.speculative = name, generator, speculative
 
-    def run(self, prompt_ids: list[int], max_new_tokens: int, passages: Sequence = ()) -> TurnResult:
+    def run(self, prompt: list[int] | EncodedPrompt, max_new_tokens: int, passages: Sequence = ()) -> TurnResult:
         hand_passages(self.generator.drafter, self.generator.tokenizer, passages)
-        out = self.generator.generate(prompt_ids, max_new_tokens, speculative=self.speculative)
+        out = self.generator.generate(prompt, max_new_tokens, speculative=self.speculative)
         return TurnResult(tuple(out.token_ids), out.text, out.stats.wall_s, out.stats.steps,
                           out.stats.accept_histogram, tuple(out.top2_margins), out.stats.drafters or None,
                           out.stats.prefill_s)
@@ -157,9 +158,12 @@ class HFMethod:
         self.config_kwargs = dict(do_sample=False, eos_token_id=eos, pad_token_id=pad, **(config or {}))
         self.config_class = GenerationConfig
 
-    def run(self, prompt_ids: list[int], max_new_tokens: int, passages: Sequence = ()) -> TurnResult:
+    def run(self, prompt: list[int] | EncodedPrompt, max_new_tokens: int, passages: Sequence = ()) -> TurnResult:
         model = self.target.model  # transformers has no use for passages beyond the prompt
+        prompt_ids = prompt_tokens(prompt)
         input_ids = torch.tensor([prompt_ids], device=self.target.device)  # [1, prompt]
+        images = {name: value.to(self.target.device) for name, value in
+                  (prompt.model_inputs.items() if isinstance(prompt, EncodedPrompt) else ())}
         config = self.config_class(max_new_tokens=max_new_tokens, **self.config_kwargs)
         forwards = []
         hook = model.register_forward_hook(lambda *_: forwards.append(1))
@@ -169,7 +173,7 @@ class HFMethod:
             start = time.perf_counter()
             with torch.inference_mode():
                 output = model.generate(input_ids, attention_mask=torch.ones_like(input_ids),
-                                        generation_config=config, **self.generate_kwargs)
+                                        generation_config=config, **images, **self.generate_kwargs)
             wall_s = time.perf_counter() - start
         finally:
             hook.remove()
@@ -238,7 +242,10 @@ class LlamaCppMethod:
         self.llm = Llama(model_path=str(gguf), n_ctx=8192, n_threads=threads, n_threads_batch=threads, verbose=False,
                          **options)
 
-    def run(self, prompt_ids: list[int], max_new_tokens: int, passages: Sequence = ()) -> TurnResult:
+    def run(self, prompt: list[int] | EncodedPrompt, max_new_tokens: int, passages: Sequence = ()) -> TurnResult:
+        if isinstance(prompt, EncodedPrompt) and prompt.model_inputs:
+            raise SpecDecodeError(f"method {self.name} takes text prompts only; drop it for an image suite.")
+        prompt_ids = prompt_tokens(prompt)
         token_ids: list[int] = []
         start = time.perf_counter()
         for token in self.llm.generate(prompt_ids, top_k=1, top_p=1.0, min_p=0.0, temp=0.0, repeat_penalty=1.0,

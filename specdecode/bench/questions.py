@@ -1,5 +1,6 @@
 """Spec-Bench questions: `question.jsonl`, one JSON record per line:
-`{"question_id": int | str, "category": str, "turns": [str, ...], "reference": [...]?}`."""
+`{"question_id": int | str, "category": str, "turns": [str, ...], "reference": [...]?, "images": [...]?}`;
+`images` (paths relative to the file's folder) go with the first turn, for a vision-language target."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ class Question:
     category: str
     turns: tuple[str, ...]  # user messages, in order; turn 2 follows the model's own answer to turn 1
     reference: tuple | None = None
+    images: tuple[Path, ...] = ()  # shown with the first turn (a captioning question)
 
     @property
     def key(self) -> str:
@@ -35,7 +37,7 @@ def read_questions(path: str | Path) -> list[Question]:
         for number, line in enumerate(lines, start=1):
             if not line.strip():
                 continue
-            question = _parse_record(line, f"{path}, line {number}")
+            question = _parse_record(line, f"{path}, line {number}", path.parent)
             if question.key in seen:
                 raise SpecDecodeError(f"{path}, line {number}: question_id {question.question_id!r} appears twice.")
             seen.add(question.key)
@@ -45,7 +47,7 @@ def read_questions(path: str | Path) -> list[Question]:
     return questions
 
 
-def _parse_record(line: str, where: str) -> Question:
+def _parse_record(line: str, where: str, folder: Path) -> Question:
     try:
         record = json.loads(line)
     except json.JSONDecodeError as e:
@@ -63,8 +65,14 @@ def _parse_record(line: str, where: str) -> Question:
     if not isinstance(record["question_id"], (int, str)) or isinstance(record["question_id"], bool):
         raise SpecDecodeError(f"{where}: 'question_id' must be a number or a string.")
     reference = record.get("reference")
+    images = record.get("images", [])
+    if not isinstance(images, list) or not all(isinstance(i, str) and i for i in images):
+        raise SpecDecodeError(f"{where}: 'images' must be a list of image paths (relative to the file's folder).")
+    missing = [i for i in images if not (folder / i).is_file()]
+    if missing:
+        raise SpecDecodeError(f"{where}: no such image file {folder / missing[0]}; rebuild the suite or fix the path.")
     return Question(record["question_id"], record["category"], tuple(turns),
-                    tuple(reference) if isinstance(reference, list) else None)
+                    tuple(reference) if isinstance(reference, list) else None, tuple(folder / i for i in images))
 
 
 def select_questions(questions: Sequence[Question], categories: Sequence[str] | None = None,

@@ -14,8 +14,9 @@ from pathlib import Path
 
 from ..drafters.registry import DrafterOptions, drafter_kinds
 from ..errors import SpecDecodeError
+from ..multimodal import load_vlm
 from ..models.load import LoadedModel, draft_quantization, load_model, resolve_device
-from ..prompts import encode_prompt
+from ..prompts import EncodedPrompt, encode_prompt, prompt_tokens
 from ..runtime.cpu.quantize import check_mode
 from .environment import environment, machine_key, source_commit
 from .methods import (DraftModels, Method, MethodName, TurnResult, build_methods, check_peers_available,
@@ -116,8 +117,11 @@ def run_benchmark(config: BenchConfig, *, target: LoadedModel | None = None,
     measured, interrupted = 0, False
     if pending:
         # 2. Load the target and the methods' models; warm every method up (untimed, not recorded).
-        target = target or load(config.model, dtype=config.dtype, quantize=config.quantize)
-        if not getattr(target.tokenizer, "chat_template", None):
+        if target is None:
+            load_target = load_vlm if any(q.images for q in questions) else load
+            target = load_target(config.model, dtype=config.dtype, quantize=config.quantize)
+        chat = target.processor if target.prompt_encoder is not None else target.tokenizer
+        if not getattr(chat, "chat_template", None):
             raise SpecDecodeError(f"{target.name} has no chat template; Spec-Bench questions are chat turns, "
                                   "so benchmark an instruction-tuned (chat) model.")
         rag = None
@@ -168,10 +172,22 @@ def rag_setup(config: BenchConfig, target: LoadedModel, names: Sequence[MethodNa
 def warm_up(methods: Sequence[Method], target: LoadedModel, question: Question, count: int, tokens: int,
             rag: RagPrompts | None = None) -> None:
     turn = rag(question.turns[0]) if rag else RagTurn(question.turns[0], ())
-    prompt_ids = encode_prompt(target.tokenizer, [{"role": "user", "content": turn.content}])
+    prompt = encoded_turn(target, question, [{"role": "user", "content": turn.content}])
     for method in methods:
         for _ in range(count):
-            method.run(prompt_ids, tokens, turn.passages)
+            method.run(prompt, tokens, turn.passages)
+
+
+def encoded_turn(target: LoadedModel, question: Question, messages: list[dict]) -> list[int] | EncodedPrompt:
+    """The prompt of a turn: the chat so far, with the question's images in its first message."""
+    if not question.images:
+        return encode_prompt(target.tokenizer, messages)
+    if target.prompt_encoder is None:
+        raise SpecDecodeError(f"question {question.key} shows images; benchmark a vision-language model "
+                              "(a VLM folder or hub id, or stand-in:NAME).")
+    first = {"role": "user", "content": [*({"type": "image", "image": str(path)} for path in question.images),
+                                         {"type": "text", "text": messages[0]["content"]}]}
+    return target.prompt_encoder([first, *messages[1:]])
 
 
 def run_turns(method: Method, question: Question, target: LoadedModel, max_new_tokens: int,
@@ -183,10 +199,10 @@ def run_turns(method: Method, question: Question, target: LoadedModel, max_new_t
     for text in question.turns:
         turn = rag(text) if rag else RagTurn(text, ())
         messages.append({"role": "user", "content": turn.content})
-        prompt_ids = encode_prompt(target.tokenizer, messages)
-        result = method.run(prompt_ids, max_new_tokens, turn.passages)
+        prompt = encoded_turn(target, question, messages)
+        result = method.run(prompt, max_new_tokens, turn.passages)
         messages.append({"role": "assistant", "content": result.text})
-        results.append(replace(result, prompt_tokens=len(prompt_ids)))
+        results.append(replace(result, prompt_tokens=len(prompt_tokens(prompt))))
     return results
 
 

@@ -135,7 +135,7 @@ class ModelDrafter(Drafter):
         self.attention.prepare(self.model)  # its one-time probe now, not inside a generation
         self.cache = KVCache(self.model)
         self.cached_ids: list[int] = []
-        self.foreign_ids: frozenset[int] = frozenset()  # the target's added tokens this drafter never sees
+        self.foreign_ids: frozenset[int] = frozenset()  # the target's added and image tokens: never seen here
         self.prompt_logits: torch.Tensor | None = None  # [vocab]: after the prompt, until the first proposal
         self.vocab_size = output_vocab_size(self.model)
         head = self.model.get_output_embeddings()
@@ -171,6 +171,9 @@ class ModelDrafter(Drafter):
                 self.foreign_ids, same = frozenset(added.values()), True
         else:
             same = self.vocab_size == target_vocab
+        image_token = getattr(target.model.config, "image_token_id", None)
+        if same and getattr(target, "prompt_encoder", None) is not None and image_token is not None:
+            self.foreign_ids |= {image_token}  # an image's tokens mean nothing to a text drafter
         if not same:
             raise IncompatibleDrafterError(
                 f"drafter {self.draft.name!r} does not share the target {target.name!r}'s vocabulary "
@@ -219,7 +222,7 @@ class ModelDrafter(Drafter):
 
     # ------------------------------------------------------------------ drafting
     def _view(self, token_ids: Sequence[int]) -> Sequence[int]:
-        """The context as this drafter sees it: without the target's added tokens (foreign_ids)."""
+        """The context as this drafter sees it: without the target's added and image tokens (foreign_ids)."""
         return [t for t in token_ids if t not in self.foreign_ids] if self.foreign_ids else token_ids
 
     def _forward(self, token_ids: Sequence[int], start: int, tree_mask=None, depths=None,

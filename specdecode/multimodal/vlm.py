@@ -6,13 +6,17 @@ forward sees the images (pixel values go into the prefill); every later step is 
 verification and the KV cache work as for a text model, and an exact bf16 target stays exact (its language
 model attends row-wise, its vision tower keeps SDPA).
 
-Supported families: `SUPPORTED` (models whose positions after an image are plain 1-D positions).
+Supported families: `SUPPORTED`. Qwen-VL's M-RoPE places an image's tokens at their grid's 3-D positions,
+so the prompt's positions come from the model's own `get_rope_index` (EncodedPrompt.positions) and every
+later token sits at its index plus the prompt's shift on all three sections (tree tokens at depth
+positions); the others use plain 1-D positions.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -21,8 +25,14 @@ from ..errors import ModelLoadError, SpecDecodeError
 from ..models.load import LoadedModel, load_model, resolve_device, resolve_dtype
 from ..prompts import EncodedPrompt
 from .images import MAX_PIXELS, load_images
+from .processors import load_processor
+from .stand_in import STAND_IN_PREFIX, stand_in_vlm
 
-SUPPORTED = {"llava": "LLaVA (llava-hf style: a CLIP or SigLIP vision tower, a projector, a causal LM)"}
+SUPPORTED = {"llava": "LLaVA (llava-hf style: a CLIP or SigLIP vision tower, a projector, a causal LM)",
+             "qwen2_vl": "Qwen2-VL (M-RoPE)", "qwen2_5_vl": "Qwen2.5-VL (M-RoPE)",
+             "idefics3": "Idefics3 (a SigLIP vision tower, pixel shuffle, a Llama)",
+             "smolvlm": "SmolVLM and SmolVLM2 (images; Idefics3's layout)"}
+M_ROPE = ("qwen2_vl", "qwen2_5_vl")  # families whose prompt positions come from the model's get_rope_index
 DEFAULT_PROMPT = "Describe this image."
 
 
@@ -30,9 +40,10 @@ def load_vlm(spec: Any, *, processor: Any = None, dtype: str | torch.dtype = "au
              device: str | torch.device = "auto", quantize: str | None = None,
              max_pixels: int = MAX_PIXELS) -> LoadedModel:
     """Load a vision-language model and its processor: a local folder or hub id (transformers'
-    image-text-to-text models), or your own model instance with `processor=`. `dtype`, `device`,
-    `quantize` as in `load_model` (a quantization covers the language model and the vision tower alike).
-    Images larger than `max_pixels` are refused (multimodal/images.py)."""
+    image-text-to-text models), your own model instance with `processor=`, or "stand-in:NAME" (a Qwen2-VL
+    shape over NAME's language weights and a random vision tower, for timings: multimodal/stand_in.py).
+    `dtype`, `device`, `quantize` as in `load_model` (a quantization covers the language model and the
+    vision tower alike). Images larger than `max_pixels` are refused (multimodal/images.py)."""
     if isinstance(spec, LoadedModel) and spec.prompt_encoder is not None:
         return spec
     if isinstance(spec, torch.nn.Module):
@@ -40,6 +51,9 @@ def load_vlm(spec: Any, *, processor: Any = None, dtype: str | torch.dtype = "au
         if processor is None:
             raise ModelLoadError(f"a model instance ({type(model).__name__}) needs its processor: "
                                  "load_vlm(model, processor=processor).")
+    elif isinstance(spec, str) and spec.startswith(STAND_IN_PREFIX):
+        model, processor = stand_in_vlm(spec.removeprefix(STAND_IN_PREFIX),
+                                        dtype=resolve_dtype(dtype, resolve_device(device)))
     else:
         model, processor = _from_pretrained(spec, processor, dtype, device)
     check_family(model.config)
@@ -48,7 +62,9 @@ def load_vlm(spec: Any, *, processor: Any = None, dtype: str | torch.dtype = "au
         raise ModelLoadError(f"{type(processor).__name__} is not a vision-language processor (it needs a tokenizer "
                              "and an image processor); pass the processor that belongs to this model.")
     loaded = load_model(model, tokenizer=tokenizer, dtype=dtype, device=device, quantize=quantize)
-    return dataclasses.replace(loaded, processor=processor, prompt_encoder=ImagePrompts(processor, max_pixels))
+    rope_index = model.model.get_rope_index if model.config.model_type in M_ROPE else None
+    return dataclasses.replace(loaded, processor=processor, name=spec if isinstance(spec, str) else loaded.name,
+                               prompt_encoder=ImagePrompts(processor, max_pixels, rope_index))
 
 
 def check_family(config) -> None:
@@ -59,7 +75,7 @@ def check_family(config) -> None:
 
 
 def _from_pretrained(spec: Any, processor: Any, dtype, device):
-    from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
+    from transformers import AutoConfig, AutoModelForImageTextToText
 
     if not isinstance(spec, (str, Path)) or not str(spec).strip():
         raise ModelLoadError(f"cannot load a vision-language model from {spec!r}: pass a model folder, a hub id, "
@@ -67,11 +83,12 @@ def _from_pretrained(spec: Any, processor: Any, dtype, device):
     path = Path(spec).expanduser()
     source = str(path) if path.exists() else str(spec)
     try:
-        check_family(AutoConfig.from_pretrained(source))
+        config = AutoConfig.from_pretrained(source)
+        check_family(config)
         target_device = resolve_device(device)
         model = AutoModelForImageTextToText.from_pretrained(source, dtype=resolve_dtype(dtype, target_device),
                                                             attn_implementation="sdpa").to(target_device)
-        processor = processor if processor is not None else AutoProcessor.from_pretrained(source)
+        processor = processor if processor is not None else load_processor(source, config.model_type)
     except ModelLoadError:
         raise
     except Exception as e:  # noqa: BLE001 - one clear message instead of a transformers traceback
@@ -85,11 +102,13 @@ def _from_pretrained(spec: Any, processor: Any, dtype, device):
 class ImagePrompts:
     """Turns an image prompt into the model's inputs with its processor: `{"images": [...], "prompt": text or
     chat messages}` (the images go first in the user's turn unless the text already holds the processor's
-    image placeholders), or chat messages whose parts include {"type": "image", "image": ...}."""
+    image placeholders), or chat messages whose parts include {"type": "image", "image": ...}.
+    rope_index: an M-RoPE model's get_rope_index, which gives the prompt's [3, 1, n] positions."""
 
-    def __init__(self, processor: Any, max_pixels: int = MAX_PIXELS):
+    def __init__(self, processor: Any, max_pixels: int = MAX_PIXELS, rope_index: Callable | None = None):
         self.processor = processor
         self.max_pixels = max_pixels
+        self.rope_index = rope_index
         self.image_token = getattr(processor, "image_token", None) or "<image>"
 
     def __call__(self, prompt: Any) -> EncodedPrompt:
@@ -105,7 +124,11 @@ class ImagePrompts:
         if token_ids and token_ids[-1] == image_id:
             raise SpecDecodeError("an image prompt must not end with an image; put the question after it.")
         inputs = {key: value for key, value in batch.items() if key not in ("input_ids", "attention_mask")}
-        return EncodedPrompt(tuple(token_ids), inputs)
+        if self.rope_index is None:
+            return EncodedPrompt(tuple(token_ids), inputs)
+        positions, _ = self.rope_index(batch["input_ids"], mm_token_type_ids=batch["mm_token_type_ids"],
+                                       image_grid_thw=batch["image_grid_thw"], attention_mask=batch["attention_mask"])
+        return EncodedPrompt(tuple(token_ids), inputs, positions[:, 0])  # [3, n]
 
     def _parts(self, prompt: Any) -> tuple[list, str]:
         """(the images, the prompt text with one placeholder per image)."""

@@ -71,9 +71,12 @@ class GrowingLayer(DynamicLayer):
 
 
 class KVCache:
-    """One model's KV cache: `length` entries, one per token fed so far (positions 0..length-1)."""
+    """One model's KV cache: `length` entries, one per token fed so far. Entry i holds the token at rotary
+    position i + position_shift (0, except after a prompt whose positions are not its indices: an M-RoPE
+    image prompt)."""
 
-    def __init__(self, model: torch.nn.Module):
+    def __init__(self, model: torch.nn.Module, position_shift: int = 0):
+        self.position_shift = position_shift
         self.hf = DynamicCache(config=model.config)
         if any(getattr(layer, "is_sliding", False) for layer in self.hf.layers):
             raise SpecDecodeError(
@@ -129,7 +132,7 @@ class KVCache:
         """A new cache for `model` holding, in layer l and KV head h, this cache's entries index[l][h]
         (index[l]: [kv_heads, n], the same count n for every head and layer), in `dtype` (default: as
         stored). Keys already carry their rotary positions, so gathered entries need no recompute."""
-        cache = KVCache(model)
+        cache = KVCache(model, self.position_shift)
         for layer_index, ((keys, values), chosen) in enumerate(zip(self.layer_entries(), index, strict=True)):
             chosen = chosen.to(keys.device)
             gather = chosen[None, :, :, None].expand(keys.shape[0], -1, -1, keys.shape[-1])  # [b, kv, n, d]

@@ -43,7 +43,8 @@ class AttentionBackend(Protocol):
         """Feed input_ids [q] after the cache's entries; return logits [q or logits_to_keep, vocab],
         or with hidden=True the final hidden states [q, hidden_size] (the LM head is skipped).
 
-        positions [q] are absolute positions. tree_mask [q, m] bool (m >= q) says which of the LAST m
+        positions [q] are the fed tokens' indices in the sequence (the model sees them shifted by
+        cache.position_shift), or [sections, q] the model's own positions (an M-RoPE prompt). tree_mask [q, m] bool (m >= q) says which of the LAST m
         keys (the cache's last m - q entries, then the q fed tokens) each fed token may attend to;
         every earlier key is visible. None means plain causal attention. The cache grows by q entries.
         prefill=True: the tokens are a prompt that plain and speculative decoding feed alike, so a model
@@ -80,6 +81,8 @@ class SDPABackend:
         device = model.device
         past = cache.length
         q = input_ids.shape[-1]
+        if positions.dim() == 1:
+            positions = positions + cache.position_shift  # [q]
         kwargs = {}
         if tree_mask is not None:
             full_mask = torch.ones(q, past + q, dtype=torch.bool, device=device)  # [q, past+q]
@@ -93,7 +96,7 @@ class SDPABackend:
             kwargs[BATCHED_PREFILL] = True  # else (a forward without **kwargs) the prefill stays row-wise
         inputs = dict(
             input_ids=input_ids.to(device)[None],  # [1, q]
-            position_ids=positions.to(device)[None],  # [1, q]
+            position_ids=positions.to(device)[..., None, :],  # [1, q] or [sections, 1, q]
             cache=cache.hf,
             use_cache=True,
             **kwargs,

@@ -1,0 +1,92 @@
+"""Qwen2-VL and Qwen2.5-VL targets (M-RoPE): tiny random models built from configs with an image-only
+processor (no torchvision). An image's tokens sit at their grid's 3-D positions, so every token after the
+prompt sits at its index plus the prompt's (negative) shift on all three sections: plain decoding matches
+transformers' own generate, and chains, trees, a text-only drafter and the self-drafter change nothing."""
+
+from __future__ import annotations
+
+import pytest
+from tiny import assert_trees_verify_exactly, hf_vlm_greedy, noise, tiny_qwen2_vl, tiny_qwen2_vl_processor, tiny_tokenizer
+
+from specdecode import SpeculativeGenerator
+from specdecode.drafters import LookupDrafter, ModelDrafter, SelfDrafter
+from specdecode.multimodal import load_vlm
+from specdecode.runtime.cpu.rowwise_attention import exact_fold_rows, use_rowwise_attention
+
+IMAGE = "<|vision_start|><|image_pad|><|vision_end|>"
+
+
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl"])
+@pytest.mark.parametrize("count", [1, 2])
+def test_image_prompts_decode_as_transformers_and_speculation_changes_nothing(photo, family, count):
+    model, processor = tiny_qwen2_vl(seed=4, family=family), tiny_qwen2_vl_processor()
+    images = [photo, noise(1, 60, 90)][:count]
+    text = f"{IMAGE} " * count + "w5 w6 w7"
+    reference = hf_vlm_greedy(model, processor, images, text, 24)
+    vlm = load_vlm(model, processor=processor, dtype="fp32")
+    prompt = {"images": images, "prompt": text}
+    encoded = vlm.prompt_encoder(prompt)
+    assert encoded.positions.shape == (3, len(encoded.token_ids))
+    assert encoded.position_shift < 0  # the image's tokens take fewer positions than tokens
+    assert SpeculativeGenerator(vlm).generate(prompt, max_new_tokens=24).token_ids == reference
+    assert SpeculativeGenerator(vlm, LookupDrafter()).generate(prompt, max_new_tokens=24).token_ids == reference
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "rowwise"])
+def test_draft_trees_over_an_m_rope_prompt_verify_exactly(photo, attention):
+    """The true continuation planted on one branch of random trees: depth positions after the shift, on all
+    three sections; deep acceptance. Also with the row-wise attention of exact targets."""
+    model = tiny_qwen2_vl(seed=2)
+    if attention == "rowwise":
+        use_rowwise_attention(model, exact_fold_rows(model))
+    vlm = load_vlm(model, processor=tiny_qwen2_vl_processor(), dtype="fp32")
+    prompt = {"images": [photo, noise(4, 100, 50)], "prompt": "w5 w6"}  # the chat template places the images
+    assert_trees_verify_exactly(vlm, prompt, vocab=101)
+    reference = hf_vlm_greedy(model, vlm.processor, [photo, noise(4, 100, 50)], f"w2 {IMAGE}{IMAGE}w5 w6 w3 w4", 30)
+    assert SpeculativeGenerator(vlm).generate(prompt, max_new_tokens=30).token_ids == reference
+
+
+def text_twin(vlm_model):
+    """A text-only Qwen2 with the VLM's language model weights and the tokenizer without the vision tokens."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from specdecode.models.load import load_model
+
+    text = Qwen2ForCausalLM(Qwen2Config(**{key: value for key, value in vlm_model.config.text_config.to_dict().items()
+                                           if key not in ("model_type", "rope_scaling", "rope_parameters")}))
+    text.model.load_state_dict(vlm_model.model.language_model.state_dict())
+    text.lm_head.load_state_dict(vlm_model.lm_head.state_dict())
+    return load_model(text.eval(), tokenizer=tiny_tokenizer(), dtype="fp32")
+
+
+def test_a_text_only_drafter_and_the_self_drafter_over_an_m_rope_prompt(photo):
+    """A text LM drafts without the vision tokens; the VLM drafts for itself from a streaming window of its own
+    cache (gathered entries keep their rotary positions; its own steps take the prompt's shift)."""
+    model = tiny_qwen2_vl(seed=5)
+    vlm = load_vlm(model, processor=tiny_qwen2_vl_processor(), dtype="fp32")
+    prompt = {"images": [photo], "prompt": "w5 w6 w7"}
+    plain = SpeculativeGenerator(vlm).generate(prompt, max_new_tokens=24)
+    assert len(plain.token_ids) == 24
+    text_drafter = ModelDrafter(text_twin(model), k=3, quantize=None, dtype="fp32", draft_vocab=None)
+    out = SpeculativeGenerator(vlm, text_drafter, cost_model=None).generate(prompt, max_new_tokens=24)
+    assert out.token_ids == plain.token_ids
+    assert text_drafter.foreign_ids == {96, 97, 98, 99}
+    self_drafter = SelfDrafter(vlm, kv="streaming", kv_budget=20, weights=None, k=3, draft_vocab=None)
+    out = SpeculativeGenerator(vlm, self_drafter, cost_model=None).generate(prompt, max_new_tokens=24)
+    assert out.token_ids == plain.token_ids
+    assert self_drafter.cache.position_shift == vlm.prompt_encoder(prompt).position_shift < 0
+    assert sum(out.stats.accept_histogram[2:]) > 0  # the model drafting for itself: long runs accepted
+
+
+def test_a_wrong_shift_would_be_caught(photo):
+    """The shift matters: decoding after an M-RoPE prompt with 1-D positions instead changes the tokens (so the
+    tests above, which match transformers, check the positions)."""
+    from specdecode.prompts import EncodedPrompt
+
+    model = tiny_qwen2_vl(seed=7)
+    vlm = load_vlm(model, processor=tiny_qwen2_vl_processor(), dtype="fp32")
+    encoded = vlm.prompt_encoder({"images": [photo], "prompt": "w5 w6"})
+    gen = SpeculativeGenerator(vlm)
+    right = gen.generate(encoded, max_new_tokens=16).token_ids
+    assert len(right) == 16
+    assert gen.generate(EncodedPrompt(encoded.token_ids, encoded.model_inputs), max_new_tokens=16).token_ids != right
