@@ -102,3 +102,16 @@ def test_a_model_changed_after_its_probe_runs_what_it_has_now():
         assert lean.runs_lean(model)
         quantize_model(model, "w8a8")  # new layers, fused products, row-wise attention
         assert all(torch.equal(a, b) for a, b in zip(steps(lean, model), steps(SDPABackend(lean=False), model)))
+
+
+@pytest.mark.parametrize("family", ["llava", "qwen2_vl", "qwen2_5_vl", "idefics3", "smolvlm"])
+def test_a_vision_language_models_text_steps_run_lean(family):
+    """A VLM's language model is a Llama-family decoder (Qwen-VL's under M-RoPE's composed rotary embedding):
+    its text steps run lean, bit for bit as its own forward (the image tests decode through it and match
+    transformers' generate)."""
+    from tiny import tiny_idefics3, tiny_llava, tiny_qwen2_vl
+
+    model = {"llava": tiny_llava, "qwen2_vl": tiny_qwen2_vl, "idefics3": tiny_idefics3,
+             "qwen2_5_vl": lambda: tiny_qwen2_vl(family="qwen2_5_vl"),
+             "smolvlm": lambda: tiny_idefics3(family="smolvlm")}[family]()
+    assert fits(model) and matches_own_forward(model)

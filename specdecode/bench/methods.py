@@ -175,6 +175,12 @@ class HFMethod:
                 output = model.generate(input_ids, attention_mask=torch.ones_like(input_ids),
                                         generation_config=config, **images, **self.generate_kwargs)
             wall_s = time.perf_counter() - start
+        except ValueError as e:
+            if not (images and assistant is not None):
+                raise
+            raise SpecDecodeError(f"{self.name} cannot run image prompts here: transformers hands the image inputs "
+                                  f"to its assistant, which refuses them ({str(e).splitlines()[0][:160]}); use an "
+                                  "assistant VLM of the target's family, or drop it from --methods.") from e
         finally:
             hook.remove()
             prefill.remove()

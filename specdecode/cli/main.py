@@ -223,7 +223,8 @@ def summarize(
 @app.command("caption")
 def caption(
     images: list[str] = typer.Argument(..., help="Image files, folders (their images) or glob patterns."),
-    model: str = typer.Option(..., "--model", "-m", help="A vision-language model: a folder or a hub id (LLaVA family)."),
+    model: str = typer.Option(..., "--model", "-m", help="A vision-language model: a folder, a hub id (LLaVA, Qwen2-VL, Qwen2.5-VL, "
+                              "Idefics3, SmolVLM) or stand-in:NAME (timings only)."),
     drafter: str = typer.Option("auto", "--drafter", "-d", help="auto (lookup) | none | any drafter name, e.g. "
                                                                 "model:NAME for a text-only LM of the same tokenizer."),
     prompt: Optional[str] = typer.Option(None, "--prompt", "-p", help="What to ask of each image (default: "
@@ -249,7 +250,8 @@ def echo(text: str) -> None:
 @app.command("bench")
 def bench(
     questions: Path = typer.Option(..., "--questions", "-q", help="A Spec-Bench question.jsonl file."),
-    model: str = typer.Option(..., "--model", "-m", help="Target model: zoo name, folder, .gguf file or hub id."),
+    model: str = typer.Option(..., "--model", "-m", help="Target model: zoo name, folder, .gguf file or hub id; "
+                                                          "for image questions a VLM or stand-in:NAME."),
     out: Path = typer.Option(..., "--out", "-o", help="Results folder (rerun with the same folder to resume)."),
     methods: str = typer.Option("plain,lookup", "--methods",
                                 help="Comma-separated: plain, lookup, retrieval, model:NAME, A+B mixtures, hf-plain, "

@@ -28,30 +28,45 @@ from .rowwise_attention import fold_rows_of, rowwise_attention, runs_sdpa
 
 
 def _supported_layers() -> tuple[type, ...]:
-    """The decoder layer classes whose forward lean_forward repeats (same structure, same op order)."""
+    """The decoder layer classes whose forward lean_forward repeats (same structure, same op order). Qwen-VL's
+    language models are Qwen2's layers under a rotary embedding that composes M-RoPE's sections (for text
+    positions, equal on every section)."""
     from transformers.models.llama.modeling_llama import LlamaDecoderLayer
     from transformers.models.mistral.modeling_mistral import MistralDecoderLayer
     from transformers.models.qwen2.modeling_qwen2 import Qwen2DecoderLayer
+    from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VLDecoderLayer
+    from transformers.models.qwen2_vl.modeling_qwen2_vl import Qwen2VLDecoderLayer
 
-    return LlamaDecoderLayer, Qwen2DecoderLayer, MistralDecoderLayer
+    return LlamaDecoderLayer, Qwen2DecoderLayer, MistralDecoderLayer, Qwen2VLDecoderLayer, Qwen2_5_VLDecoderLayer
+
+
+def decoder_of(model: torch.nn.Module) -> torch.nn.Module | None:
+    """The decoder whose layers a step runs: the model's body, or a vision-language model's language model."""
+    body = getattr(model, "base_model", None)
+    for name in ("language_model", "text_model"):  # LLaVA's and Qwen-VL's; Idefics3's and SmolVLM's
+        if isinstance(getattr(body, name, None), torch.nn.Module):
+            return getattr(body, name)
+    return body
 
 
 def fits(model: torch.nn.Module) -> bool:
-    """Whether the model has the structure lean_forward repeats (a CPU Llama-family model on sdpa or row-wise
-    attention) and no hooks on the modules whose calls it skips (a hook may have side effects)."""
-    body = getattr(model, "base_model", None)
+    """Whether the model has the structure lean_forward repeats (a CPU Llama-family model, or a VLM whose
+    language model is one, on sdpa or row-wise attention) and no hooks on the modules whose calls it skips
+    (a hook may have side effects)."""
+    body = decoder_of(model)
     layers = getattr(body, "layers", None)
-    if body is model or not layers or not runs_sdpa(model.config._attn_implementation):
+    attention = getattr(body, "config", model.config)._attn_implementation
+    if body is model or not layers or not runs_sdpa(attention):
         return False
     if model.device.type != "cpu" or not hasattr(model, "lm_head"):
         return False
     if not all(hasattr(body, name) for name in ("embed_tokens", "norm", "rotary_emb")):
         return False
-    if "sliding_attention" in (getattr(model.config, "layer_types", None) or ()):
+    if "sliding_attention" in (getattr(body.config, "layer_types", None) or ()):
         return False
     if not all(type(layer) in _supported_layers() for layer in layers):
         return False
-    bypassed = [model, body, *layers, *(layer.self_attn for layer in layers), *(layer.mlp for layer in layers)]
+    bypassed = [model, model.base_model, body, *layers, *(layer.self_attn for layer in layers), *(layer.mlp for layer in layers)]
     return not any(module._forward_hooks or module._forward_pre_hooks for module in bypassed)
 
 
@@ -64,8 +79,8 @@ def lean_forward(model: torch.nn.Module, cache: KVCache, input_ids: torch.Tensor
     causal. Returns logits [q or logits_to_keep, vocab] or, with hidden=True, the final hidden states
     [q, hidden_size]. The cache grows by q entries, as with the model's own forward. Modules are looked
     up on every call, so a layer replaced later (quantized, say) is the one used."""
-    body, q = model.base_model, input_ids.shape[-1]
-    fold_rows = fold_rows_of(model.config._attn_implementation)  # None: SDPA
+    body, q = decoder_of(model), input_ids.shape[-1]
+    fold_rows = fold_rows_of(body.config._attn_implementation)  # None: SDPA
     rowwise = fold_rows is not None
     if attention_mask is None and q > 1 and not rowwise:  # SDPA's is_causal would ignore the cache
         past = cache.length
@@ -120,7 +135,7 @@ def matches_own_forward(model: torch.nn.Module) -> bool:
     if not fits(model):
         return False
     device = model.device
-    ids = torch.tensor([1, 2, 3, 4, 5, 6, 7, 8], device=device) % model.config.vocab_size  # [8]
+    ids = torch.tensor([1, 2, 3, 4, 5, 6, 7, 8], device=device) % decoder_of(model).config.vocab_size  # [8]
     tree_mask = torch.tensor([[True] * 6 + [True, False], [True] * 6 + [False, True]], device=device)  # [2, 8]
     steps = [(ids[3:4], torch.arange(3, 4, device=device)),  # one token after a 3-token prefix
              (ids[4:6], torch.arange(4, 6, device=device)),  # a chain of two
