@@ -12,7 +12,7 @@ draft; its forward has `rows` >= fed (padding to a row count the machine runs fa
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -42,9 +42,7 @@ class Request:
     stop: tuple[str, ...]
     speculative: bool
     on_prefill: Callable[[int, int], None] | None = None  # (prompt tokens prefilled, of total) after each chunk
-    model_inputs: Mapping[str, torch.Tensor] = field(default_factory=dict)  # the prompt forward's other inputs (images)
-    positions: torch.Tensor | None = None  # [sections, prompt] the prompt's rotary positions; None: 0..n-1
-    position_shift: int = 0  # a token after the prompt sits at (its index + this): EncodedPrompt.position_shift
+    images: EncodedPrompt | None = None  # an image prompt's encoding: the prompt forward's inputs, its positions
 
 
 @dataclass
@@ -158,17 +156,21 @@ class SpeculativeGenerator:
         self._prepare(speculative=drafter is not None)  # calibration: before the clock starts
         stops = StopChecker(self.tokenizer, request.stop)
         committed = list(request.prompt_ids)
-        cache = run.cache = KVCache(model, position_shift=request.position_shift)
+        images = request.images
+        cache = run.cache = KVCache(model, position_shift=images.position_shift if images else 0)
         started = clock()
 
         # Prefill every prompt token but the last (the pending token is fed with the first draft);
         #    plain and speculative decoding prefill alike, so exact models may batch its attention.
         #    A drafter feeds the prompt to its own state (a model drafter: its cache) in `begin`.
-        self._prefill(cache, committed[:-1], request.on_prefill, request.model_inputs, request.positions)
+        self._prefill(cache, committed[:-1], request.on_prefill, images)
         if drafter is not None:
             read_target_cache = optional_part(drafter, "read_target_cache")
             if read_target_cache is not None:  # a self-drafter gathers its draft cache from the target's
                 read_target_cache(cache)
+            read_images = optional_part(drafter, "read_images")
+            if read_images is not None:  # a VLM drafter sees the images too (None: a text prompt)
+                read_images(images)
             drafter.begin(request.prompt_ids, sampling=request.sampling, generator=generator)
             run.sizer = self._sizer()
         tally.prefill_s = clock() - started
@@ -221,18 +223,19 @@ class SpeculativeGenerator:
 
     # ------------------------------------------------------------------ helpers
     def _prefill(self, cache: KVCache, token_ids: list[int], on_prefill: Callable[[int, int], None] | None,
-                 model_inputs: Mapping[str, torch.Tensor] | None = None, positions: torch.Tensor | None = None) -> None:
+                 images: EncodedPrompt | None = None) -> None:
         """Feed the prompt (all but the pending token) in chunks of `prefill_chunk` tokens, so that a long
-        document's attention memory stays bounded; `on_prefill(done, total)` after each chunk. A prompt with
-        model inputs (images) is one forward: the model matches its image tokens to the images in it.
-        positions [sections, >= len(token_ids)]: the prompt's own rotary positions (else 0..n-1)."""
+        document's attention memory stays bounded; `on_prefill(done, total)` after each chunk. An image
+        prompt is one forward with its images' inputs (the model matches its image tokens to the images)
+        and its own positions where it has them (M-RoPE)."""
         total = len(token_ids)
-        chunk = max(total, 1) if model_inputs else self.prefill_chunk
+        chunk = max(total, 1) if images is not None else self.prefill_chunk
         for start in range(0, total, chunk):
             end = min(total, start + chunk)
+            positions = images.positions if images is not None and images.positions is not None else None
             fed_positions = torch.arange(start, end) if positions is None else positions[:, start:end]
             self.attention.forward(self.model, cache, torch.tensor(token_ids[start:end]), fed_positions,
-                                   hidden=True, prefill=True, model_inputs=model_inputs if start == 0 else None)
+                                   hidden=True, prefill=True, model_inputs=images.model_inputs if images else None)
             if on_prefill is not None:
                 on_prefill(end, total)
 
@@ -302,7 +305,7 @@ class SpeculativeGenerator:
         if any(not isinstance(s, str) or not s for s in stops):
             raise SpecDecodeError(f"stop strings must be non-empty strings, got {stop!r}.")
         return Request(prompt_ids, max_new_tokens, sampling, seed, stops, speculative, on_prefill,
-                       dict(prompt.model_inputs), prompt.positions, prompt.position_shift)
+                       prompt if prompt.model_inputs else None)
 
     def _output(self, request: Request, run: _Run) -> GenerationOutput:
         text = ""

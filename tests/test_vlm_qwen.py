@@ -90,3 +90,57 @@ def test_a_wrong_shift_would_be_caught(photo):
     right = gen.generate(encoded, max_new_tokens=16).token_ids
     assert len(right) == 16
     assert gen.generate(EncodedPrompt(encoded.token_ids, encoded.model_inputs), max_new_tokens=16).token_ids != right
+
+
+def test_a_vlm_drafter_sees_the_images_at_their_positions(photo):
+    """A copy of the target as a vision-language drafter: it prefills the image prompt with the images at their
+    M-RoPE positions and drafts at the shifted ones, so it agrees with the target on every token (a drafter
+    that saw no image, or saw it at other positions, would not)."""
+    import copy
+
+    from specdecode.drafters import MixtureDrafter
+
+    model = tiny_qwen2_vl(seed=2)
+    processor = tiny_qwen2_vl_processor()
+    vlm = load_vlm(model, processor=processor, dtype="fp32")
+    twin = load_vlm(copy.deepcopy(model), processor=processor, dtype="fp32")
+    prompt = {"images": [photo, noise(4, 100, 50)], "prompt": "w5 w6"}
+    plain = SpeculativeGenerator(vlm).generate(prompt, max_new_tokens=24)
+    drafter = ModelDrafter(twin, k=4, quantize=None, dtype="fp32", draft_vocab=None, confidence=0.0)
+    out = SpeculativeGenerator(vlm, drafter, cost_model=None).generate(prompt, max_new_tokens=24)
+    assert out.token_ids == plain.token_ids
+    assert out.stats.accept_histogram[-1] == out.stats.steps - 1  # every full draft accepted (the last step is cut)
+    assert drafter.foreign_ids == frozenset()  # it sees the image's tokens
+    mixed = MixtureDrafter([LookupDrafter(), ModelDrafter(twin, k=4, quantize=None, dtype="fp32", draft_vocab=None)])
+    assert SpeculativeGenerator(vlm, mixed, cost_model=None).generate(prompt, max_new_tokens=24).token_ids == \
+        plain.token_ids
+    text = SpeculativeGenerator(vlm, drafter, cost_model=None).generate("w5 w6 w7", max_new_tokens=8)  # no images now
+    assert text.token_ids == SpeculativeGenerator(vlm).generate("w5 w6 w7", max_new_tokens=8).token_ids
+
+
+def test_a_vlm_drafter_with_other_image_processing_is_refused():
+    from specdecode.errors import IncompatibleDrafterError
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    vlm = load_vlm(tiny_qwen2_vl(seed=2), processor=tiny_qwen2_vl_processor(), dtype="fp32")
+    other = tiny_qwen2_vl_processor()
+    other.image_processor = Qwen2VLImageProcessorPil(min_pixels=28 * 28 * 4, max_pixels=28 * 28 * 64, patch_size=14,
+                                                     merge_size=2)
+    drafter = ModelDrafter(load_vlm(tiny_qwen2_vl(seed=3), processor=other, dtype="fp32"), quantize=None, dtype="fp32")
+    with pytest.raises(IncompatibleDrafterError, match="processes images differently"):
+        SpeculativeGenerator(vlm, drafter)
+
+
+def test_the_self_drafter_prunes_the_image_by_the_attention_it_receives(photo):
+    """kv='snapkv' over an image prompt: the window's queries (the text after the last image, recomputed at
+    its shifted positions) rank the prompt's entries, the image's among them; a budget below the prompt keeps
+    the best per KV head. Output unchanged."""
+    model = tiny_qwen2_vl(seed=2)
+    vlm = load_vlm(model, processor=tiny_qwen2_vl_processor(), dtype="fp32")
+    question = " ".join(f"w{5 + i % 40}" for i in range(48))  # a long question after two images
+    prompt = {"images": [photo, noise(4, 100, 50)], "prompt": question}
+    plain = SpeculativeGenerator(vlm).generate(prompt, max_new_tokens=20)
+    drafter = SelfDrafter(vlm, kv="snapkv", kv_budget=40, weights=None, k=3, draft_vocab=None)
+    out = SpeculativeGenerator(vlm, drafter, cost_model=None).generate(prompt, max_new_tokens=20)
+    assert out.token_ids == plain.token_ids
+    assert drafter.prompt_length > 40 and drafter.selected == 40  # entries per KV head kept of the prompt's

@@ -35,6 +35,8 @@ class Drafter(Protocol):
     - `check_target(target)` (optional): raise IncompatibleDrafterError for a target it cannot draft for.
     - `read_target_cache(cache)` (optional): the target's KVCache, handed over after the prefill and before
       `begin`; it holds an entry for every committed token but the last. Read it, never write it.
+    - `read_images(images)` (optional): before `begin`, an image prompt's EncodedPrompt (its model inputs
+      and positions), or None for a text prompt: for a drafter that is itself a vision-language model.
     """
 
     name = "custom"

@@ -81,6 +81,13 @@ class MixtureDrafter(Drafter):
             if read_target_cache is not None:
                 read_target_cache(cache)
 
+    def read_images(self, images) -> None:
+        """Hand an image prompt's encoding (None: a text prompt) to the members that look at images."""
+        for member in self.members:
+            read_images = optional_part(member.drafter, "read_images")
+            if read_images is not None:
+                read_images(images)
+
     def begin(self, prompt_ids, *, sampling=GREEDY, generator=None) -> None:
         super().begin(prompt_ids, sampling=sampling, generator=generator)
         for member in self.members:

@@ -29,6 +29,7 @@ from ..runtime.runner import AttentionBackend, select_backend
 from ..runtime.cache import KVCache
 from ..errors import IncompatibleDrafterError, SpecDecodeError
 from ..models.load import LoadedModel, cpu_supports_bf16, load_model, output_vocab_size
+from ..prompts import EncodedPrompt
 from ..sampling import GREEDY, sample_from, warp_probs
 from ..tree import DraftTree
 from .base import AdaptiveLength, Drafter
@@ -78,6 +79,19 @@ def head_rows(head: torch.nn.Module, rows: torch.Tensor) -> Callable[[torch.Tens
     weight = head.weight[int(rows[0]) : int(rows[-1]) + 1] if contiguous else head.weight[rows]  # [r, hidden]
     bias = None if head.bias is None else head.bias[rows]
     return partial(torch.nn.functional.linear, weight=weight, bias=bias)
+
+
+def check_image_processing(draft: LoadedModel, target) -> None:
+    """A vision-language drafter takes the target's image inputs: refuse one whose image processing (and so
+    the tokens an image becomes) differs from the target's."""
+    ours, theirs = draft.processor.image_processor, getattr(getattr(target, "processor", None), "image_processor", None)
+    same = (theirs is not None and type(ours) is type(theirs) and ours.to_dict() == theirs.to_dict()
+            and getattr(draft.model.config, "image_token_id", None) == getattr(target.model.config, "image_token_id", None))
+    if not same:
+        raise IncompatibleDrafterError(
+            f"the vision-language drafter {draft.name!r} processes images differently from the target "
+            f"{target.name!r} (image processor, its settings or the image token), so an image would not become "
+            "the same tokens; use a drafter of the target's family with the same processor, or a text-only drafter.")
 
 
 class ModelDrafter(Drafter):
@@ -136,6 +150,7 @@ class ModelDrafter(Drafter):
         self.cache = KVCache(self.model)
         self.cached_ids: list[int] = []
         self.foreign_ids: frozenset[int] = frozenset()  # the target's added and image tokens: never seen here
+        self.images: EncodedPrompt | None = None  # a VLM drafter's view of an image prompt (read_images)
         self.prompt_logits: torch.Tensor | None = None  # [vocab]: after the prompt, until the first proposal
         self.vocab_size = output_vocab_size(self.model)
         head = self.model.get_output_embeddings()
@@ -172,7 +187,9 @@ class ModelDrafter(Drafter):
         else:
             same = self.vocab_size == target_vocab
         image_token = getattr(target.model.config, "image_token_id", None)
-        if same and getattr(target, "prompt_encoder", None) is not None and image_token is not None:
+        if self.draft.prompt_encoder is not None:
+            check_image_processing(self.draft, target)
+        elif same and getattr(target, "prompt_encoder", None) is not None and image_token is not None:
             self.foreign_ids |= {image_token}  # an image's tokens mean nothing to a text drafter
         if not same:
             raise IncompatibleDrafterError(
@@ -183,12 +200,17 @@ class ModelDrafter(Drafter):
             )
         self.vocab_size = target_vocab  # draft_probs must have the target's width
 
+    def read_images(self, images: EncodedPrompt | None) -> None:
+        """An image prompt's encoding (None: a text prompt): a VLM drafter feeds its prompt with the images."""
+        self.images = images if self.draft.prompt_encoder is not None else None
+
     def begin(self, prompt_ids, *, sampling=GREEDY, generator=None) -> None:
         """A new generation: the prompt is fed to the drafter's cache now (a one-time cost, like the target's
         prefill), so that proposals only catch up on committed tokens."""
         prompt_ids = self._view(prompt_ids)
         self._start(prompt_ids, sampling, generator)
         self.cache.reset()
+        self.cache.position_shift = self.images.position_shift if self.images is not None else 0
         self.prompt_logits = self._catch_up(prompt_ids) if len(prompt_ids) else None  # [vocab]
 
     def _start(self, prompt_ids, sampling, generator) -> None:
@@ -226,16 +248,21 @@ class ModelDrafter(Drafter):
         return [t for t in token_ids if t not in self.foreign_ids] if self.foreign_ids else token_ids
 
     def _forward(self, token_ids: Sequence[int], start: int, tree_mask=None, depths=None,
-                 last_only: bool = False) -> torch.Tensor:
+                 last_only: bool = False, images: EncodedPrompt | None = None) -> torch.Tensor:
         """Feed tokens at positions start.. (or start + depths for tree nodes); logits [q, vocab]
-        in the target's width (only the last row with last_only)."""
+        in the target's width (only the last row with last_only). images: the whole image prompt, fed with
+        its images' inputs at its own positions (a VLM drafter's prompt)."""
         ids = torch.tensor(token_ids, dtype=torch.long)  # [q]
         positions = start + (torch.arange(len(ids)) if depths is None else depths)  # [q]
+        feed = {}
+        if images is not None:
+            positions = positions if images.positions is None else images.positions  # [q] or [3, q]
+            feed = dict(prefill=True, model_inputs=images.model_inputs)
         if self.head is not None:
-            hidden = self.attention.forward(self.model, self.cache, ids, positions, tree_mask, hidden=True)
+            hidden = self.attention.forward(self.model, self.cache, ids, positions, tree_mask, hidden=True, **feed)
             return self.head.logits(hidden[-1:] if last_only else hidden, self.vocab_size)
         logits = self.attention.forward(self.model, self.cache, ids, positions, tree_mask,
-                                        logits_to_keep=1 if last_only else 0)
+                                        logits_to_keep=1 if last_only else 0, **feed)
         return self._fit_vocab(logits.float())
 
     def _fit_vocab(self, logits: torch.Tensor) -> torch.Tensor:
@@ -255,10 +282,11 @@ class ModelDrafter(Drafter):
             shared += 1
         self.cache.crop(shared)
         feed = list(context_ids[shared:])
-        if self.twin is not None and shared == 0 and len(feed) >= TWIN_MIN_TOKENS:
+        images = self.images if shared == 0 else None  # the prompt's first feed: with its images
+        if self.twin is not None and shared == 0 and len(feed) >= TWIN_MIN_TOKENS and images is None:
             self._twin_prefill(feed[:-1])
             shared, feed = len(feed) - 1, feed[-1:]
-        logits = self._forward(feed, shared, last_only=True)[-1]  # [vocab]
+        logits = self._forward(feed, shared, last_only=True, images=images)[-1]  # [vocab]
         self.cached_ids = list(context_ids)
         return logits
 

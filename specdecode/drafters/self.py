@@ -155,9 +155,16 @@ class SelfDrafter(ModelDrafter):
         entries = self.target_cache.layer_entries()
         if self.policy.kind != "snapkv" or self.policy.keeps_all(length):
             return [self.policy.selection(length, keys.shape[1]) for keys, _ in entries]
-        window = torch.tensor(list(prompt_ids[length - self.policy.window : length]), dtype=torch.long)  # [w]
+        text = length - self._last_image_token(prompt_ids[:length]) - 1  # entries after the prompt's last image
+        window = torch.tensor(list(prompt_ids[length - min(self.policy.window, max(text, 1)) : length]),
+                              dtype=torch.long)  # [w]: queries recomputed from token embeddings, so text only
         scores = window_attention(self.source.model, self.target_cache, window, length)  # [kv, length] per layer
         return [self.policy.selection(length, keys.shape[1], s) for (keys, _), s in zip(entries, scores)]
+
+    def _last_image_token(self, token_ids: Sequence[int]) -> int:
+        """The index of the last image token among `token_ids` (a VLM target's), or -1."""
+        image = getattr(self.source.model.config, "image_token_id", None)
+        return max((i for i, token in enumerate(token_ids) if token == image), default=-1) if image is not None else -1
 
     @property
     def kept(self) -> int:

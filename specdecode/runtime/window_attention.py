@@ -13,12 +13,13 @@ import torch
 
 from ..errors import IncompatibleDrafterError
 from .cache import KVCache
+from .layers import decoder_of
 
 
 def supports_window_attention(model: torch.nn.Module) -> bool:
     """Whether `model` exposes what the recompute needs (Llama-family layers: input_layernorm,
     self_attn.q_proj, a rotary embedding on the base model)."""
-    base = getattr(model, "base_model", None)
+    base = decoder_of(model)
     layers = getattr(base, "layers", None)
     return (layers is not None and hasattr(base, "rotary_emb") and len(layers) > 0
             and all(hasattr(layer, "input_layernorm") and hasattr(getattr(layer, "self_attn", None), "q_proj")
@@ -42,12 +43,12 @@ def window_attention(model: torch.nn.Module, cache: KVCache, window_ids: torch.T
     prefix = KVCache(model)
     for layer_index, (keys, values) in enumerate(entries):
         prefix.hf.update(keys[..., :start, :], values[..., :start, :], layer_index)  # update copies
-    positions = torch.arange(start, length, device=device)[None]  # [1, w]
-    base = model.base_model
+    positions = torch.arange(start, length, device=device)[None] + cache.position_shift  # [1, w]
+    base = decoder_of(model)
     hidden = base(input_ids=window_ids.to(device)[None], position_ids=positions, cache=prefix.hf, use_cache=True,
                   output_hidden_states=True).hidden_states  # (embeddings, after layer 1, ...): [1, w, hidden]
     cos, sin = base.rotary_emb(hidden[0], positions)  # [1, w, d]
-    visible = torch.arange(length, device=device)[None, :] <= positions[0][:, None]  # [w, length]
+    visible = torch.arange(length, device=device)[None, :] <= torch.arange(start, length, device=device)[:, None]  # [w, length]
     scores = []
     for layer, layer_input, (keys, _) in zip(base.layers, hidden, entries):
         attention = layer.self_attn

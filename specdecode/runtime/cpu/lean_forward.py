@@ -23,6 +23,7 @@ import torch
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from ..cache import KVCache
+from ..layers import decoder_of
 from .fusion import products_of
 from .rowwise_attention import fold_rows_of, rowwise_attention, runs_sdpa
 
@@ -38,15 +39,6 @@ def _supported_layers() -> tuple[type, ...]:
     from transformers.models.qwen2_vl.modeling_qwen2_vl import Qwen2VLDecoderLayer
 
     return LlamaDecoderLayer, Qwen2DecoderLayer, MistralDecoderLayer, Qwen2VLDecoderLayer, Qwen2_5_VLDecoderLayer
-
-
-def decoder_of(model: torch.nn.Module) -> torch.nn.Module | None:
-    """The decoder whose layers a step runs: the model's body, or a vision-language model's language model."""
-    body = getattr(model, "base_model", None)
-    for name in ("language_model", "text_model"):  # LLaVA's and Qwen-VL's; Idefics3's and SmolVLM's
-        if isinstance(getattr(body, name, None), torch.nn.Module):
-            return getattr(body, name)
-    return body
 
 
 def fits(model: torch.nn.Module) -> bool:
