@@ -1,0 +1,77 @@
+"""A same-run A/B of draft-policy settings (policy.SizerSettings): for each question, each drafter decodes with
+setting A then B on one loaded target, and the tokens/s of each are summed; tokens must be identical.
+
+    python scripts/sizer_ab.py -q captioning/question.jsonl -m stand-in:qwen2.5-coder-1.5b-instruct \
+        --drafters self:full:w8a8,model:qwen2.5-coder-0.5b-instruct+lookup --a cost_decay=1,probe_after=0
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from pathlib import Path
+
+from specdecode import SpeculativeGenerator
+from specdecode.bench.methods import DraftModels
+from specdecode.bench.questions import read_questions, select_questions
+from specdecode.bench.runner import encoded_turn
+from specdecode.drafters.registry import DrafterOptions, make_drafter
+from specdecode.models.load import draft_quantization, load_model, resolve_device
+from specdecode.multimodal import load_vlm
+from specdecode.policy import DraftSizer, SizerSettings
+
+
+def settings(text: str) -> SizerSettings:
+    """"name=value,..." -> SizerSettings (empty: the defaults)."""
+    fields = {f.name: f.type for f in dataclasses.fields(SizerSettings)}
+    changes = {}
+    for item in filter(None, text.split(",")):
+        name, _, value = item.partition("=")
+        changes[name] = int(value) if fields[name] == "int" else float(value)
+    return SizerSettings(**changes)
+
+
+def generator(target, drafter, sizer: SizerSettings) -> SpeculativeGenerator:
+    gen = SpeculativeGenerator(target, drafter)
+    gen._sizer = lambda: DraftSizer(gen.cost_model, sizer) if gen.cost_model is not None else None
+    return gen
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("-q", "--questions", type=Path, required=True)
+    parser.add_argument("-m", "--model", required=True)
+    parser.add_argument("--drafters", required=True, help="comma-separated drafter names")
+    parser.add_argument("--a", default="", help="setting A as name=value,... (B: --b)")
+    parser.add_argument("--b", default="")
+    parser.add_argument("--limit-per-category", type=int)
+    parser.add_argument("-n", "--max-new-tokens", type=int, default=128)
+    args = parser.parse_args()
+    questions = select_questions(read_questions(args.questions), limit_per_category=args.limit_per_category)
+    load = load_vlm if any(q.images for q in questions) else load_model
+    target = load(args.model)
+    models = DraftModels("fast-decode", load_model, draft_quantization(resolve_device("auto")))
+    sides = {"A": settings(args.a), "B": settings(args.b)}
+    totals = {}
+    for name in args.drafters.split(","):
+        drafter = make_drafter(name, target, DrafterOptions(), models)
+        gens = {side: generator(target, drafter, sizer) for side, sizer in sides.items()}
+        for gen in gens.values():  # warm-up, untimed
+            gen.generate(encoded_turn(target, questions[0], [{"role": "user", "content": questions[0].turns[0]}]), 16)
+        for question in questions:
+            prompt = encoded_turn(target, question, [{"role": "user", "content": question.turns[0]}])
+            outs = {side: gen.generate(prompt, args.max_new_tokens) for side, gen in gens.items()}
+            assert outs["A"].token_ids == outs["B"].token_ids, f"{name}, question {question.key}: tokens differ"
+            for side, out in outs.items():
+                tokens, seconds = totals.get((name, side), (0, 0.0))
+                totals[name, side] = (tokens + len(out.token_ids), seconds + out.stats.wall_s)
+            print(json.dumps({"drafter": name, "question": question.key,
+                              **{side: round(len(o.token_ids) / o.stats.wall_s, 3) for side, o in outs.items()}}))
+    for name in args.drafters.split(","):
+        a, b = (totals[name, side][0] / totals[name, side][1] for side in "AB")
+        print(f"{name}: A {a:.3f} tok/s, B {b:.3f} tok/s, B/A {b / a:.3f}")
+
+
+if __name__ == "__main__":
+    main()
