@@ -64,23 +64,31 @@ def test_image_questions_need_a_vision_language_target(suite, tmp_path):
         run_benchmark(config, target=text_model)
 
 
-def test_the_stand_in_decodes_text_as_its_language_model_and_images_exactly(tmp_path, suite):
-    """A Qwen2 LM under a random vision tower: a text prompt gives the LM's own tokens (M-RoPE over text is
-    its rotary embedding); an image prompt decodes speculatively as plainly."""
+@pytest.fixture(scope="module")
+def language_model(tmp_path_factory):
+    """A tiny random Qwen2 LM with the vision tokens in its tokenizer, saved to a folder: (model, folder)."""
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     from specdecode.multimodal.stand_in import VISION_TOKENS
 
+    folder = tmp_path_factory.mktemp("lm")
     tokenizer = tiny_tokenizer()
     tokenizer.add_special_tokens({"additional_special_tokens": list(VISION_TOKENS)})
     torch.manual_seed(0)
-    language = Qwen2ForCausalLM(Qwen2Config(vocab_size=101, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                                            initializer_range=0.3, tie_word_embeddings=False)).eval()
-    language.save_pretrained(tmp_path / "lm")
-    tokenizer.save_pretrained(tmp_path / "lm")
-    vlm = load_vlm(f"stand-in:{tmp_path / 'lm'}", dtype="fp32")
-    assert vlm.model.config.model_type == "qwen2_vl" and vlm.name == f"stand-in:{tmp_path / 'lm'}"
+    model = Qwen2ForCausalLM(Qwen2Config(vocab_size=101, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                                         initializer_range=0.3, tie_word_embeddings=False)).eval()
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return model, folder
+
+
+def test_the_stand_in_decodes_text_as_its_language_model_and_images_exactly(language_model, suite):
+    """A Qwen2 LM under a random vision tower: a text prompt gives the LM's own tokens (M-RoPE over text is
+    its rotary embedding); an image prompt decodes speculatively as plainly."""
+    language, folder = language_model
+    vlm = load_vlm(f"stand-in:{folder}", dtype="fp32")
+    assert vlm.model.config.model_type == "qwen2_vl" and vlm.name == f"stand-in:{folder}"
     prompt = [5, 6, 7, 8, 9]
     with torch.no_grad():
         own = language.generate(torch.tensor([prompt]), max_new_tokens=16, do_sample=False, eos_token_id=None)
@@ -90,8 +98,24 @@ def test_the_stand_in_decodes_text_as_its_language_model_and_images_exactly(tmp_
     plain = SpeculativeGenerator(vlm).generate(question, max_new_tokens=16)
     assert plain.prompt_ids.count(98) >= 4  # the image's tokens
     assert SpeculativeGenerator(vlm, LookupDrafter()).generate(question, max_new_tokens=16).token_ids == plain.token_ids
-    again = load_vlm(f"stand-in:{tmp_path / 'lm'}", dtype="fp32")  # the same seeded tower on every load
+    again = load_vlm(f"stand-in:{folder}", dtype="fp32")  # the same seeded tower on every load
     assert SpeculativeGenerator(again).generate(question, max_new_tokens=16).token_ids == plain.token_ids
+
+
+def test_a_drafter_name_of_a_vlm_loads_a_vision_language_drafter(language_model, suite):
+    """`model:NAME` where NAME is a VLM (here the target's own stand-in) drafts seeing the images, through the
+    caption pipeline: every full draft is accepted."""
+    from specdecode.pipelines import CaptionPipeline
+
+    _, folder = language_model
+    captions = CaptionPipeline(load_vlm(f"stand-in:{folder}", dtype="fp32"), drafter=f"model:stand-in:{folder}",
+                               prompt="w5 w6", max_new_tokens=16, progress=False, cost_model=None)
+    drafter = captions.generator.drafter
+    assert drafter.draft.prompt_encoder is not None  # a VLM drafter
+    image = read_questions(suite[0])[0].images[0]
+    speculative, plain = captions(image), captions(image, speculative=False)
+    assert speculative.token_ids == plain.token_ids
+    assert sum(speculative.stats.accept_histogram[2:]) > 0
 
 
 def test_a_stand_in_needs_a_qwen2_language_model(tmp_path):

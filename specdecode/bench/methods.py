@@ -27,6 +27,7 @@ from ..drafters.registry import (DRAFTER_PATTERNS, MIXTURE_HELP, MODEL_SPEC_HELP
 from ..engine import SpeculativeGenerator
 from ..errors import SpecDecodeError
 from ..models.load import LoadedModel, gguf_origin, load_model
+from ..multimodal.vlm import is_vlm_spec, load_drafter_model
 from ..pipelines.rag import hand_passages
 from ..prompts import EncodedPrompt, eos_token_ids, prompt_tokens
 from ..runtime.cpu.quantize import FBGEMM_MODES
@@ -125,6 +126,8 @@ class DraftModels:
         if self.quantize in FBGEMM_MODES:  # these layers compute in fp32, whatever the target's dtype
             dtype = "auto"
         key = (spec, str(dtype))
+        if key not in self.loaded and target.prompt_encoder is not None and is_vlm_spec(spec):
+            self.loaded[key] = load_drafter_model(spec, target, quantize=self.quantize)  # a VLM drafter
         if key not in self.loaded:
             self.loaded[key] = self.load(spec, dtype=dtype, device=target.device, quantize=self.quantize,
                                          drafts_only=True)

@@ -22,8 +22,10 @@ from typing import Any
 import torch
 
 from ..errors import ModelLoadError, SpecDecodeError
-from ..models.load import LoadedModel, load_model, resolve_device, resolve_dtype
+from ..drafters.registry import default_load_draft
+from ..models.load import LoadedModel, draft_quantization, load_model, resolve_device, resolve_dtype
 from ..prompts import EncodedPrompt
+from ..runtime.cpu.quantize import FBGEMM_MODES
 from .images import MAX_PIXELS, load_images
 from .processors import load_processor
 from .stand_in import STAND_IN_PREFIX, stand_in_vlm
@@ -65,6 +67,36 @@ def load_vlm(spec: Any, *, processor: Any = None, dtype: str | torch.dtype = "au
     rope_index = model.model.get_rope_index if model.config.model_type in M_ROPE else None
     return dataclasses.replace(loaded, processor=processor, name=spec if isinstance(spec, str) else loaded.name,
                                prompt_encoder=ImagePrompts(processor, max_pixels, rope_index))
+
+
+def is_vlm_spec(spec: Any) -> bool:
+    """Whether `spec` names a vision-language model load_vlm takes: stand-in:NAME, or a folder whose
+    config.json (or a hub id whose config) is of a supported family."""
+    from transformers import AutoConfig
+
+    if not isinstance(spec, (str, Path)):
+        return False
+    if str(spec).startswith(STAND_IN_PREFIX):
+        return True
+    path = Path(spec).expanduser()
+    if not path.is_dir() and ("/" not in str(spec) or str(spec).startswith((".", "/", "~"))):
+        return False  # a zoo name or a missing folder: a text model's spec
+    try:
+        return AutoConfig.from_pretrained(str(path) if path.is_dir() else str(spec)).model_type in SUPPORTED
+    except Exception:  # noqa: BLE001 - not loadable as a config here: let load_model say why
+        return False
+
+
+def load_drafter_model(spec: Any, target: LoadedModel, dtype: str = "fast-decode",
+                       quantize: str | None = "auto") -> LoadedModel:
+    """A drafter's model for `target`: a vision-language model of its family where the target is one and
+    `spec` names one (it drafts seeing the images; in its draft weights, `quantize`), else a text model
+    (drafters.registry.default_load_draft, in `dtype`)."""
+    if target.prompt_encoder is None or not is_vlm_spec(spec):
+        return default_load_draft(spec, target, dtype, quantize)
+    weights = draft_quantization(target.device) if quantize == "auto" else quantize
+    dtype = "fp32" if weights in FBGEMM_MODES else "auto"  # w8a8 computes in fp32
+    return load_vlm(spec, dtype=dtype, device=target.device, quantize=weights)
 
 
 def check_family(config) -> None:

@@ -27,6 +27,7 @@ from ..drafters.registry import DrafterOptions, make_drafter
 from ..engine import SpeculativeGenerator
 from ..errors import SpecDecodeError
 from ..multimodal import image_files, load_vlm, names_several
+from ..multimodal.vlm import load_drafter_model
 from ..multimodal.vlm import DEFAULT_PROMPT
 from ..outputs import GenerationOutput, GenerationStats
 
@@ -46,8 +47,8 @@ class CaptionPipeline:
     """Caption images with speculative decoding.
 
     vlm: a LoadedModel from `sd.load_vlm`, or what load_vlm takes. drafter: "auto" (lookup), a drafter name
-    ("lookup", "model:NAME" for a text-only LM of the same tokenizer, ...), a Drafter, or None for plain
-    decoding. prompt: what is asked of each image. progress: a progress bar over several images."""
+    ("lookup", "model:NAME" for a text-only LM of the same tokenizer or a VLM of the target's family, ...), a
+    Drafter, or None for plain decoding. prompt: what is asked of each image. progress: a progress bar over several images."""
 
     def __init__(self, vlm, *, drafter: str | Drafter | None = "auto", prompt: str = DEFAULT_PROMPT,
                  max_new_tokens: int = 128, progress: bool = True, cost_model="auto"):
@@ -59,7 +60,7 @@ class CaptionPipeline:
         if drafter == "auto":
             drafter = AUTO_DRAFTER
         if isinstance(drafter, str):
-            drafter = make_drafter(drafter, self.target, DrafterOptions())
+            drafter = make_drafter(drafter, self.target, DrafterOptions(), load_drafter_model)
         self.generator = SpeculativeGenerator(self.target, drafter=drafter, cost_model=cost_model)
         self.prompt, self.max_new_tokens, self.progress = prompt, max_new_tokens, progress
 
