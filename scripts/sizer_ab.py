@@ -19,7 +19,7 @@ from specdecode.bench.runner import encoded_turn
 from specdecode.drafters.registry import DrafterOptions, make_drafter
 from specdecode.models.load import draft_quantization, load_model, resolve_device
 from specdecode.multimodal import load_vlm
-from specdecode.policy import DraftSizer, SizerSettings
+from specdecode.policy import SizerSettings
 
 
 def settings(text: str) -> SizerSettings:
@@ -30,12 +30,6 @@ def settings(text: str) -> SizerSettings:
         name, _, value = item.partition("=")
         changes[name] = int(value) if fields[name] == "int" else float(value)
     return SizerSettings(**changes)
-
-
-def generator(target, drafter, sizer: SizerSettings) -> SpeculativeGenerator:
-    gen = SpeculativeGenerator(target, drafter)
-    gen._sizer = lambda: DraftSizer(gen.cost_model, sizer) if gen.cost_model is not None else None
-    return gen
 
 
 def main() -> None:
@@ -56,7 +50,7 @@ def main() -> None:
     totals = {}
     for name in args.drafters.split(","):
         drafter = make_drafter(name, target, DrafterOptions(), models)
-        gens = {side: generator(target, drafter, sizer) for side, sizer in sides.items()}
+        gens = {side: SpeculativeGenerator(target, drafter, draft_policy=sizer) for side, sizer in sides.items()}
         for gen in gens.values():  # warm-up, untimed
             gen.generate(encoded_turn(target, questions[0], [{"role": "user", "content": questions[0].turns[0]}]), 16)
         for question in questions:

@@ -20,7 +20,7 @@ import torch
 from .drafters.base import Drafter, check_drafter, drafter_name, optional_part
 from .errors import SpecDecodeError
 from .models.load import load_model, output_vocab_size
-from .policy import DraftSizer, ForwardCosts
+from .policy import DraftSizer, ForwardCosts, SizerSettings
 from .runtime.cache import KVCache
 from .runtime.calibrate import Calibration
 from .runtime.runner import select_backend
@@ -72,6 +72,7 @@ class SpeculativeGenerator:
     cost_model: "auto" sizes each draft from the target's forward costs on this machine (calibrated once,
         runtime/calibrate.py) and the acceptance seen so far (policy.py), drafting nothing where no draft pays;
         a ForwardCosts gives the timings; None lets the drafter alone decide (up to max_draft_tokens).
+    draft_policy: the cost model's settings (policy.SizerSettings: the acceptance prior, its decays).
     prefill_chunk: the prompt is prefilled in forwards of at most this many tokens (bounds the memory of a
         long document's attention; plain and speculative decoding prefill alike).
     clock: what the engine times prefill, drafting and verification with (seconds; tests inject their own).
@@ -79,8 +80,8 @@ class SpeculativeGenerator:
 
     def __init__(self, target, drafter: Drafter | None = None, *, tokenizer=None, max_draft_tokens: int = 64,
                  attention: str = "auto", pad_verification: bool | Sequence[int] = True,
-                 cost_model: str | ForwardCosts | None = "auto", prefill_chunk: int = 2048,
-                 clock: Callable[[], float] = time.perf_counter):
+                 cost_model: str | ForwardCosts | None = "auto", draft_policy: SizerSettings = SizerSettings(),
+                 prefill_chunk: int = 2048, clock: Callable[[], float] = time.perf_counter):
         self.target = load_model(target, tokenizer=tokenizer)
         self.model = self.target.model
         self.tokenizer = self.target.tokenizer
@@ -106,6 +107,7 @@ class SpeculativeGenerator:
         if not (cost_model in ("auto", None) or isinstance(cost_model, ForwardCosts)):
             raise SpecDecodeError(f"cost_model must be 'auto', None or a ForwardCosts, got {cost_model!r}.")
         self.cost_model = cost_model
+        self.draft_policy = draft_policy
         if not isinstance(prefill_chunk, int) or prefill_chunk < 1:
             raise SpecDecodeError(f"prefill_chunk must be a whole number of tokens >= 1, got {prefill_chunk!r}.")
         self.prefill_chunk = prefill_chunk
@@ -252,7 +254,7 @@ class SpeculativeGenerator:
             self._padded = self.attention.padded_sizes(self.model, self.calibration)
 
     def _sizer(self) -> DraftSizer | None:
-        return DraftSizer(self.cost_model) if isinstance(self.cost_model, ForwardCosts) else None
+        return DraftSizer(self.cost_model, self.draft_policy) if isinstance(self.cost_model, ForwardCosts) else None
 
     def _padded_size(self, fed: int) -> int:
         """The cheapest row count >= fed for a verification forward, within the exact width."""

@@ -216,3 +216,17 @@ def test_a_model_drafter_feeds_its_prompt_in_begin_and_catches_up_only_on_new_to
         assert drafter.cache.length == len(prompt) + 2 + 2
         drafter.begin(prompt)  # a new generation feeds its prompt again
         assert drafter.cache.length == len(prompt)
+
+
+def test_the_draft_policy_given_is_the_one_the_cost_model_uses():
+    """draft_policy= reaches the sizer (its settings are in the stats) and, like any policy, leaves the tokens."""
+    from specdecode.policy import SizerSettings
+
+    target = loaded(tiny_model("llama", seed=0))
+    prompt = random_prompt(3)
+    truth = hf_greedy(target.model, prompt, 30)
+    outs = {prior: SpeculativeGenerator(target, drafter=OracleDrafter(prompt, truth, seed=1), cost_model=FLAT,
+                                        draft_policy=SizerSettings(prior=prior)).generate(prompt, max_new_tokens=30)
+            for prior in (0.3, 0.9)}
+    for prior, out in outs.items():
+        assert out.token_ids == truth and out.stats.cost_model["settings"]["prior"] == prior
