@@ -170,13 +170,20 @@ def test_used_outside_the_engine_is_a_clear_error(target):
         SelfDrafter(target, weights=None).begin([1, 2, 3])
 
 
-def test_registry_names():
+def test_registry_names(target):
+    from specdecode.drafters.registry import make_drafter
+
     parts = parse_drafters("lookup+self:streaming:int8")
     assert [p.kind for p in parts] == ["lookup", "self"]
-    with pytest.raises(SpecDecodeError, match="self\\[:KV\\[:WEIGHTS\\]\\]"):
+    with pytest.raises(SpecDecodeError, match="self\\[:KV\\[:WEIGHTS\\[:BUDGET\\]\\]\\]"):
         parse_drafters("self:sliding")
     with pytest.raises(SpecDecodeError, match="WEIGHTS"):
         parse_drafters("self:snapkv:int3")
+    for bad in ("self:snapkv:own:0", "self:snapkv:own:many", "self:snapkv:own:64:1"):
+        with pytest.raises(SpecDecodeError, match="BUDGET a whole number"):
+            parse_drafters(bad)
+    drafter = make_drafter("self:streaming:own:96", target)
+    assert (drafter.policy.kind, drafter.policy.budget, drafter.weights) == ("streaming", 96, None)
 
 
 def test_prefill_in_chunks_reports_progress_and_keeps_the_tokens(target, prompt):

@@ -19,9 +19,9 @@ from .self import KV_POLICIES, WEIGHTS, SelfDrafter
 from .retrieval import RetrievalDrafter
 from .suffix import SuffixIndex
 
-DRAFTER_PATTERNS = ("lookup", "retrieval", "model:NAME", "self[:KV[:WEIGHTS]]")  # what a user types for each drafter
+DRAFTER_PATTERNS = ("lookup", "retrieval", "model:NAME", "self[:KV[:WEIGHTS[:BUDGET]]]")  # what a user types for each drafter
 MODEL_SPEC_HELP = ("NAME: a zoo name, model folder, .gguf file or hub id; self: the target drafts for itself, KV: "
-                   f"{'/'.join(KV_POLICIES)}, WEIGHTS: {'/'.join(w for w in WEIGHTS)}/own")
+                   f"{'/'.join(KV_POLICIES)}, WEIGHTS: {'/'.join(w for w in WEIGHTS)}/own, BUDGET: prompt entries kept")
 MIXTURE_HELP = "A+B merges the drafts of A and B into one tree"
 DRAFTER_NAMES = f"none, {', '.join(DRAFTER_PATTERNS)} ({MIXTURE_HELP}; {MODEL_SPEC_HELP})"
 KINDS_WITH_MODEL = ("model",)  # kinds written KIND:MODEL
@@ -83,15 +83,28 @@ def default_load_draft(spec, target: LoadedModel, dtype: str = "fast-decode",
     return load_model(spec, dtype=dtype, device=target.device, quantize=quantize, drafts_only=True)
 
 
-def self_options(text: str | None) -> tuple[str, str | None]:
-    """`self`'s options `KV[:WEIGHTS]` -> (kv policy, weights); defaults snapkv and "auto"; WEIGHTS `own`
-    drafts with the target's own weights."""
-    kv, _, weights = (text or "").partition(":")
-    kv, weights = kv.strip() or "snapkv", weights.strip() or "auto"
-    if kv not in KV_POLICIES or weights not in (*WEIGHTS, "own"):
-        raise SpecDecodeError(f"drafter self:{text}: use self[:KV[:WEIGHTS]] with KV one of {', '.join(KV_POLICIES)} "
-                              f"and WEIGHTS one of {', '.join(WEIGHTS)}, own (e.g. self:snapkv:w8a8).")
-    return kv, None if weights == "own" else weights
+@dataclass(frozen=True)
+class SelfOptions:
+    """`self`'s options, as written after `self:`."""
+
+    kv: str = "snapkv"
+    weights: str | None = "auto"  # None: the target's own weights (written `own`)
+    kv_budget: int | None = None  # None: SelfDrafter's default
+
+
+def self_options(text: str | None) -> SelfOptions:
+    """`self`'s options `KV[:WEIGHTS[:BUDGET]]`; defaults snapkv, "auto" and SelfDrafter's budget; WEIGHTS
+    `own` drafts with the target's own weights; BUDGET the prompt entries kept per KV head."""
+    parts = [part.strip() for part in (text or "").split(":")]
+    kv = parts[0] or "snapkv"
+    weights = (parts[1] if len(parts) > 1 else "") or "auto"
+    budget = parts[2] if len(parts) > 2 else ""
+    if len(parts) > 3 or kv not in KV_POLICIES or weights not in (*WEIGHTS, "own") or (
+            budget and not (budget.isdigit() and int(budget) > 0)):
+        raise SpecDecodeError(f"drafter self:{text}: use self[:KV[:WEIGHTS[:BUDGET]]] with KV one of "
+                              f"{', '.join(KV_POLICIES)}, WEIGHTS one of {', '.join(WEIGHTS)}, own, and BUDGET a "
+                              "whole number of entries > 0 (e.g. self:snapkv:w8a8 or self:snapkv:w8a8:512).")
+    return SelfOptions(kv, None if weights == "own" else weights, int(budget) if budget else None)
 
 
 def parse_drafters(text: str) -> tuple[DrafterName, ...]:
@@ -124,8 +137,9 @@ def make_drafter(name: DrafterName | str, target: LoadedModel, options: DrafterO
     if name.kind == "retrieval":
         return RetrievalDrafter(options.corpus, k=options.k)
     if name.kind == "self":
-        kv, weights = self_options(name.model)
-        return SelfDrafter(target, kv=kv, weights=weights, k=options.k, tree_width=options.tree_width)
+        chosen = self_options(name.model)
+        return SelfDrafter(target, kv=chosen.kv, weights=chosen.weights, kv_budget=chosen.kv_budget, k=options.k,
+                           tree_width=options.tree_width)
     load = load_draft or (lambda spec, t: default_load_draft(spec, t, options.drafter_dtype, options.drafter_quantize))
     draft = load(name.model, target)
     return ModelDrafter(draft, k=options.k, tree_width=options.tree_width)
