@@ -125,3 +125,14 @@ def test_a_stand_in_needs_a_qwen2_language_model(tmp_path):
     tiny_tokenizer().save_pretrained(tmp_path)
     with pytest.raises(ModelLoadError, match="takes a Qwen2-family language model"):
         load_vlm(f"stand-in:{tmp_path}", dtype="fp32")
+
+
+def test_auto_merges_lookup_with_a_text_drafter_of_the_vlms_vocabulary(language_model, tmp_path):
+    from specdecode.pipelines.caption import auto_drafter
+
+    _, folder = language_model
+    vlm = load_vlm(f"stand-in:{folder}", dtype="fp32")
+    other = tmp_path / "other"
+    tiny_tokenizer(vocab=80).save_pretrained(other)  # another vocabulary
+    assert auto_drafter(vlm, candidates=(str(tmp_path / "missing"), str(other), str(folder))) == f"lookup+model:{folder}"
+    assert auto_drafter(vlm, candidates=(str(other),)) == "lookup"

@@ -15,7 +15,7 @@ Write = Callable[[str], None]
 class CaptionConfig:
     images: tuple[str, ...]  # files, folders or globs
     model: str  # what sd.load_vlm takes: a folder or a hub id
-    drafter: str = "auto"  # "auto" (lookup) | "none" | a drafter name
+    drafter: str = "auto"  # "auto" (lookup, + a zoo text drafter of the VLM's vocabulary) | "none" | a drafter name
     prompt: str | None = None  # None: the pipeline's default question
     max_new_tokens: int = 128
     dtype: str = "auto"

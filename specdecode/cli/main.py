@@ -225,8 +225,9 @@ def caption(
     images: list[str] = typer.Argument(..., help="Image files, folders (their images) or glob patterns."),
     model: str = typer.Option(..., "--model", "-m", help="A vision-language model: a folder, a hub id (LLaVA, Qwen2-VL, Qwen2.5-VL, "
                               "Idefics3, SmolVLM) or stand-in:NAME (timings only)."),
-    drafter: str = typer.Option("auto", "--drafter", "-d", help="auto (lookup) | none | any drafter name, e.g. "
-                                                                "model:NAME for a text-only LM of the same tokenizer."),
+    drafter: str = typer.Option("auto", "--drafter", "-d", help="auto (lookup, merged with the zoo's 0.5B where it "
+                                                                "shares the VLM's vocabulary) | none | any drafter name, "
+                                                                "e.g. model:NAME: a text LM or a VLM of the family."),
     prompt: Optional[str] = typer.Option(None, "--prompt", "-p", help="What to ask of each image (default: "
                                                                       "Describe this image.)."),
     max_new_tokens: int = typer.Option(128, "--max-new-tokens", "-n", help="At most this many tokens per caption."),

@@ -81,6 +81,19 @@ def head_rows(head: torch.nn.Module, rows: torch.Tensor) -> Callable[[torch.Tens
     return partial(torch.nn.functional.linear, weight=weight, bias=bias)
 
 
+def foreign_tokens(draft_tokenizer, target_tokenizer) -> frozenset[int] | None:
+    """The ids the target's tokenizer adds to the drafter's (empty: the same vocabulary), or None where the
+    two do not share one (a drafter of another family)."""
+    ours, theirs = draft_tokenizer.get_vocab(), target_tokenizer.get_vocab()
+    if ours == theirs:
+        return frozenset()
+    added = {token: i for token, i in theirs.items() if token not in ours}
+    if (added and set(added) <= set(target_tokenizer.get_added_vocab())
+            and all(theirs.get(token) == i for token, i in ours.items())):
+        return frozenset(added.values())
+    return None
+
+
 def check_image_processing(draft: LoadedModel, target) -> None:
     """A vision-language drafter takes the target's image inputs: refuse one whose image processing (and so
     the tokens an image becomes) differs from the target's."""
@@ -176,14 +189,10 @@ class ModelDrafter(Drafter):
         target_vocab = output_vocab_size(target.model)
         draft_tok, target_tok = self.draft.tokenizer, getattr(target, "tokenizer", None)
         if draft_tok is not None and target_tok is not None:
-            ours, theirs = draft_tok.get_vocab(), target_tok.get_vocab()
-            same = ours == theirs
-            added = {token: i for token, i in theirs.items() if token not in ours}
-            if (not same and added and set(added) <= set(target_tok.get_added_vocab())
-                    and all(theirs.get(token) == i for token, i in ours.items())):
-                # the target's tokenizer is ours plus added tokens (a VLM's image token): we draft from the
-                # context without them, in our shared ids
-                self.foreign_ids, same = frozenset(added.values()), True
+            foreign = foreign_tokens(draft_tok, target_tok)
+            same = foreign is not None
+            if foreign:  # the target's tokenizer is ours plus added tokens (a VLM's image token): we draft
+                self.foreign_ids = foreign  # from the context without them, in our shared ids
         else:
             same = self.vocab_size == target_vocab
         image_token = getattr(target.model.config, "image_token_id", None)

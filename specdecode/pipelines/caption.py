@@ -23,15 +23,17 @@ from pathlib import Path
 from typing import Any
 
 from ..drafters import Drafter
+from ..drafters.model import foreign_tokens
 from ..drafters.registry import DrafterOptions, make_drafter
 from ..engine import SpeculativeGenerator
 from ..errors import SpecDecodeError
+from ..models import zoo
 from ..multimodal import image_files, load_vlm, names_several
 from ..multimodal.vlm import load_drafter_model
 from ..multimodal.vlm import DEFAULT_PROMPT
 from ..outputs import GenerationOutput, GenerationStats
 
-AUTO_DRAFTER = "lookup"  # what drafts for every VLM: lookup on the prompt and the caption so far
+AUTO_TEXT_DRAFTERS = ("qwen2.5-coder-0.5b-instruct",)  # zoo text drafters "auto" merges with lookup
 
 
 @dataclass(frozen=True)
@@ -43,10 +45,24 @@ class Caption:
     output: GenerationOutput
 
 
+def auto_drafter(vlm, candidates: Sequence[str] = AUTO_TEXT_DRAFTERS) -> str:
+    """What "auto" drafts a VLM's captions with: lookup on the prompt and the caption so far, merged with the
+    first of `candidates` (zoo names or folders) that is on this machine and shares the VLM's vocabulary (the
+    zoo's Qwen2.5 0.5B for Qwen-VL targets: docs/benchmarks.md, captioning); lookup alone where none does."""
+    from transformers import AutoTokenizer
+
+    for candidate in candidates:
+        folder = zoo.model_dir(candidate) if candidate in zoo.ZOO else Path(candidate)
+        if (zoo.is_converted(candidate) if candidate in zoo.ZOO else folder.is_dir()) and \
+                foreign_tokens(AutoTokenizer.from_pretrained(folder), vlm.tokenizer) is not None:
+            return f"lookup+model:{candidate}"
+    return "lookup"
+
+
 class CaptionPipeline:
     """Caption images with speculative decoding.
 
-    vlm: a LoadedModel from `sd.load_vlm`, or what load_vlm takes. drafter: "auto" (lookup), a drafter name
+    vlm: a LoadedModel from `sd.load_vlm`, or what load_vlm takes. drafter: "auto" (auto_drafter), a drafter name
     ("lookup", "model:NAME" for a text-only LM of the same tokenizer or a VLM of the target's family, ...), a
     Drafter, or None for plain decoding. prompt: what is asked of each image. progress: a progress bar over several images."""
 
@@ -58,7 +74,7 @@ class CaptionPipeline:
             raise SpecDecodeError(f"max_new_tokens must be a whole number >= 1, got {max_new_tokens!r}.")
         self.target = load_vlm(vlm)
         if drafter == "auto":
-            drafter = AUTO_DRAFTER
+            drafter = auto_drafter(self.target)
         if isinstance(drafter, str):
             drafter = make_drafter(drafter, self.target, DrafterOptions(), load_drafter_model)
         self.generator = SpeculativeGenerator(self.target, drafter=drafter, cost_model=cost_model)
