@@ -232,9 +232,9 @@ class SpeculativeGenerator:
         and its own positions where it has them (M-RoPE)."""
         total = len(token_ids)
         chunk = max(total, 1) if images is not None else self.prefill_chunk
+        positions = images.positions if images is not None else None  # [sections, prompt] or None
         for start in range(0, total, chunk):
             end = min(total, start + chunk)
-            positions = images.positions if images is not None and images.positions is not None else None
             fed_positions = torch.arange(start, end) if positions is None else positions[:, start:end]
             self.attention.forward(self.model, cache, torch.tensor(token_ids[start:end]), fed_positions,
                                    hidden=True, prefill=True, model_inputs=images.model_inputs if images else None)

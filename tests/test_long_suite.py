@@ -15,8 +15,9 @@ from tiny import tiny_model, tiny_tokenizer
 from specdecode.bench import BenchConfig, TurnResult, read_questions, run_benchmark, select_questions
 from specdecode.bench import runner as bench_runner
 from specdecode.bench.lengths import PLOT_FILE
+from specdecode.bench.questions import write_questions
 from specdecode.bench.long_suite import (INSTRUCTION, LongSuiteConfig, build_long_suite, prompt_token_counter,
-                                         pydoc_text, sha256, token_counter, trim, write_long_suite)
+                                         pydoc_text, sha256, token_counter, trim)
 from specdecode.bench.methods import FirstForwards
 from specdecode.errors import SpecDecodeError
 from specdecode.models.load import LoadedModel
@@ -41,13 +42,13 @@ def suite(tmp_path_factory):
     """A suite sized in the tiny tokenizer's tokens (whitespace-separated words, chat template included)."""
     config = LongSuiteConfig(out=tmp_path_factory.mktemp("suite") / "long.jsonl", tokenizer="tiny",
                              buckets=BUCKETS, per_bucket=3)
-    return write_long_suite(build_long_suite(config, prompt_token_counter(tiny_tokenizer())), config.out)
+    return write_questions(build_long_suite(config, prompt_token_counter(tiny_tokenizer())), config.out)
 
 
 # ----------------------------------------------------------------------------- the builder
 def test_suite_is_deterministic_and_each_bucket_lands_within_tolerance(suite, tmp_path):
     config = LongSuiteConfig(out=tmp_path / "again.jsonl", tokenizer="tiny", buckets=BUCKETS, per_bucket=3)
-    again = write_long_suite(build_long_suite(config, prompt_token_counter(tiny_tokenizer())), config.out)
+    again = write_questions(build_long_suite(config, prompt_token_counter(tiny_tokenizer())), config.out)
     assert again.read_bytes() == suite.read_bytes()
 
     tokenizer = tiny_tokenizer()

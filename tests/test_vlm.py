@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tiny import (IMAGE_TOKEN, assert_trees_verify_exactly, hf_vlm_greedy, noise, tiny_llava, tiny_processor,
-                  tiny_tokenizer)
+from tiny import (IMAGE_TOKEN, assert_chat_messages_decode_as_transformers, assert_trees_verify_exactly,
+                  hf_vlm_greedy, noise, tiny_llava, tiny_processor, tiny_tokenizer)
 from transformers import LlavaForConditionalGeneration
 
 import specdecode as sd
@@ -97,16 +97,7 @@ def test_the_image_changes_the_caption(photo):
 
 
 def test_chat_messages_with_image_parts(photo):
-    processor = tiny_processor()
-    processor.chat_template = ("{% for m in messages %}w2 {% for part in m['content'] %}{% if part['type'] == 'image' %}"
-                               "<image> {% else %}{{ part['text'] }} {% endif %}{% endfor %}w3 {% endfor %}w4")
-    model = tiny_llava()
-    vlm = load_vlm(model, processor=processor, dtype="fp32")
-    messages = [{"role": "user", "content": [{"type": "image", "image": photo}, {"type": "text", "text": "w9"}]}]
-    out = SpeculativeGenerator(vlm, LookupDrafter()).generate(messages, max_new_tokens=12)
-    assert out.token_ids == hf_vlm_greedy(model, processor, [photo], "w2 <image> w9 w3 w4", 12)
-    as_dict = SpeculativeGenerator(vlm).generate({"images": [photo], "prompt": "w9"}, max_new_tokens=12)
-    assert as_dict.token_ids == out.token_ids  # a question alone goes through the chat template too
+    assert_chat_messages_decode_as_transformers(tiny_llava(), tiny_processor(), photo)
 
 
 def test_a_bf16_vlm_is_exact_where_this_cpu_allows_it_in_its_language_model_only(photo):

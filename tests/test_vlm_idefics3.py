@@ -10,7 +10,8 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from tiny import assert_trees_verify_exactly, hf_vlm_greedy, noise, tiny_idefics3, tiny_idefics3_processor
+from tiny import (assert_chat_messages_decode_as_transformers, assert_trees_verify_exactly, hf_vlm_greedy, noise,
+                  tiny_idefics3, tiny_idefics3_processor)
 
 from specdecode import SpeculativeGenerator
 from specdecode.drafters import LookupDrafter
@@ -62,17 +63,8 @@ def test_the_image_changes_the_caption(photo):
 @pytest.mark.parametrize("family", FAMILIES)
 def test_chat_messages_with_image_parts(photo, family):
     """The processor's chat template (SmolVLM's image-only processor applies it without the video defaults)."""
-    processor = tiny_idefics3_processor(family)
-    processor.chat_template = ("{% for m in messages %}w2 {% for part in m['content'] %}"
-                               "{% if part['type'] == 'image' %}<image> {% else %}{{ part['text'] }} {% endif %}"
-                               "{% endfor %}w3 {% endfor %}w4")
-    model = tiny_idefics3(seed=6, family=family)
-    vlm = load_vlm(model, processor=processor, dtype="fp32")
-    messages = [{"role": "user", "content": [{"type": "image", "image": photo}, {"type": "text", "text": "w9"}]}]
-    out = SpeculativeGenerator(vlm, LookupDrafter()).generate(messages, max_new_tokens=12)
-    assert out.token_ids == hf_vlm_greedy(model, processor, [photo], "w2 <image> w9 w3 w4", 12)
-    as_dict = SpeculativeGenerator(vlm).generate({"images": [photo], "prompt": "w9"}, max_new_tokens=12)
-    assert as_dict.token_ids == out.token_ids  # a question alone goes through the chat template too
+    assert_chat_messages_decode_as_transformers(tiny_idefics3(seed=6, family=family),
+                                                tiny_idefics3_processor(family), photo)
 
 
 def test_an_image_last_ends_on_a_text_token_so_it_decodes_too(photo):

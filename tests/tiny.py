@@ -324,3 +324,23 @@ def assert_trees_verify_exactly(vlm, prompt, vocab: int, max_new_tokens: int = 3
         out = SpeculativeGenerator(vlm, drafter, cost_model=None).generate(prompt, max_new_tokens=max_new_tokens)
         assert out.token_ids == plain.token_ids
         assert sum(out.stats.accept_histogram[2:]) > 0
+
+
+IMAGE_CHAT_TEMPLATE = ("{% for m in messages %}w2 {% for part in m['content'] %}{% if part['type'] == 'image' %}"
+                       "<image> {% else %}{{ part['text'] }} {% endif %}{% endfor %}w3 {% endfor %}w4")
+
+
+def assert_chat_messages_decode_as_transformers(model, processor, image) -> None:
+    """Chat messages with an image part (through IMAGE_CHAT_TEMPLATE, an "<image>" placeholder) decode as
+    transformers' own generate of the templated text, and {"images": ..., "prompt": ...} alike."""
+    from specdecode import SpeculativeGenerator
+    from specdecode.drafters import LookupDrafter
+    from specdecode.multimodal import load_vlm
+
+    processor.chat_template = IMAGE_CHAT_TEMPLATE
+    vlm = load_vlm(model, processor=processor, dtype="fp32")
+    messages = [{"role": "user", "content": [{"type": "image", "image": image}, {"type": "text", "text": "w9"}]}]
+    out = SpeculativeGenerator(vlm, LookupDrafter()).generate(messages, max_new_tokens=12)
+    assert out.token_ids == hf_vlm_greedy(model, processor, [image], "w2 <image> w9 w3 w4", 12)
+    as_dict = SpeculativeGenerator(vlm).generate({"images": [image], "prompt": "w9"}, max_new_tokens=12)
+    assert as_dict.token_ids == out.token_ids  # a question alone goes through the chat template too

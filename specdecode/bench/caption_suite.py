@@ -14,15 +14,14 @@ from __future__ import annotations
 import argparse
 import hashlib
 import io
-import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import SpecDecodeError
+from .questions import write_questions
 
 CATEGORY = "captioning"
 
@@ -87,21 +86,14 @@ def build(out: Path) -> list[dict]:
         buffer = io.BytesIO()
         image.save(buffer, format="PNG")
         data = buffer.getvalue()
-        _write_atomically(path, data)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
         records.append({"question_id": number, "category": CATEGORY, "turns": [spec.prompt],
                         "images": [f"images/{path.name}"], "image_source": spec.source,
                         "image_sha256": hashlib.sha256(data).hexdigest(), "image_size": list(image.size)})
-    text = "".join(json.dumps(record) + "\n" for record in records)
-    _write_atomically(out, text.encode("utf-8"))
+    write_questions(records, out)
     return records
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(handle, "wb") as file:
-        file.write(data)
-    os.chmod(temporary, 0o644)
-    os.replace(temporary, path)
 
 
 def main(argv: list[str] | None = None) -> None:

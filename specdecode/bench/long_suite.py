@@ -21,7 +21,6 @@ import hashlib
 import importlib
 import inspect
 import io
-import json
 import os
 import platform
 import re
@@ -36,6 +35,7 @@ from pathlib import Path
 from ..errors import SpecDecodeError
 from ..prompts import encode_prompt
 from ..runtime.machine import specdecode_home
+from .questions import write_questions
 
 INSTRUCTION = ("Summarize the following document in a few paragraphs: what it is, its main parts, and what a "
                "reader must know. It may be an excerpt; summarize what is there.\n\n")
@@ -247,16 +247,6 @@ def build_long_suite(config: LongSuiteConfig, count: Callable[[str], int] | None
     return records
 
 
-def write_long_suite(records: Sequence[dict], path: str | os.PathLike) -> Path:
-    """One JSON line per record, written atomically."""
-    path = Path(path).expanduser()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
-    os.replace(tmp, path)
-    return path
-
-
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m specdecode.bench.long_suite", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", "-o", type=Path, default=None, help=f"the question file (default {default_out()})")
@@ -272,7 +262,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         records = build_long_suite(config)
     except (SpecDecodeError, ValueError) as e:
         raise SystemExit(f"error: {e}") from None
-    path = write_long_suite(records, config.out)
+    path = write_questions(records, config.out)
     for category in dict.fromkeys(r["category"] for r in records):
         rows = [r for r in records if r["category"] == category]
         print(f"{category}: {len(rows)} questions, prompt tokens {', '.join(str(r['prompt_tokens']) for r in rows)} "

@@ -126,9 +126,11 @@ class DraftModels:
         if self.quantize in FBGEMM_MODES:  # these layers compute in fp32, whatever the target's dtype
             dtype = "auto"
         key = (spec, str(dtype))
-        if key not in self.loaded and target.prompt_encoder is not None and is_vlm_spec(spec):
-            self.loaded[key] = load_drafter_model(spec, target, quantize=self.quantize)  # a VLM drafter
-        if key not in self.loaded:
+        if key in self.loaded:
+            return self.loaded[key]
+        if target.prompt_encoder is not None and is_vlm_spec(spec):  # a VLM drafter, in its draft weights
+            self.loaded[key] = load_drafter_model(spec, target, quantize=self.quantize)
+        else:
             self.loaded[key] = self.load(spec, dtype=dtype, device=target.device, quantize=self.quantize,
                                          drafts_only=True)
         return self.loaded[key]

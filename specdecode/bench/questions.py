@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,3 +96,13 @@ def select_questions(questions: Sequence[Question], categories: Sequence[str] | 
             taken[q.category] = taken.get(q.category, 0) + 1
             selected.append(q)
     return selected
+
+
+def write_questions(records: Sequence[dict], path: str | os.PathLike) -> Path:
+    """A question file: one JSON line per record, written whole or not at all (its folder made if missing)."""
+    path = Path(path).expanduser()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+    os.replace(tmp, path)
+    return path

@@ -191,8 +191,9 @@ class ModelDrafter(Drafter):
         if draft_tok is not None and target_tok is not None:
             foreign = foreign_tokens(draft_tok, target_tok)
             same = foreign is not None
-            if foreign:  # the target's tokenizer is ours plus added tokens (a VLM's image token): we draft
-                self.foreign_ids = foreign  # from the context without them, in our shared ids
+            # where the target's tokenizer is ours plus added tokens (a VLM's image token), we draft from the
+            # context without them, in our shared ids (set anew per target: a drafter may serve another)
+            self.foreign_ids = foreign or frozenset()
         else:
             same = self.vocab_size == target_vocab
         image_token = getattr(target.model.config, "image_token_id", None)

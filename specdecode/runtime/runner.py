@@ -81,7 +81,7 @@ class SDPABackend:
         device = model.device
         past = cache.length
         q = input_ids.shape[-1]
-        if positions.dim() == 1:
+        if positions.dim() == 1 and cache.position_shift:
             positions = positions + cache.position_shift  # [q]
         kwargs = {}
         if tree_mask is not None:
