@@ -1,8 +1,9 @@
 """A same-run A/B of draft-policy settings (policy.SizerSettings): for each question, each drafter decodes with
-setting A then B on one loaded target, and the tokens/s of each are summed; tokens must be identical.
+setting A then B on one loaded target; decode-phase tokens/s (after the prefill, which no policy changes) are
+summed per side; tokens must be identical.
 
     python scripts/sizer_ab.py -q captioning/question.jsonl -m stand-in:qwen2.5-coder-1.5b-instruct \
-        --drafters self:full:w8a8,model:qwen2.5-coder-0.5b-instruct+lookup --a cost_decay=1,probe_after=0
+        --drafters self:full:w8a8,model:qwen2.5-coder-0.5b-instruct+lookup --b prior=0.7
 """
 
 from __future__ import annotations
@@ -32,6 +33,13 @@ def settings(text: str) -> SizerSettings:
     return SizerSettings(**changes)
 
 
+POLICY_FIGURES = ("mean_budget", "steps_without_draft", "draft_ms_per_node", "verify_scale", "acceptance_per_level")
+
+
+def decode_seconds(out) -> float:
+    return out.stats.wall_s - out.stats.prefill_s
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("-q", "--questions", type=Path, required=True)
@@ -39,10 +47,12 @@ def main() -> None:
     parser.add_argument("--drafters", required=True, help="comma-separated drafter names")
     parser.add_argument("--a", default="", help="setting A as name=value,... (B: --b)")
     parser.add_argument("--b", default="")
+    parser.add_argument("--categories", help="comma-separated categories (default: all)")
     parser.add_argument("--limit-per-category", type=int)
     parser.add_argument("-n", "--max-new-tokens", type=int, default=128)
     args = parser.parse_args()
-    questions = select_questions(read_questions(args.questions), limit_per_category=args.limit_per_category)
+    categories = args.categories.split(",") if args.categories else None
+    questions = select_questions(read_questions(args.questions), categories, args.limit_per_category)
     load = load_vlm if any(q.images for q in questions) else load_model
     target = load(args.model)
     models = DraftModels("fast-decode", load_model, draft_quantization(resolve_device("auto")))
@@ -51,20 +61,25 @@ def main() -> None:
     for name in args.drafters.split(","):
         drafter = make_drafter(name, target, DrafterOptions(), models)
         gens = {side: SpeculativeGenerator(target, drafter, draft_policy=sizer) for side, sizer in sides.items()}
-        for gen in gens.values():  # warm-up, untimed
-            gen.generate(encoded_turn(target, questions[0], [{"role": "user", "content": questions[0].turns[0]}]), 16)
+        first = questions[0]  # warm-up, untimed: a short text prompt unless the questions show images
+        warm_up = encoded_turn(target, first, [{"role": "user", "content": first.turns[0] if first.images else
+                                                "Name three rivers."}])
+        for gen in gens.values():
+            gen.generate(warm_up, 16)
         for question in questions:
             prompt = encoded_turn(target, question, [{"role": "user", "content": question.turns[0]}])
             outs = {side: gen.generate(prompt, args.max_new_tokens) for side, gen in gens.items()}
             assert outs["A"].token_ids == outs["B"].token_ids, f"{name}, question {question.key}: tokens differ"
             for side, out in outs.items():
                 tokens, seconds = totals.get((name, side), (0, 0.0))
-                totals[name, side] = (tokens + len(out.token_ids), seconds + out.stats.wall_s)
+                totals[name, side] = (tokens + len(out.token_ids), seconds + decode_seconds(out))
             print(json.dumps({"drafter": name, "question": question.key,
-                              **{side: round(len(o.token_ids) / o.stats.wall_s, 3) for side, o in outs.items()}}))
+                              **{side: round(len(o.token_ids) / decode_seconds(o), 3) for side, o in outs.items()},
+                              **{f"{side} policy": {k: o.stats.cost_model.get(k) for k in POLICY_FIGURES}
+                                 for side, o in outs.items()}}))
     for name in args.drafters.split(","):
         a, b = (totals[name, side][0] / totals[name, side][1] for side in "AB")
-        print(f"{name}: A {a:.3f} tok/s, B {b:.3f} tok/s, B/A {b / a:.3f}")
+        print(f"{name}: decode A {a:.3f} tok/s, B {b:.3f} tok/s, B/A {b / a:.3f}")
 
 
 if __name__ == "__main__":

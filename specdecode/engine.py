@@ -23,7 +23,7 @@ from .models.load import load_model, output_vocab_size
 from .policy import DraftSizer, ForwardCosts, SizerSettings
 from .runtime.cache import KVCache
 from .runtime.calibrate import Calibration
-from .runtime.runner import select_backend
+from .runtime.runner import AttentionBackend, select_backend
 from .outputs import GenerationOutput, GenerationStats, Step, Tally
 from .prompts import EncodedPrompt, StopChecker, encode_prompt, eos_token_ids, has_images
 from .sampling import SamplingParams
@@ -64,7 +64,7 @@ class SpeculativeGenerator:
         without one, prompts must be token ids).
     drafter: any Drafter (ModelDrafter, LookupDrafter, your own); None means plain decoding.
     max_draft_tokens: cap on the nodes of one draft tree (one verification forward feeds 1 + that).
-    attention: the tree-attention backend ("auto" / "sdpa").
+    attention: the tree-attention backend ("auto" / "sdpa", or a backend object: runtime.runner.AttentionBackend).
     pad_verification: on CPU, pad a verification forward with a few ignored tokens up to a row count
         that this machine's matmuls run measurably faster (calibrated once per model and machine); the
         output is unchanged. False turns it off; a list gives the table itself (padded row count for each
@@ -79,7 +79,7 @@ class SpeculativeGenerator:
     """
 
     def __init__(self, target, drafter: Drafter | None = None, *, tokenizer=None, max_draft_tokens: int = 64,
-                 attention: str = "auto", pad_verification: bool | Sequence[int] = True,
+                 attention: str | AttentionBackend = "auto", pad_verification: bool | Sequence[int] = True,
                  cost_model: str | ForwardCosts | None = "auto", draft_policy: SizerSettings = SizerSettings(),
                  prefill_chunk: int = 2048, clock: Callable[[], float] = time.perf_counter):
         self.target = load_model(target, tokenizer=tokenizer)
@@ -91,7 +91,7 @@ class SpeculativeGenerator:
         # an exact target keeps every forward inside the widest one whose rows keep their bits (None: any)
         self.max_rows = self.target.max_exact_rows if self.target.exact_steps else None
         self.max_draft_tokens = min(max_draft_tokens, self.max_rows - 1) if self.max_rows else max_draft_tokens
-        self.attention = select_backend(attention)
+        self.attention = select_backend(attention) if isinstance(attention, str) else attention
         self.calibration = self.target.calibration or Calibration.for_model(
             self.model, quantization=self.target.quantization)
         if drafter is not None:

@@ -144,3 +144,41 @@ def test_the_self_drafter_prunes_the_image_by_the_attention_it_receives(photo):
     out = SpeculativeGenerator(vlm, drafter, cost_model=None).generate(prompt, max_new_tokens=20)
     assert out.token_ids == plain.token_ids
     assert drafter.prompt_length > 40 and drafter.selected == 40  # entries per KV head kept of the prompt's
+
+
+def test_sampled_tokens_after_an_m_rope_prompt_follow_the_target_distribution(photo):
+    """Temperature 1 with a text-only drafter carrying its probabilities (it sees no image, so its tokens are
+    often rejected and recovered): the SECOND token, drafted and verified at the prompt's shifted positions,
+    follows the VLM's own marginal, computed by transformers' forward (its own M-RoPE positions) after each
+    first token. First tokens that are vision tokens (transformers would take them for another image) or the end
+    of sequence (no second token) are left out on both sides."""
+    import torch
+
+    model, processor = tiny_qwen2_vl(seed=5), tiny_qwen2_vl_processor()
+    vlm = load_vlm(model, processor=processor, dtype="fp32")
+    drafter = ModelDrafter(text_twin(model), k=2, quantize=None, dtype="fp32", draft_vocab=None, confidence=0.0)
+    gen = SpeculativeGenerator(vlm, drafter, cost_model=None)
+    vision = sorted(drafter.foreign_ids)  # the vision tokens, which the text drafter never sees
+    inputs = processor(images=[photo], text=[f"w2 {IMAGE}w5 w6 w3 w4"], return_tensors="pt")
+    with torch.no_grad():
+        first = model(**inputs).logits[0, -1].softmax(-1)  # [vocab]
+        first[vision + [1]] = 0  # 1: the end of sequence
+        second = torch.zeros_like(first)  # [vocab]: P(second token), first tokens outside `vision`
+        for token in first.nonzero()[:, 0].tolist():
+            ids = torch.cat([inputs["input_ids"], torch.tensor([[token]])], dim=1)  # [1, n + 1]
+            text_type = torch.zeros(1, 1, dtype=inputs["mm_token_type_ids"].dtype)  # the new token is text
+            logits = model(**{**inputs, "input_ids": ids, "attention_mask": torch.ones_like(ids),
+                              "mm_token_type_ids": torch.cat([inputs["mm_token_type_ids"], text_type], dim=1)}
+                           ).logits[0, -1]
+            second += first[token] * logits.softmax(-1)
+    target = second / second.sum()
+    counts = torch.zeros_like(target)
+    prompt = vlm.prompt_encoder({"images": [photo], "prompt": "w5 w6"})  # encoded once: the image is the same
+    for seed in range(1000):  # enough: decoding at unshifted positions gives TV ~0.47, four times this bound
+        tokens = gen.generate(prompt, max_new_tokens=2, temperature=1.0, seed=seed).token_ids
+        if len(tokens) == 2 and tokens[0] not in vision:
+            counts[tokens[1]] += 1
+    assert vision == [96, 97, 98, 99] and counts.sum() > 750
+    tv = 0.5 * float((counts / counts.sum() - target).abs().sum())
+    noise_tv = 0.5 * float((2 * target * (1 - target) / (torch.pi * counts.sum())).sqrt().sum())  # E[TV], exact
+    assert tv < 2 * noise_tv, (tv, noise_tv)
