@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -46,6 +44,7 @@ from ..runtime.machine import specdecode_home
 from ..runtime.runner import SDPABackend
 from .methods import DraftModels
 from .questions import Question, read_questions, select_questions
+from .results import write_atomic
 from .runner import encoded_turn
 
 
@@ -136,10 +135,7 @@ def add_recording(path: Path, model: str, max_new_tokens: int, recording: Record
     old = path.read_text() if path.is_file() else ""
     line = json.dumps({"key": recording.key, "model": model, "max_new_tokens": max_new_tokens,
                        "prompt_ids": list(recording.prompt_ids), "output_ids": list(recording.output_ids)})
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(handle, "w") as file:
-        file.write(old + line + "\n")
-    os.replace(temporary, path)
+    write_atomic(path, old + line + "\n")
 
 
 def recordings_for(target: LoadedModel, questions: Sequence[Question], max_new_tokens: int, truth: Path,
@@ -178,7 +174,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("-n", "--max-new-tokens", type=int, default=128)
     parser.add_argument("-k", type=int, help="fixed draft depth (default: adaptive), as `specdecode bench -k`")
     parser.add_argument("--tree-width", type=int, default=1, help="model drafters: 1 = chains, w > 1 = top-w trees")
-    parser.add_argument("--truth", type=Path, help="truth file (default: under the cache, per questions file)")
+    parser.add_argument("--truth", type=Path, help="truth file (default: $SPECDECODE_HOME/replays/FOLDER-NAME.jsonl "
+                                                   "for the questions FOLDER/NAME.jsonl)")
     args = parser.parse_args(argv)
     try:
         methods = args.methods.split(",")
@@ -191,7 +188,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         questions = select_questions(read_questions(args.questions), categories, args.limit_per_category)
         target = (load_vlm if any(q.images for q in questions) else load_model)(args.model)
         plain = SpeculativeGenerator(target)
-        truth = args.truth or specdecode_home() / "replays" / f"{args.questions.stem}.jsonl"
+        truth = args.truth or specdecode_home() / "replays" / f"{args.questions.parent.name}-{args.questions.stem}.jsonl"
         recordings = recordings_for(target, questions, args.max_new_tokens, truth,
                                     lambda prompt: plain.generate(prompt, args.max_new_tokens).token_ids)
         real = SDPABackend()

@@ -57,14 +57,14 @@ class ResultsFolder:
             document = json.loads(settings_path.read_text(encoding="utf-8"))
             if commit is not None and commit not in document.get("commits", []):
                 document["commits"] = [*document.get("commits", []), commit]
-                _write_atomic(settings_path, json.dumps(document, indent=2))
+                write_atomic(settings_path, json.dumps(document, indent=2))
         elif (path / RESULTS_FILE).exists():
             raise SpecDecodeError(f"{path} holds {RESULTS_FILE} without {SETTINGS_FILE}, so its settings are "
                                   "unknown; use another --out, or pass --fresh to delete those results.")
         else:
             path.mkdir(parents=True, exist_ok=True)
             document = {"format": FORMAT_VERSION, "settings": settings, "commits": [commit] if commit else []}
-            _write_atomic(settings_path, json.dumps(document, indent=2))
+            write_atomic(settings_path, json.dumps(document, indent=2))
         return cls(path, settings, _read_records(path / RESULTS_FILE))
 
     def done(self) -> set[tuple[str, str]]:
@@ -84,7 +84,7 @@ class ResultsFolder:
         self.records.append(record)
 
     def write_text(self, name: str, text: str) -> None:
-        _write_atomic(self.path / name, text)
+        write_atomic(self.path / name, text)
 
 
 def recorded_settings(path: str | Path) -> dict | None:
@@ -131,7 +131,8 @@ def _read_records(path: Path) -> list[dict]:
     return records
 
 
-def _write_atomic(path: Path, text: str) -> None:
+def write_atomic(path: Path, text: str) -> None:
+    """Write `text` to `path` whole or not at all (a crash leaves the old file)."""
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
