@@ -173,7 +173,7 @@ def test_sampled_first_token_over_an_image_prompt_follows_the_target_distributio
     with torch.no_grad():
         target = model(**inputs).logits[0, -1].float().softmax(-1)  # [vocab]
     counts = torch.zeros_like(target)
-    prompt = {"images": [photo], "prompt": "w5 w6"}
+    prompt = vlm.prompt_encoder({"images": [photo], "prompt": "w5 w6"})  # encoded once: the image is the same
     for seed in range(2000):
         counts[gen.generate(prompt, max_new_tokens=2, temperature=1.0, seed=seed).token_ids[0]] += 1
     tv = 0.5 * float((counts / counts.sum() - target).abs().sum())
