@@ -132,3 +132,30 @@ def test_an_unsupported_family_is_refused_with_the_supported_ones_named():
             as refused:
         load_vlm(Stub(), processor=tiny_idefics3_processor())
     assert all(f"{family} = " in str(refused.value) for family in ("llava", "idefics3", "smolvlm"))
+
+
+def test_sampled_first_token_over_an_image_prompt_follows_the_target_distribution(photo):
+    """Temperature 1 with a text-only drafter of other weights carrying its probabilities (mostly rejected, so
+    recovered tokens are sampled from the residual): the first token's frequencies converge to the VLM's own
+    softmax after the image prompt, as transformers computes it."""
+    from tiny import tiny_model, tiny_tokenizer
+
+    from specdecode.drafters import ModelDrafter
+    from specdecode.models.load import load_model
+
+    model, processor = tiny_idefics3(seed=3), tiny_idefics3_processor()
+    vlm = load_vlm(model, processor=processor, dtype="fp32")
+    text = load_model(tiny_model("llama", seed=9), tokenizer=tiny_tokenizer(), dtype="fp32")
+    drafter = ModelDrafter(text, k=2, quantize=None, dtype="fp32", draft_vocab=None, confidence=0.0)
+    gen = SpeculativeGenerator(vlm, drafter, cost_model=None)
+    inputs = processor(images=[photo], text=["<image> w5 w6"], return_tensors="pt")
+    with torch.no_grad():
+        target = model(**inputs).logits[0, -1].softmax(-1)  # [vocab]
+    prompt = vlm.prompt_encoder({"images": [photo], "prompt": "w5 w6"})  # encoded once: the image is the same
+    assert list(prompt.token_ids) == inputs["input_ids"][0].tolist()
+    counts = torch.zeros_like(target)
+    for seed in range(1000):
+        counts[gen.generate(prompt, max_new_tokens=2, temperature=1.0, seed=seed).token_ids[0]] += 1
+    tv = 0.5 * float((counts / counts.sum() - target).abs().sum())
+    noise_tv = 0.5 * float((2 * target * (1 - target) / (torch.pi * 1000)).sqrt().sum())  # E[TV] of exact sampling
+    assert drafter.foreign_ids and tv < 2 * noise_tv, (tv, noise_tv)
