@@ -68,7 +68,7 @@ def main() -> None:
         generator = SharedPrefill(target, drafter, cost_model=cost_model, saved=saved)
         out = generator.generate(prompt, args.new_tokens, speculative=drafter is not None)
         stats = out.stats
-        decode = stats.new_tokens / (stats.wall_s - stats.prefill_s)
+        decode = stats.new_tokens / stats.decode_s
         reference, base = reference or out.token_ids, base or decode
         print(f"{spec:50s} decode {decode:5.2f} tok/s ({decode / base:.2f}x)  tau {stats.mean_accepted:.2f}  "
               f"acceptance {stats.acceptance_rate:.2f}  drafted {stats.drafted_tokens:3d}  draft {stats.draft_s:5.1f} s  "

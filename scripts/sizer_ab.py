@@ -16,10 +16,9 @@ from pathlib import Path
 from specdecode import SpeculativeGenerator
 from specdecode.bench.methods import DraftModels
 from specdecode.bench.questions import read_questions, select_questions
-from specdecode.bench.runner import encoded_turn
+from specdecode.bench.runner import encoded_turn, loader_for
 from specdecode.drafters.registry import DrafterOptions, make_drafter
 from specdecode.models.load import draft_quantization, load_model, resolve_device
-from specdecode.multimodal import load_vlm
 from specdecode.policy import SizerSettings
 
 
@@ -33,11 +32,7 @@ def settings(text: str) -> SizerSettings:
     return SizerSettings(**changes)
 
 
-POLICY_FIGURES = ("mean_budget", "steps_without_draft", "draft_ms_per_node", "verify_scale", "acceptance_per_level")
-
-
-def decode_seconds(out) -> float:
-    return out.stats.wall_s - out.stats.prefill_s
+POLICY_FIGURES = ("mean_budget", "steps_without_draft", "draft_ms_per_node", "acceptance_per_level")
 
 
 def main() -> None:
@@ -53,8 +48,7 @@ def main() -> None:
     args = parser.parse_args()
     categories = args.categories.split(",") if args.categories else None
     questions = select_questions(read_questions(args.questions), categories, args.limit_per_category)
-    load = load_vlm if any(q.images for q in questions) else load_model
-    target = load(args.model)
+    target = loader_for(questions)(args.model)
     models = DraftModels("fast-decode", load_model, draft_quantization(resolve_device("auto")))
     sides = {"A": settings(args.a), "B": settings(args.b)}
     totals = {}
@@ -72,9 +66,9 @@ def main() -> None:
             assert outs["A"].token_ids == outs["B"].token_ids, f"{name}, question {question.key}: tokens differ"
             for side, out in outs.items():
                 tokens, seconds = totals.get((name, side), (0, 0.0))
-                totals[name, side] = (tokens + len(out.token_ids), seconds + decode_seconds(out))
+                totals[name, side] = (tokens + len(out.token_ids), seconds + out.stats.decode_s)
             print(json.dumps({"drafter": name, "question": question.key,
-                              **{side: round(len(o.token_ids) / decode_seconds(o), 3) for side, o in outs.items()},
+                              **{side: round(len(o.token_ids) / o.stats.decode_s, 3) for side, o in outs.items()},
                               **{f"{side} policy": {k: o.stats.cost_model.get(k) for k in POLICY_FIGURES}
                                  for side, o in outs.items()}}))
     for name in args.drafters.split(","):

@@ -66,6 +66,11 @@ class GenerationStats:
     drafters: dict = field(default_factory=dict)  # per-drafter counts from Drafter.report() (e.g. a mixture's)
     cost_model: dict = field(default_factory=dict)  # the draft policy's inputs and choices (policy.DraftSizer)
 
+    @property
+    def decode_s(self) -> float:
+        """Seconds after the prefill: the decoding phase, which is what drafting speeds up."""
+        return self.wall_s - self.prefill_s
+
     @classmethod
     def from_tally(cls, tally: Tally, new_tokens: int, drafters: dict | None = None,
                    cost_model: dict | None = None) -> GenerationStats:

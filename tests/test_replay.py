@@ -10,7 +10,7 @@ from tiny import hf_greedy, loaded, random_prompt, tiny_model, tiny_tokenizer
 
 from specdecode import SpeculativeGenerator
 from specdecode.bench.questions import Question
-from specdecode.bench.replay import Recording, decode_seconds, read_recordings, recordings_for, replay
+from specdecode.bench.replay import Recording, read_recordings, recordings_for, replay
 from specdecode.drafters import LookupDrafter, ModelDrafter
 from specdecode.errors import SpecDecodeError
 from specdecode.policy import ForwardCosts
@@ -41,7 +41,7 @@ def test_a_replay_takes_the_steps_of_the_real_run(drafter):
     assert replayed.stats.accept_histogram == real.stats.accept_histogram  # the same steps, the same sizes
     assert replayed.stats.drafted_tokens == real.stats.drafted_tokens > 0
     rows, steps = replayed.stats.forward_rows, replayed.stats.steps  # each verification charged at the table's cost
-    assert decode_seconds(replayed) == pytest.approx(steps * COSTS.raw(1) + (rows - steps) * SLOPE)
+    assert replayed.stats.decode_s == pytest.approx(steps * COSTS.raw(1) + (rows - steps) * SLOPE)
 
 
 def test_plain_decoding_is_charged_one_forward_per_token():
@@ -50,7 +50,7 @@ def test_plain_decoding_is_charged_one_forward_per_token():
     truth = hf_greedy(target.model, prompt, 20)
     out = replay(target, None, Recording("q", tuple(prompt), tuple(truth)), COSTS, (), clock=still_clock)
     assert out.token_ids == truth and out.stats.steps == 20
-    assert decode_seconds(out) == pytest.approx(20 * COSTS.raw(1)) and out.stats.prefill_s == 0.0
+    assert out.stats.decode_s == pytest.approx(20 * COSTS.raw(1)) and out.stats.prefill_s == 0.0
 
 
 def test_recordings_are_made_once_then_read_from_the_truth_file(tmp_path):
@@ -70,3 +70,7 @@ def test_recordings_are_made_once_then_read_from_the_truth_file(tmp_path):
     with pytest.raises(SpecDecodeError, match="images"):
         recordings_for(target, [Question(3, "c", ("w5",), images=(tmp_path / "a.png",))], 8, truth, record)
     assert len(read_recordings(truth, target.name, 8)) == 2  # a failed call added nothing
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text(truth.read_text() + "{not json\n")
+    with pytest.raises(SpecDecodeError, match="line 3 is not a recording"):
+        read_recordings(broken, target.name, 8)

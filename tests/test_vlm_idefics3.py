@@ -10,8 +10,8 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from tiny import (assert_chat_messages_decode_as_transformers, assert_trees_verify_exactly, hf_vlm_greedy, noise,
-                  tiny_idefics3, tiny_idefics3_processor)
+from tiny import (assert_chat_messages_decode_as_transformers, assert_frequencies_match, assert_trees_verify_exactly,
+                  hf_vlm_greedy, noise, tiny_idefics3, tiny_idefics3_processor)
 
 from specdecode import SpeculativeGenerator
 from specdecode.drafters import LookupDrafter
@@ -156,6 +156,5 @@ def test_sampled_first_token_over_an_image_prompt_follows_the_target_distributio
     counts = torch.zeros_like(target)
     for seed in range(1000):
         counts[gen.generate(prompt, max_new_tokens=2, temperature=1.0, seed=seed).token_ids[0]] += 1
-    tv = 0.5 * float((counts / counts.sum() - target).abs().sum())
-    noise_tv = 0.5 * float((2 * target * (1 - target) / (torch.pi * 1000)).sqrt().sum())  # E[TV] of exact sampling
-    assert drafter.foreign_ids and tv < 2 * noise_tv, (tv, noise_tv)
+    assert drafter.foreign_ids
+    assert_frequencies_match(counts, target)

@@ -140,6 +140,15 @@ def first_token_total_variation(gen, model: torch.nn.Module, prompt: list[int], 
     return 0.5 * float((counts / counts.sum() - target).abs().sum())
 
 
+def assert_frequencies_match(counts: torch.Tensor, target: torch.Tensor) -> None:
+    """Sampled token counts [vocab] are within twice the total variation from `target` [vocab] (probabilities)
+    that exact sampling shows on average with as many samples: E[TV] ~ sum sqrt(2 p (1 - p) / (pi n)) / 2."""
+    samples = float(counts.sum())
+    tv = 0.5 * float((counts / samples - target).abs().sum())
+    noise = 0.5 * float((2 * target * (1 - target) / (torch.pi * samples)).sqrt().sum())
+    assert tv < 2 * noise, (tv, noise)
+
+
 def rowwise_linear(x, weight, bias=None):
     """A product that gives every row the same bits whatever the row count (one row at a time)."""
     flat = x.reshape(-1, 1, x.shape[-1])  # [rows, 1, in]

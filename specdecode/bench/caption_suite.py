@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import io
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +21,7 @@ import numpy as np
 
 from ..errors import SpecDecodeError
 from .questions import write_questions
+from .results import write_atomic
 
 CATEGORY = "captioning"
 
@@ -86,9 +86,7 @@ def build(out: Path) -> list[dict]:
         buffer = io.BytesIO()
         image.save(buffer, format="PNG")
         data = buffer.getvalue()
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
+        write_atomic(path, data)
         records.append({"question_id": number, "category": CATEGORY, "turns": [spec.prompt],
                         "images": [f"images/{path.name}"], "image_source": spec.source,
                         "image_sha256": hashlib.sha256(data).hexdigest(), "image_size": list(image.size)})

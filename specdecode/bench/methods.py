@@ -27,7 +27,7 @@ from ..drafters.registry import (DRAFTER_PATTERNS, MIXTURE_HELP, MODEL_SPEC_HELP
 from ..engine import SpeculativeGenerator
 from ..errors import SpecDecodeError
 from ..models.load import LoadedModel, gguf_origin, load_model
-from ..multimodal.vlm import is_vlm_spec, load_drafter_model
+from ..multimodal.vlm import is_vlm_spec, load_vlm_drafter
 from ..pipelines.rag import hand_passages
 from ..prompts import EncodedPrompt, eos_token_ids, prompt_tokens
 from ..runtime.cpu.quantize import FBGEMM_MODES
@@ -129,7 +129,7 @@ class DraftModels:
         if key in self.loaded:
             return self.loaded[key]
         if target.prompt_encoder is not None and is_vlm_spec(spec):  # a VLM drafter, in its draft weights
-            self.loaded[key] = load_drafter_model(spec, target, quantize=self.quantize)
+            self.loaded[key] = load_vlm_drafter(spec, target, quantize=self.quantize)
         else:
             self.loaded[key] = self.load(spec, dtype=dtype, device=target.device, quantize=self.quantize,
                                          drafts_only=True)

@@ -5,12 +5,12 @@
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import SpecDecodeError
+from .results import write_atomic
 
 
 @dataclass(frozen=True)
@@ -98,11 +98,9 @@ def select_questions(questions: Sequence[Question], categories: Sequence[str] | 
     return selected
 
 
-def write_questions(records: Sequence[dict], path: str | os.PathLike) -> Path:
+def write_questions(records: Sequence[dict], path: str | Path) -> Path:
     """A question file: one JSON line per record, written whole or not at all (its folder made if missing)."""
     path = Path(path).expanduser()
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
-    os.replace(tmp, path)
+    write_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
     return path

@@ -34,7 +34,6 @@ from ..drafters.registry import DrafterOptions, drafter_kinds, make_drafter, par
 from ..engine import SpeculativeGenerator
 from ..errors import SpecDecodeError
 from ..models.load import LoadedModel, draft_quantization, load_model, output_vocab_size
-from ..multimodal import load_vlm
 from ..multimodal.vlm import is_vlm_spec
 from ..outputs import GenerationOutput
 from ..policy import SizerSettings
@@ -45,7 +44,7 @@ from ..runtime.runner import SDPABackend
 from .methods import DraftModels
 from .questions import Question, read_questions, select_questions
 from .results import write_atomic
-from .runner import encoded_turn
+from .runner import encoded_turn, loader_for
 
 
 class ReplayClock:
@@ -85,9 +84,6 @@ class ReplayBackend(SDPABackend):
         logits[torch.arange(q), torch.tensor(following)] = 1.0
         return logits[-logits_to_keep:] if logits_to_keep else logits
 
-    def prepare(self, model) -> None:
-        return None
-
 
 @dataclass(frozen=True)
 class Recording:
@@ -122,10 +118,15 @@ def read_recordings(path: Path, model: str, max_new_tokens: int) -> dict[str, Re
     if not path.is_file():
         return {}
     found = {}
-    for line in path.read_text().splitlines():
-        record = json.loads(line)
-        if record["model"] == model and record["max_new_tokens"] == max_new_tokens:
-            found[record["key"]] = Recording(record["key"], tuple(record["prompt_ids"]), tuple(record["output_ids"]))
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        try:
+            record = json.loads(line)
+            if record["model"] == model and record["max_new_tokens"] == max_new_tokens:
+                found[record["key"]] = Recording(record["key"], tuple(record["prompt_ids"]),
+                                                 tuple(record["output_ids"]))
+        except (ValueError, KeyError, TypeError):
+            raise SpecDecodeError(f"{path} line {number} is not a recording; delete the file (or pass another "
+                                  "--truth) to record the outputs again.") from None
     return found
 
 
@@ -160,10 +161,6 @@ def parse_model_specs(method: str) -> list[str]:
     return [part.model for part in parse_drafters(method) if part.kind == "model"]
 
 
-def decode_seconds(out: GenerationOutput) -> float:
-    return out.stats.wall_s - out.stats.prefill_s
-
-
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m specdecode.bench.replay", description=__doc__.split("\n\n")[0])
     parser.add_argument("-q", "--questions", type=Path, required=True, help="a Spec-Bench question.jsonl (first turns)")
@@ -186,7 +183,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                                   "them with `specdecode bench`.")
         categories = args.categories.split(",") if args.categories else None
         questions = select_questions(read_questions(args.questions), categories, args.limit_per_category)
-        target = (load_vlm if any(q.images for q in questions) else load_model)(args.model)
+        target = loader_for(questions)(args.model)
         plain = SpeculativeGenerator(target)
         truth = args.truth or specdecode_home() / "replays" / f"{args.questions.parent.name}-{args.questions.stem}.jsonl"
         recordings = recordings_for(target, questions, args.max_new_tokens, truth,
@@ -194,26 +191,22 @@ def main(argv: Sequence[str] | None = None) -> None:
         real = SDPABackend()
         costs = plain.calibration.forward_costs(target.model, real)
         padded = real.padded_sizes(target.model, plain.calibration)
+        models = DraftModels("fast-decode", load_model, draft_quantization(target.device))
+        options = DrafterOptions(k=args.k, tree_width=args.tree_width)
+        drafters = {"plain": None, **{name: make_drafter(name, target, options, models) for name in methods}}
     except SpecDecodeError as e:
         raise SystemExit(f"error: {e}") from None
-    models = DraftModels("fast-decode", load_model, draft_quantization(target.device))
-    options = DrafterOptions(k=args.k, tree_width=args.tree_width)
-    drafters = {name: make_drafter(name, target, options, models) for name in methods}
-    totals = {name: [0, 0.0, 0, 0] for name in ["plain", *methods]}  # tokens, decode seconds, steps, drafted
+    stats = {name: [] for name in drafters}
     for recording in recordings:  # methods interleaved per question
-        for name, drafter in [("plain", None), *drafters.items()]:
-            out = replay(target, drafter, recording, costs, padded)
-            total = totals[name]
-            total[0] += len(out.token_ids)
-            total[1] += decode_seconds(out)
-            total[2] += out.stats.steps
-            total[3] += out.stats.drafted_tokens
-    plain_rate = totals["plain"][0] / totals["plain"][1]
+        for name, drafter in drafters.items():
+            stats[name].append(replay(target, drafter, recording, costs, padded).stats)
     print(f"{len(recordings)} questions, {args.model}, truth {truth}; predicted decode phase (verify costs "
           f"{costs.table_ms()[1]:.1f} ms per one-token forward):")
-    for name, (tokens, seconds, steps, drafted) in totals.items():
-        print(f"  {name:48s} {tokens / seconds / plain_rate:5.2f}x  {tokens / steps:5.2f} tokens per step, "
-              f"{drafted / steps:5.2f} drafted per step")
+    plain_rate = sum(s.new_tokens for s in stats["plain"]) / sum(s.decode_s for s in stats["plain"])
+    for name, runs in stats.items():
+        tokens, steps = sum(s.new_tokens for s in runs), sum(s.steps for s in runs)
+        print(f"  {name:48s} {tokens / sum(s.decode_s for s in runs) / plain_rate:5.2f}x  {tokens / steps:5.2f} "
+              f"tokens per step, {sum(s.drafted_tokens for s in runs) / steps:5.2f} drafted per step")
 
 
 if __name__ == "__main__":

@@ -131,9 +131,9 @@ def _read_records(path: Path) -> list[dict]:
     return records
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write `text` to `path` whole or not at all (a crash leaves the old file)."""
+def write_atomic(path: Path, data: str | bytes) -> None:
+    """Write `data` (text in UTF-8, or bytes) to `path` whole or not at all (a crash leaves the old file)."""
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
+    tmp.write_bytes(data.encode("utf-8") if isinstance(data, str) else data)
     os.replace(tmp, path)
 

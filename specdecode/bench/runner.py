@@ -118,8 +118,7 @@ def run_benchmark(config: BenchConfig, *, target: LoadedModel | None = None,
     if pending:
         # 2. Load the target and the methods' models; warm every method up (untimed, not recorded).
         if target is None:
-            load_target = load_vlm if any(q.images for q in questions) else load
-            target = load_target(config.model, dtype=config.dtype, quantize=config.quantize)
+            target = loader_for(questions, load)(config.model, dtype=config.dtype, quantize=config.quantize)
         chat = target.processor if target.prompt_encoder is not None else target.tokenizer
         if not getattr(chat, "chat_template", None):
             raise SpecDecodeError(f"{target.name} has no chat template; Spec-Bench questions are chat turns, "
@@ -176,6 +175,12 @@ def warm_up(methods: Sequence[Method], target: LoadedModel, question: Question, 
     for method in methods:
         for _ in range(count):
             method.run(prompt, tokens, turn.passages)
+
+
+def loader_for(questions: Sequence[Question], load: Callable[..., LoadedModel] = load_model
+                ) -> Callable[..., LoadedModel]:
+    """What loads the target for these questions: load_vlm where any shows images, else `load`."""
+    return load_vlm if any(q.images for q in questions) else load
 
 
 def encoded_turn(target: LoadedModel, question: Question, messages: list[dict]) -> list[int] | EncodedPrompt:

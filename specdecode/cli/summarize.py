@@ -81,8 +81,7 @@ def run_summarize(config: SummarizeConfig, write: Write) -> None:
 def stats_line(summary) -> str:
     """Parts, prompt tokens, prefill, decoding speed and tokens per target forward of a Summary."""
     s = summary.stats
-    decode_s = s.wall_s - s.prefill_s
-    rate = f"{s.new_tokens / decode_s:.1f}" if decode_s > 0 else "-"
+    rate = f"{s.new_tokens / s.decode_s:.1f}" if s.decode_s > 0 else "-"
     stages = len(summary.stages)
     parts = "1 part: 1 stage" if stages == 1 else f"{summary.parts} parts + reduce: {stages} stages"
     return (f"[{parts}, {summary.prompt_tokens} prompt tokens, {summary.wall_s:.2f} s "

@@ -94,6 +94,11 @@ def load_drafter_model(spec: Any, target: LoadedModel, dtype: str = "fast-decode
     (drafters.registry.default_load_draft, in `dtype`)."""
     if target.prompt_encoder is None or not is_vlm_spec(spec):
         return default_load_draft(spec, target, dtype, quantize)
+    return load_vlm_drafter(spec, target, quantize)
+
+
+def load_vlm_drafter(spec: Any, target: LoadedModel, quantize: str | None = "auto") -> LoadedModel:
+    """The vision-language model `spec` as a drafter for `target`, on its device, in draft weights (`quantize`)."""
     weights = draft_quantization(target.device) if quantize == "auto" else quantize
     dtype = "fp32" if weights in FBGEMM_MODES else "auto"  # w8a8 computes in fp32
     return load_vlm(spec, dtype=dtype, device=target.device, quantize=weights)

@@ -29,8 +29,7 @@ from ..engine import SpeculativeGenerator
 from ..errors import SpecDecodeError
 from ..models import zoo
 from ..multimodal import image_files, load_vlm, names_several
-from ..multimodal.vlm import load_drafter_model
-from ..multimodal.vlm import DEFAULT_PROMPT
+from ..multimodal.vlm import DEFAULT_PROMPT, load_drafter_model
 from ..outputs import GenerationOutput, GenerationStats
 
 AUTO_TEXT_DRAFTERS = ("qwen2.5-coder-0.5b-instruct",)  # zoo text drafters "auto" merges with lookup
