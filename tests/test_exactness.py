@@ -97,6 +97,21 @@ def test_independent_drafter_is_mostly_rejected_yet_lossless(target, other, refe
     assert out.stats.accept_histogram[0] > 0
 
 
+@pytest.mark.parametrize("tree_width", [1, 3])
+def test_windowed_drafter_sees_the_sinks_and_the_tail_and_is_lossless(target, tree_width):
+    prompt = random_prompt(5, length=90)
+    drafter = ModelDrafter(target, k=4, tree_width=tree_width, confidence=0, context_window=48)
+    gen = SpeculativeGenerator(target, drafter=drafter, cost_model=None)
+    out = gen.generate(prompt, max_new_tokens=NEW_TOKENS)
+    assert out.token_ids == hf_greedy(target.model, prompt, NEW_TOKENS)
+    seen = prompt[:16] + prompt[-32:]  # the sinks, then the window's last 32 prompt tokens
+    assert drafter.cached_ids[: len(seen)] == seen
+    assert drafter.cache.length < len(seen) + NEW_TOKENS  # the middle of the prompt was never fed
+    assert 0 < out.stats.acceptance_rate < 1  # the target's own weights, not its whole prompt
+    short = gen.generate(prompt[:40], max_new_tokens=8)  # within the window: the whole prompt
+    assert drafter.cached_ids[:40] == prompt[:40] and short.token_ids == hf_greedy(target.model, prompt[:40], 8)
+
+
 def test_deep_trees_with_decoys_are_lossless(target, references):
     for seed in range(4):
         prompt = PROMPTS[seed % len(PROMPTS)]

@@ -15,6 +15,11 @@ A bf16 drafter on a CPU without native bf16 decodes one token faster than in fp3
 but prefills a long prompt several times slower (a prefill is compute-bound, and such a CPU computes
 bf16 by conversion), so such a drafter prefills through an fp32 twin and converts the KV entries to
 bf16 (`prefill_twin`).
+
+A long prompt (a document to summarize) can be windowed (`context_window`): the drafter then sees the
+prompt's first SINKS tokens and its most recent ones, at contiguous positions (StreamingLLM over the
+input), plus every token generated after it. Its prefill and the attention of each draft step stay bounded
+however long the document; the target still verifies against the whole prompt.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from .base import AdaptiveLength, Drafter
 
 
 TWIN_MIN_TOKENS = 32  # feeds at least this long go through the fp32 prefill twin
+SINKS = 16  # a windowed drafter's first prompt tokens, always seen (StreamingLLM's attention sinks)
 
 
 class PrunedHead:
@@ -122,6 +128,8 @@ class ModelDrafter(Drafter):
         prompt's tokens (PrunedHead); None = the full vocabulary; "auto" = 32768 on a CPU when the
         vocabulary is larger than 65536 (with the prompt's tokens, 32768 ids cover nearly every token
         Qwen2.5-Coder-0.5B generates on Spec-Bench questions), else the full vocabulary.
+    context_window: None feeds the whole prompt; N > 2 * SINKS: at most N prompt tokens, the first SINKS and
+        the last N - SINKS (see the module's docstring). An image prompt of a vision-language drafter is fed whole.
     """
 
     name = "model"
@@ -141,6 +149,7 @@ class ModelDrafter(Drafter):
         quantize: str | None = "auto",
         prefill_twin: bool | str = "auto",
         attention: AttentionBackend | None = None,
+        context_window: int | None = None,
     ):
         if k is not None and k < 1:
             raise SpecDecodeError(f"ModelDrafter k must be >= 1 (or None to adapt), got {k}.")
@@ -152,6 +161,9 @@ class ModelDrafter(Drafter):
             raise SpecDecodeError(
                 f"ModelDrafter draft_vocab must be a whole number >= 1, None (all) or 'auto', got {draft_vocab!r}."
             )
+        if context_window is not None and not (isinstance(context_window, int) and context_window > 2 * SINKS):
+            raise SpecDecodeError(f"ModelDrafter context_window must be a whole number of tokens > {2 * SINKS} "
+                                  f"(or None: the whole prompt), got {context_window!r}.")
         self.draft = load_model(model, dtype=dtype, quantize=quantize, drafts_only=True)  # a LoadedModel: as is
         self.model = self.draft.model
         self.tree_width = tree_width
@@ -162,6 +174,8 @@ class ModelDrafter(Drafter):
         self.attention.prepare(self.model)  # its one-time probe now, not inside a generation
         self.cache = KVCache(self.model)
         self.cached_ids: list[int] = []
+        self.context_window = context_window
+        self.window_start: int | None = None  # where the seen tail of a windowed prompt starts (None: whole)
         self.foreign_ids: frozenset[int] = frozenset()  # the target's added and image tokens: never seen here
         self.images: EncodedPrompt | None = None  # a VLM drafter's view of an image prompt (read_images)
         self.prompt_logits: torch.Tensor | None = None  # [vocab]: after the prompt, until the first proposal
@@ -217,8 +231,12 @@ class ModelDrafter(Drafter):
     def begin(self, prompt_ids, *, sampling=GREEDY, generator=None) -> None:
         """A new generation: the prompt is fed to the drafter's cache now (a one-time cost, like the target's
         prefill), so that proposals only catch up on committed tokens."""
+        self.window_start = None
+        visible = self._view(prompt_ids)
+        self._start(visible, sampling, generator)  # a pruned head keeps every prompt token: copies stay possible
+        if self.context_window is not None and self.images is None and len(visible) > self.context_window:
+            self.window_start = len(visible) - (self.context_window - SINKS)
         prompt_ids = self._view(prompt_ids)
-        self._start(prompt_ids, sampling, generator)
         self.cache.reset()
         self.cache.position_shift = self.images.position_shift if self.images is not None else 0
         self.prompt_logits = self._catch_up(prompt_ids) if len(prompt_ids) else None  # [vocab]
@@ -254,8 +272,12 @@ class ModelDrafter(Drafter):
 
     # ------------------------------------------------------------------ drafting
     def _view(self, token_ids: Sequence[int]) -> Sequence[int]:
-        """The context as this drafter sees it: without the target's added and image tokens (foreign_ids)."""
-        return [t for t in token_ids if t not in self.foreign_ids] if self.foreign_ids else token_ids
+        """The context as this drafter sees it: without the target's added and image tokens (foreign_ids), and
+        of a windowed prompt only the sinks and the tail from window_start."""
+        visible = [t for t in token_ids if t not in self.foreign_ids] if self.foreign_ids else token_ids
+        if self.window_start is None:
+            return visible
+        return [*visible[:SINKS], *visible[self.window_start:]]
 
     def _forward(self, token_ids: Sequence[int], start: int, tree_mask=None, depths=None,
                  last_only: bool = False, images: EncodedPrompt | None = None) -> torch.Tensor:

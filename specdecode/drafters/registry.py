@@ -1,4 +1,4 @@
-"""Drafters by name: the one place where a name a user types (`lookup`, `retrieval`, `model:NAME`,
+"""Drafters by name: the one place where a name a user types (`lookup`, `retrieval`, `model:NAME[:WINDOW]`,
 `self[:KV[:WEIGHTS]]`, or several joined with `+` for a MixtureDrafter, e.g. `retrieval+model:NAME`) becomes a drafter.
 The CLI's `--drafter` and the benchmark's `--methods` both read it, so a drafter added here is
 usable from both.
@@ -14,13 +14,13 @@ from ..models.load import LoadedModel, load_model
 from .base import Drafter
 from .lookup import LookupDrafter
 from .mixture import MixtureDrafter
-from .model import ModelDrafter
+from .model import SINKS, ModelDrafter
 from .self import KV_POLICIES, WEIGHTS, SelfDrafter
 from .retrieval import RetrievalDrafter
 from .suffix import SuffixIndex
 
-DRAFTER_PATTERNS = ("lookup", "retrieval", "model:NAME", "self[:KV[:WEIGHTS[:BUDGET]]]")  # what a user types for each drafter
-MODEL_SPEC_HELP = ("NAME: a zoo name, model folder, .gguf file or hub id; self: the target drafts for itself, KV: "
+DRAFTER_PATTERNS = ("lookup", "retrieval", "model:NAME[:WINDOW]", "self[:KV[:WEIGHTS[:BUDGET]]]")  # what a user types for each drafter
+MODEL_SPEC_HELP = ("NAME: a zoo name, model folder, .gguf file or hub id, WINDOW: prompt tokens the drafter sees; self: the target drafts for itself, KV: "
                    f"{'/'.join(KV_POLICIES)}, WEIGHTS: {'/'.join(w for w in WEIGHTS)}/own, BUDGET: prompt entries kept")
 MIXTURE_HELP = "A+B merges the drafts of A and B into one tree"
 DRAFTER_NAMES = f"none, {', '.join(DRAFTER_PATTERNS)} ({MIXTURE_HELP}; {MODEL_SPEC_HELP})"
@@ -33,10 +33,11 @@ LoadDraft = Callable[[str, LoadedModel], LoadedModel]  # (model spec, target) ->
 
 @dataclass(frozen=True)
 class DrafterName:
-    """A parsed drafter name: `kind` or `kind:model`."""
+    """A parsed drafter name: `kind`, `kind:model[:window]` or `kind:options`."""
 
     kind: str  # one of KINDS
     model: str | None = None  # the drafter model's spec (KINDS_WITH_MODEL), or the options (KINDS_WITH_OPTIONS)
+    window: int | None = None  # KINDS_WITH_MODEL: the prompt tokens the drafter sees (None: all)
 
     @classmethod
     def parse(cls, text: str) -> DrafterName:
@@ -53,10 +54,17 @@ class DrafterName:
             self_options(model)  # checked now, before any model loads
         elif kind not in KINDS_WITH_MODEL and colon:
             raise SpecDecodeError(f"drafter {kind!r} takes no model; use {DRAFTER_NAMES}.")
+        spec, _, window = model.rpartition(":")
+        if kind in KINDS_WITH_MODEL and spec and window.isdigit():  # no model spec ends in ":digits"
+            if int(window) <= 2 * SINKS:
+                raise SpecDecodeError(f"drafter {text!r}: the window (prompt tokens the drafter sees) must be more "
+                                      f"than {2 * SINKS}, e.g. {kind}:{spec}:2048.")
+            return cls(kind, spec, int(window))
         return cls(kind, model or None)
 
     def __str__(self) -> str:
-        return f"{self.kind}:{self.model}" if self.model else self.kind
+        window = f":{self.window}" if self.window else ""
+        return f"{self.kind}:{self.model}{window}" if self.model else self.kind
 
 
 @dataclass(frozen=True)
@@ -142,4 +150,4 @@ def make_drafter(name: DrafterName | str, target: LoadedModel, options: DrafterO
                            tree_width=options.tree_width)
     load = load_draft or (lambda spec, t: default_load_draft(spec, t, options.drafter_dtype, options.drafter_quantize))
     draft = load(name.model, target)
-    return ModelDrafter(draft, k=options.k, tree_width=options.tree_width)
+    return ModelDrafter(draft, k=options.k, tree_width=options.tree_width, context_window=name.window)
