@@ -121,8 +121,10 @@ def test_unknown_zoo_name_is_one_clear_error():
 def test_drafter_spec_parsing():
     assert DrafterName.parse("lookup") == DrafterName("lookup")
     assert DrafterName.parse("model:some/folder") == DrafterName("model", "some/folder")
-    assert DrafterName.parse("model:some/folder:2048") == DrafterName("model", "some/folder", 2048)
-    assert str(DrafterName.parse("model:x:2048")) == "model:x:2048"
+    assert DrafterName.parse("model:some/folder:4096") == DrafterName("model", "some/folder", 4096)
+    assert DrafterName.parse("model:some/folder:all") == DrafterName("model", "some/folder", None)
+    assert [str(DrafterName.parse(f"model:x{w}")) for w in ("", ":2048", ":512", ":all")] == \
+        ["model:x", "model:x", "model:x:512", "model:x:all"]
     with pytest.raises(SpecDecodeError, match="window .* must be more than 32"):
         DrafterName.parse("model:x:16")
     with pytest.raises(SpecDecodeError, match="needs a model after the colon"):

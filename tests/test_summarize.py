@@ -14,6 +14,7 @@ from tiny import RandomDrafter, invoke_cli, tiny_model, tiny_model_folder, tiny_
 from specdecode.errors import SpecDecodeError
 from specdecode.models.load import LoadedModel
 from specdecode.pipelines import SummarizePipeline, html_to_text, read_source, split_text
+from specdecode.pipelines.summarize import auto_drafter
 from specdecode.runtime.calibrate import Calibration
 
 LIMIT = 100  # max_prompt_tokens of the module's pipeline: the long document needs three parts
@@ -274,11 +275,19 @@ def test_cli_bad_input_is_one_clear_error(model_dir, long_document, tmp_path):
 def test_auto_drafter_is_lookup_plus_self(target, long_document):
     from specdecode.drafters import MixtureDrafter
 
+    assert auto_drafter(target) == "lookup+self"  # no small model of this vocabulary on this machine
     auto = SummarizePipeline(target, max_new_tokens=20, max_prompt_tokens=LIMIT, progress=False, cost_model=None)
     assert isinstance(auto.generator.drafter, MixtureDrafter)
     assert [m.name for m in auto.generator.drafter.members][0] == "lookup"
     spec, plain = auto(long_document), auto(long_document, speculative=False)
     assert [s.token_ids for s in spec.stages] == [s.token_ids for s in plain.stages]
+
+
+def test_auto_drafter_merges_lookup_with_a_small_model_of_the_vocabulary(target, tmp_path):
+    target.tokenizer.save_pretrained(tmp_path / "same")
+    missing = str(tmp_path / "missing")
+    assert auto_drafter(target, candidates=(missing, str(tmp_path / "same"))) == f"lookup+model:{tmp_path / 'same'}"
+    assert auto_drafter(target, candidates=(missing,)) == "lookup+self"
 
 
 def test_a_long_prefill_shows_its_progress(target, long_document, capsys):

@@ -16,10 +16,10 @@ but prefills a long prompt several times slower (a prefill is compute-bound, and
 bf16 by conversion), so such a drafter prefills through an fp32 twin and converts the KV entries to
 bf16 (`prefill_twin`).
 
-A long prompt (a document to summarize) can be windowed (`context_window`): the drafter then sees the
-prompt's first SINKS tokens and its most recent ones, at contiguous positions (StreamingLLM over the
-input), plus every token generated after it. Its prefill and the attention of each draft step stay bounded
-however long the document; the target still verifies against the whole prompt.
+A prompt longer than `context_window` tokens (a document to summarize) is windowed: the drafter sees its
+first SINKS tokens and its most recent ones, at contiguous positions (StreamingLLM over the input), plus
+every token generated after it. Its prefill and the attention of each draft step stay bounded however
+long the document; the target still verifies against the whole prompt.
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ from .base import AdaptiveLength, Drafter
 
 TWIN_MIN_TOKENS = 32  # feeds at least this long go through the fp32 prefill twin
 SINKS = 16  # a windowed drafter's first prompt tokens, always seen (StreamingLLM's attention sinks)
+DEFAULT_CONTEXT_WINDOW = 2048  # docs/benchmarks.md, long documents: the 0.5B drafter windowed vs whole
 
 
 class PrunedHead:
@@ -128,8 +129,8 @@ class ModelDrafter(Drafter):
         prompt's tokens (PrunedHead); None = the full vocabulary; "auto" = 32768 on a CPU when the
         vocabulary is larger than 65536 (with the prompt's tokens, 32768 ids cover nearly every token
         Qwen2.5-Coder-0.5B generates on Spec-Bench questions), else the full vocabulary.
-    context_window: None feeds the whole prompt; N > 2 * SINKS: at most N prompt tokens, the first SINKS and
-        the last N - SINKS (see the module's docstring). An image prompt of a vision-language drafter is fed whole.
+    context_window: the prompt tokens the drafter sees at most (> 2 * SINKS): the first SINKS and the last
+        N - SINKS (see the module's docstring); None: the whole prompt. A VLM drafter's image prompt is fed whole.
     """
 
     name = "model"
@@ -149,7 +150,7 @@ class ModelDrafter(Drafter):
         quantize: str | None = "auto",
         prefill_twin: bool | str = "auto",
         attention: AttentionBackend | None = None,
-        context_window: int | None = None,
+        context_window: int | None = DEFAULT_CONTEXT_WINDOW,
     ):
         if k is not None and k < 1:
             raise SpecDecodeError(f"ModelDrafter k must be >= 1 (or None to adapt), got {k}.")

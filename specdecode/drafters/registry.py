@@ -14,13 +14,13 @@ from ..models.load import LoadedModel, load_model
 from .base import Drafter
 from .lookup import LookupDrafter
 from .mixture import MixtureDrafter
-from .model import SINKS, ModelDrafter
+from .model import DEFAULT_CONTEXT_WINDOW, SINKS, ModelDrafter
 from .self import KV_POLICIES, WEIGHTS, SelfDrafter
 from .retrieval import RetrievalDrafter
 from .suffix import SuffixIndex
 
 DRAFTER_PATTERNS = ("lookup", "retrieval", "model:NAME[:WINDOW]", "self[:KV[:WEIGHTS[:BUDGET]]]")  # what a user types for each drafter
-MODEL_SPEC_HELP = ("NAME: a zoo name, model folder, .gguf file or hub id, WINDOW: prompt tokens the drafter sees; self: the target drafts for itself, KV: "
+MODEL_SPEC_HELP = ("NAME: a zoo name, model folder, .gguf file or hub id, WINDOW: prompt tokens the drafter sees (default 2048, or all); self: the target drafts for itself, KV: "
                    f"{'/'.join(KV_POLICIES)}, WEIGHTS: {'/'.join(w for w in WEIGHTS)}/own, BUDGET: prompt entries kept")
 MIXTURE_HELP = "A+B merges the drafts of A and B into one tree"
 DRAFTER_NAMES = f"none, {', '.join(DRAFTER_PATTERNS)} ({MIXTURE_HELP}; {MODEL_SPEC_HELP})"
@@ -37,7 +37,7 @@ class DrafterName:
 
     kind: str  # one of KINDS
     model: str | None = None  # the drafter model's spec (KINDS_WITH_MODEL), or the options (KINDS_WITH_OPTIONS)
-    window: int | None = None  # KINDS_WITH_MODEL: the prompt tokens the drafter sees (None: all)
+    window: int | None = DEFAULT_CONTEXT_WINDOW  # KINDS_WITH_MODEL: the prompt tokens the drafter sees (None: all)
 
     @classmethod
     def parse(cls, text: str) -> DrafterName:
@@ -55,16 +55,18 @@ class DrafterName:
         elif kind not in KINDS_WITH_MODEL and colon:
             raise SpecDecodeError(f"drafter {kind!r} takes no model; use {DRAFTER_NAMES}.")
         spec, _, window = model.rpartition(":")
-        if kind in KINDS_WITH_MODEL and spec and window.isdigit():  # no model spec ends in ":digits"
-            if int(window) <= 2 * SINKS:
+        if kind in KINDS_WITH_MODEL and spec and (window.isdigit() or window == "all"):  # no model spec ends so
+            if window.isdigit() and int(window) <= 2 * SINKS:
                 raise SpecDecodeError(f"drafter {text!r}: the window (prompt tokens the drafter sees) must be more "
-                                      f"than {2 * SINKS}, e.g. {kind}:{spec}:2048.")
-            return cls(kind, spec, int(window))
+                                      f"than {2 * SINKS}, e.g. {kind}:{spec}:2048, or `all`.")
+            return cls(kind, spec, int(window) if window.isdigit() else None)
         return cls(kind, model or None)
 
     def __str__(self) -> str:
-        window = f":{self.window}" if self.window else ""
-        return f"{self.kind}:{self.model}{window}" if self.model else self.kind
+        if not self.model:
+            return self.kind
+        window = "" if self.window == DEFAULT_CONTEXT_WINDOW else f":{self.window or 'all'}"
+        return f"{self.kind}:{self.model}{window}"
 
 
 @dataclass(frozen=True)

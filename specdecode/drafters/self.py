@@ -117,7 +117,7 @@ class SelfDrafter(ModelDrafter):
         self.weights = weights
         super().__init__(self._drafting_model(weights), k, tree_width=tree_width, max_nodes=max_nodes,
                          confidence=confidence, initial_k=initial_k, max_k=max_k, draft_vocab=draft_vocab,
-                         quantize=None, prefill_twin=False)
+                         quantize=None, prefill_twin=False, context_window=None)
         self.target_cache: KVCache | None = None
         self.synced = 0  # target entries reflected in the draft cache (its prompt selection, then copies)
         self.selected = 0  # prompt entries the policy kept (per KV head)

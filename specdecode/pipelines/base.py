@@ -9,10 +9,28 @@ from __future__ import annotations
 
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
+from ..drafters.model import foreign_tokens
 from ..errors import SpecDecodeError
+from ..models import zoo
 from ..outputs import GenerationOutput
+
+ZOO_TEXT_DRAFTERS = ("qwen2.5-coder-0.5b-instruct",)  # zoo drafter models an "auto" drafter may pick
+
+
+def local_drafter_model(target, candidates: Sequence[str] = ZOO_TEXT_DRAFTERS) -> str | None:
+    """The first of `candidates` (zoo names or folders) that is on this machine (a zoo model already pulled:
+    "auto" never downloads) and shares the target's vocabulary, or None."""
+    from transformers import AutoTokenizer
+
+    for candidate in candidates:
+        folder = zoo.model_dir(candidate) if candidate in zoo.ZOO else Path(candidate)
+        if (zoo.is_converted(candidate) if candidate in zoo.ZOO else folder.is_dir()) and \
+                foreign_tokens(AutoTokenizer.from_pretrained(folder), target.tokenizer) is not None:
+            return candidate
+    return None
 
 
 @dataclass

@@ -23,16 +23,14 @@ from pathlib import Path
 from typing import Any
 
 from ..drafters import Drafter
-from ..drafters.model import foreign_tokens
 from ..drafters.registry import DrafterOptions, make_drafter
 from ..engine import SpeculativeGenerator
 from ..errors import SpecDecodeError
-from ..models import zoo
 from ..multimodal import image_files, load_vlm, names_several
 from ..multimodal.vlm import DEFAULT_PROMPT, load_drafter_model
 from ..outputs import GenerationOutput, GenerationStats
+from .base import ZOO_TEXT_DRAFTERS, local_drafter_model
 
-AUTO_TEXT_DRAFTERS = ("qwen2.5-coder-0.5b-instruct",)  # zoo text drafters "auto" merges with lookup
 
 
 @dataclass(frozen=True)
@@ -44,18 +42,12 @@ class Caption:
     output: GenerationOutput
 
 
-def auto_drafter(vlm, candidates: Sequence[str] = AUTO_TEXT_DRAFTERS) -> str:
+def auto_drafter(vlm, candidates: Sequence[str] = ZOO_TEXT_DRAFTERS) -> str:
     """What "auto" drafts a VLM's captions with: lookup on the prompt and the caption so far, merged with the
-    first of `candidates` (zoo names or folders) that is on this machine and shares the VLM's vocabulary (the
-    zoo's Qwen2.5 0.5B for Qwen-VL targets: docs/benchmarks.md, captioning); lookup alone where none does."""
-    from transformers import AutoTokenizer
-
-    for candidate in candidates:
-        folder = zoo.model_dir(candidate) if candidate in zoo.ZOO else Path(candidate)
-        if (zoo.is_converted(candidate) if candidate in zoo.ZOO else folder.is_dir()) and \
-                foreign_tokens(AutoTokenizer.from_pretrained(folder), vlm.tokenizer) is not None:
-            return f"lookup+model:{candidate}"
-    return "lookup"
+    first of `candidates` on this machine that shares the VLM's vocabulary (local_drafter_model: the zoo's
+    Qwen2.5 0.5B for Qwen-VL targets, docs/benchmarks.md, captioning); lookup alone where none does."""
+    model = local_drafter_model(vlm, candidates)
+    return f"lookup+model:{model}" if model else "lookup"
 
 
 class CaptionPipeline:

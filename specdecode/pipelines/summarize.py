@@ -2,7 +2,7 @@
 long for one prompt is cut on paragraph boundaries into parts that fit; each part is summarized (map),
 then the part summaries together (reduce, again in parts while they still do not fit).
 
-    summarize = SummarizePipeline(target)                   # drafter "auto": prompt lookup + self-drafting
+    summarize = SummarizePipeline(target)                   # drafter "auto": prompt lookup + a small model
     summary = summarize("report.md", max_new_tokens=200)     # text | path | [paths]
     summary.text, summary.stats, summary.parts, [s.name for s in summary.stages], summary.notes
     plain = summarize("report.md", speculative=False)       # the same stages, plain decoding
@@ -11,7 +11,7 @@ then the part summaries together (reduce, again in parts while they still do not
 
 from __future__ import annotations
 
-from collections.abc import Generator
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 
 from ..drafters import Drafter
@@ -21,15 +21,23 @@ from ..errors import SpecDecodeError
 from ..models.load import load_model
 from ..outputs import GenerationOutput, GenerationStats
 from ..prompts import encode_prompt
-from .base import user_prompt
+from .base import ZOO_TEXT_DRAFTERS, local_drafter_model, user_prompt
 from .reading import read_source, split_text
 
 DEFAULT_TEMPLATE = "{document}\n\n{instruction}"
 DEFAULT_INSTRUCTION = "Summarize the document above in a few paragraphs."
 PART_INSTRUCTION = ("The text above is one part of a longer document. Summarize it in one paragraph, keeping its "
                     "key facts, names and figures.")
-AUTO_DRAFTER = "lookup+self"  # summaries copy from the document; the target drafts the rest for itself
 MIN_PART_TOKENS = 16  # a part must leave at least this many tokens of the prompt to the document
+
+
+def auto_drafter(target, candidates: Sequence[str] = ZOO_TEXT_DRAFTERS) -> str:
+    """What "auto" drafts a summary with: prompt lookup on the document (summaries copy from it), merged with the
+    first of `candidates` on this machine that shares the target's vocabulary (local_drafter_model), which sees
+    the document's last 2048 tokens (ModelDrafter's context window); where none does, with the target drafting
+    for itself (`self`). docs/benchmarks.md, long documents: the windowed 0.5B drafts faster than `self`."""
+    model = local_drafter_model(target, candidates)
+    return f"lookup+model:{model}" if model else "lookup+self"
 
 
 @dataclass(frozen=True)
@@ -76,7 +84,8 @@ class Summary:
 class SummarizePipeline:
     """Summarize a document with speculative decoding; map-reduce over parts when it is too long.
 
-    drafter: "auto" (prompt lookup on the document merged with self-drafting: "lookup+self"), a drafter
+    drafter: "auto" (auto_drafter: prompt lookup on the document merged with a small model of the target's
+        vocabulary where one is on this machine, else with self-drafting: "lookup+self"), a drafter
         name ("lookup", "lookup+model:NAME", ...), a Drafter, or None for plain decoding only.
     template: the prompt, with {document} and {instruction}; sent as one user chat message when the
         tokenizer has a chat template, else as text ending in "Summary:".
@@ -104,7 +113,7 @@ class SummarizePipeline:
         if self.target.tokenizer is None:
             raise SpecDecodeError("summarizing needs the target's tokenizer; pass a model loaded with one.")
         if drafter == "auto":
-            drafter = AUTO_DRAFTER
+            drafter = auto_drafter(self.target)
         if isinstance(drafter, str):
             drafter = make_drafter(drafter, self.target, DrafterOptions())
         self.generator = SpeculativeGenerator(self.target, drafter=drafter, cost_model=cost_model)
