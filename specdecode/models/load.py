@@ -25,6 +25,7 @@ from ..runtime.cpu.linear import (MAX_PROBED_ROWS, check_cpu_kernels, exact_one_
                                   fastest_decode_dtype, fastest_draft_quantization, measured_orientation,
                                   tune_linear_layers)
 from ..runtime.cpu.quantize import FBGEMM_MODES, check_mode, quantize_model
+from ..runtime.grouped_attention import use_grouped_attention
 from ..runtime.cpu.rowwise_attention import exact_fold_rows, fold_rows_of, runs_sdpa, use_rowwise_attention
 
 if TYPE_CHECKING:
@@ -370,6 +371,8 @@ def _finish(model, tokenizer, name: str, cpu_kernels: str, quantize: str | None 
     elif quantize is not None:
         quantize_model(model, quantize, group_size, drafts_only=drafts_only)
     exact = quantize == "w8a8" and not drafts_only  # quantize_model switched it to row-wise attention
+    if drafts_only and model.config._attn_implementation == "sdpa":
+        use_grouped_attention(model)  # several tokens' attention without copying the cache per query head
     width, kernel = None, None
     if (quantize in (None, "int8", "int4") and not drafts_only and model.device.type == "cpu"
             and model.dtype in (torch.bfloat16, torch.float16) and cpu_kernels != "weight_first"):

@@ -19,10 +19,14 @@ Prompts keep transformers' forward: a prefill is one batched forward per generat
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
+
 import torch
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from ..cache import KVCache
+from ..grouped_attention import GROUPED, grouped_attention
 from ..layers import decoder_of
 from .fusion import products_of
 from .rowwise_attention import fold_rows_of, rowwise_attention, runs_sdpa
@@ -72,8 +76,11 @@ def lean_forward(model: torch.nn.Module, cache: KVCache, input_ids: torch.Tensor
     [q, hidden_size]. The cache grows by q entries, as with the model's own forward. Modules are looked
     up on every call, so a layer replaced later (quantized, say) is the one used."""
     body, q = decoder_of(model), input_ids.shape[-1]
-    fold_rows = fold_rows_of(body.config._attn_implementation)  # None: SDPA
+    implementation = body.config._attn_implementation
+    fold_rows = fold_rows_of(implementation)  # None: SDPA
     rowwise = fold_rows is not None
+    attend = (partial(rowwise_attention, fold_rows=fold_rows) if rowwise
+              else grouped_attention if implementation == GROUPED else sdpa_attention_forward)
     if attention_mask is None and q > 1 and not rowwise:  # SDPA's is_causal would ignore the cache
         past = cache.length
         attention_mask = torch.ones(q, past + q, dtype=torch.bool, device=input_ids.device).tril(past)[None, None]
@@ -84,7 +91,7 @@ def lean_forward(model: torch.nn.Module, cache: KVCache, input_ids: torch.Tensor
         attention, mlp = layer.self_attn, layer.mlp
         projected = products_of([attention.q_proj, attention.k_proj, attention.v_proj])(
             layer.input_layernorm(states))  # query [1, q, heads * d], key and value [1, q, kv_heads * d]
-        states = states + _attention(attention, *projected, rotary, cache.hf.layers[index], attention_mask, fold_rows)
+        states = states + _attention(attention, *projected, rotary, cache.hf.layers[index], attention_mask, attend)
         gate, up = products_of([mlp.gate_proj, mlp.up_proj])(layer.post_attention_layernorm(states))  # [1, q, inter]
         states = states + mlp.down_proj(mlp.act_fn(gate) * up)
     states = body.norm(states)  # [1, q, hidden]
@@ -96,21 +103,16 @@ def lean_forward(model: torch.nn.Module, cache: KVCache, input_ids: torch.Tensor
 
 def _attention(attention: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                rotary: tuple[torch.Tensor, torch.Tensor], cache_layer, attention_mask: torch.Tensor | None,
-               fold_rows: int | None) -> torch.Tensor:
+               attend: Callable) -> torch.Tensor:
     """The projected query, key, value states [1, q, (kv_)heads * d] -> the attention block's output
-    [1, q, hidden] (o_proj applied), with the attention function transformers would call (row-wise with
-    `fold_rows` tokens per call, or SDPA where None)."""
+    [1, q, hidden] (o_proj applied), with `attend`, the attention function transformers would call (row-wise,
+    grouped SDPA or SDPA; for row-wise, attention_mask None = causal, to the last key)."""
     shape = (*query.shape[:-1], -1, attention.head_dim)  # [1, q, heads, head_dim]
     query = _rotate(query.view(shape).transpose(1, 2), *rotary)  # [1, heads, q, d]
     key = _rotate(key.view(shape).transpose(1, 2), *rotary)  # [1, kv_heads, q, d]
     value = value.view(shape).transpose(1, 2)  # [1, kv_heads, q, d]
     keys, values = cache_layer.update(key, value)  # [1, kv_heads, past + q, d] each
-    if fold_rows is None:
-        out, _ = sdpa_attention_forward(attention, query, keys, values, attention_mask, dropout=0.0,
-                                        scaling=attention.scaling)  # [1, q, heads, d]
-    else:  # attention_mask None = causal, to the last key
-        out, _ = rowwise_attention(attention, query, keys, values, attention_mask, scaling=attention.scaling,
-                                   fold_rows=fold_rows)  # [1, q, heads, d]
+    out, _ = attend(attention, query, keys, values, attention_mask, dropout=0.0, scaling=attention.scaling)
     return attention.o_proj(out.reshape(*shape[:-2], -1).contiguous())  # [1, q, hidden]
 
 

@@ -38,6 +38,7 @@ import torch.nn.functional as F
 
 from ...errors import SpecDecodeError
 from ..cache import KEY_BLOCK
+from ..grouped_attention import GROUPED
 
 ROWWISE = "specdecode_rowwise"
 BATCHED_PREFILL = "specdecode_batched_prefill"  # a forward keyword: these rows are a prompt, attend them batched
@@ -130,8 +131,9 @@ def _visible(attention_mask: torch.Tensor | None, q_len: int, kv_len: int) -> tu
 
 
 def runs_sdpa(implementation: str | None) -> bool:
-    """Whether an attention implementation is SDPA's or row-wise (SDPA per token): those the engine runs."""
-    return implementation == "sdpa" or fold_rows_of(implementation) is not None
+    """Whether an attention implementation is SDPA's, grouped SDPA (a drafter's) or row-wise (SDPA per token):
+    those the engine runs."""
+    return implementation in ("sdpa", GROUPED) or fold_rows_of(implementation) is not None
 
 
 def rowwise_name(fold_rows: int) -> str:
