@@ -25,6 +25,7 @@ from specdecode.errors import SpecDecodeError
 from specdecode.runtime.cpu import linear as cpu_linear
 from specdecode.runtime.cpu.linear import fastest_draft_quantization
 from specdecode.runtime.cpu import quantize as quantize_module
+from specdecode.runtime.grouped_attention import GROUPED
 from specdecode.runtime.cpu.rowwise_attention import _visible, fold_rows_of
 from specdecode.runtime.cpu.quantize import (Fp16Linear, Int4Linear, Int8Linear, RowInt8Linear, fbgemm_available,
                                              quantize_int4, quantize_model)
@@ -249,9 +250,10 @@ def test_sampling_with_a_pruned_w8a8_drafter_keeps_the_target_distribution():
 
 
 def test_a_w8a8_drafter_keeps_batched_attention():
-    """Row-wise attention costs time and only a verified target needs it: drafts need not be exact."""
+    """Row-wise attention costs time and only a verified target needs it: drafts need not be exact (a drafter
+    attends batched, its query heads grouped: runtime/grouped_attention.py)."""
     drafter = load_cpu(cpu_model("llama", seed=2), tokenizer=tiny_tokenizer(), quantize="w8a8", drafts_only=True)
-    assert drafter.model.config._attn_implementation == "sdpa"
+    assert drafter.model.config._attn_implementation == GROUPED
     assert isinstance(drafter.model.lm_head, RowInt8Linear)
     target = load_cpu(cpu_model("llama", seed=2), tokenizer=tiny_tokenizer(), quantize="w8a8")
     assert fold_rows_of(target.model.config._attn_implementation)  # row-wise, however many tokens per call

@@ -283,10 +283,10 @@ def test_auto_drafter_is_lookup_plus_self(target, long_document):
     assert [s.token_ids for s in spec.stages] == [s.token_ids for s in plain.stages]
 
 
-def test_auto_drafter_merges_lookup_with_a_small_model_of_the_vocabulary(target, tmp_path):
+def test_auto_drafter_is_a_small_model_of_the_vocabulary_where_one_is_here(target, tmp_path):
     target.tokenizer.save_pretrained(tmp_path / "same")
     missing = str(tmp_path / "missing")
-    assert auto_drafter(target, candidates=(missing, str(tmp_path / "same"))) == f"lookup+model:{tmp_path / 'same'}"
+    assert auto_drafter(target, candidates=(missing, str(tmp_path / "same"))) == f"model:{tmp_path / 'same'}"
     assert auto_drafter(target, candidates=(missing,)) == "lookup+self"
 
 

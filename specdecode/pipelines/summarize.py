@@ -2,7 +2,7 @@
 long for one prompt is cut on paragraph boundaries into parts that fit; each part is summarized (map),
 then the part summaries together (reduce, again in parts while they still do not fit).
 
-    summarize = SummarizePipeline(target)                   # drafter "auto": prompt lookup + a small model
+    summarize = SummarizePipeline(target)                   # drafter "auto": a small model, or lookup+self
     summary = summarize("report.md", max_new_tokens=200)     # text | path | [paths]
     summary.text, summary.stats, summary.parts, [s.name for s in summary.stages], summary.notes
     plain = summarize("report.md", speculative=False)       # the same stages, plain decoding
@@ -32,12 +32,13 @@ MIN_PART_TOKENS = 16  # a part must leave at least this many tokens of the promp
 
 
 def auto_drafter(target, candidates: Sequence[str] = ZOO_TEXT_DRAFTERS) -> str:
-    """What "auto" drafts a summary with: prompt lookup on the document (summaries copy from it), merged with the
-    first of `candidates` on this machine that shares the target's vocabulary (local_drafter_model), which sees
-    the document's last 2048 tokens (ModelDrafter's context window); where none does, with the target drafting
-    for itself (`self`). docs/benchmarks.md, long documents: the windowed 0.5B drafts faster than `self`."""
+    """What "auto" drafts a summary with: the first of `candidates` on this machine that shares the target's
+    vocabulary (local_drafter_model), reading the document's first and last tokens (ModelDrafter's context
+    window); where none does, prompt lookup on the document merged with the target drafting for itself
+    (`lookup+self`). docs/benchmarks.md, long documents: the windowed 0.5B alone drafted faster than
+    lookup+self and than lookup merged with it."""
     model = local_drafter_model(target, candidates)
-    return f"lookup+model:{model}" if model else "lookup+self"
+    return f"model:{model}" if model else "lookup+self"
 
 
 @dataclass(frozen=True)
@@ -84,8 +85,8 @@ class Summary:
 class SummarizePipeline:
     """Summarize a document with speculative decoding; map-reduce over parts when it is too long.
 
-    drafter: "auto" (auto_drafter: prompt lookup on the document merged with a small model of the target's
-        vocabulary where one is on this machine, else with self-drafting: "lookup+self"), a drafter
+    drafter: "auto" (auto_drafter: a small model of the target's vocabulary where one is on this machine,
+        else prompt lookup on the document merged with self-drafting: "lookup+self"), a drafter
         name ("lookup", "lookup+model:NAME", ...), a Drafter, or None for plain decoding only.
     template: the prompt, with {document} and {instruction}; sent as one user chat message when the
         tokenizer has a chat template, else as text ending in "Summary:".
