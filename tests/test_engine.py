@@ -125,6 +125,17 @@ def test_sampled_first_token_follows_the_target_distribution():
     assert first_token_total_variation(gen, model, prompt) < 0.05  # expected TV ~0.02
 
 
+def test_sampled_first_token_with_a_windowed_drafter_follows_the_target_distribution():
+    """The target's own weights drafting from only the prompt's sinks and tail (context_window): a draft
+    distribution unlike the target's, which sees the whole prompt; sampling still follows the target."""
+    model = tiny_model("llama", seed=0, vocab=16)
+    prompt = random_prompt(8, length=48, vocab=16)
+    drafter = ModelDrafter(loaded(model), k=2, confidence=0, context_window=36)
+    gen = SpeculativeGenerator(loaded(model), drafter=drafter, cost_model=None)
+    assert first_token_total_variation(gen, model, prompt, samples=3000) < 0.05
+    assert drafter.window_start == 48 - (36 - 16)  # the prompt was windowed
+
+
 # ------------------------------------------------------------------------------ cache invariants
 def test_cache_equals_a_fresh_prefill_after_every_tree_step():
     target = loaded(tiny_model("llama", seed=0))  # no tokenizer: no end-of-sequence token

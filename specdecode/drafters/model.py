@@ -233,11 +233,11 @@ class ModelDrafter(Drafter):
         """A new generation: the prompt is fed to the drafter's cache now (a one-time cost, like the target's
         prefill), so that proposals only catch up on committed tokens."""
         self.window_start = None
-        visible = self._view(prompt_ids)
+        visible = self._view(prompt_ids)  # without foreign tokens, whole
         self._start(visible, sampling, generator)  # a pruned head keeps every prompt token: copies stay possible
         if self.context_window is not None and self.images is None and len(visible) > self.context_window:
             self.window_start = len(visible) - (self.context_window - SINKS)
-        prompt_ids = self._view(prompt_ids)
+        prompt_ids = self._windowed(visible)
         self.cache.reset()
         self.cache.position_shift = self.images.position_shift if self.images is not None else 0
         self.prompt_logits = self._catch_up(prompt_ids) if len(prompt_ids) else None  # [vocab]
@@ -275,10 +275,11 @@ class ModelDrafter(Drafter):
     def _view(self, token_ids: Sequence[int]) -> Sequence[int]:
         """The context as this drafter sees it: without the target's added and image tokens (foreign_ids), and
         of a windowed prompt only the sinks and the tail from window_start."""
-        visible = [t for t in token_ids if t not in self.foreign_ids] if self.foreign_ids else token_ids
-        if self.window_start is None:
-            return visible
-        return [*visible[:SINKS], *visible[self.window_start:]]
+        return self._windowed([t for t in token_ids if t not in self.foreign_ids] if self.foreign_ids else token_ids)
+
+    def _windowed(self, visible: Sequence[int]) -> Sequence[int]:
+        """Of a windowed prompt's context, the sinks and the tail from window_start (else all of it)."""
+        return visible if self.window_start is None else [*visible[:SINKS], *visible[self.window_start:]]
 
     def _forward(self, token_ids: Sequence[int], start: int, tree_mask=None, depths=None,
                  last_only: bool = False, images: EncodedPrompt | None = None) -> torch.Tensor:

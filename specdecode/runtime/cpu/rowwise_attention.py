@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from ...errors import SpecDecodeError
 from ..cache import KEY_BLOCK
 from ..grouped_attention import GROUPED
+from ..layers import switch_attention
 
 ROWWISE = "specdecode_rowwise"
 BATCHED_PREFILL = "specdecode_batched_prefill"  # a forward keyword: these rows are a prompt, attend them batched
@@ -154,20 +155,10 @@ def fold_rows_of(implementation: str | None) -> int | None:
 def use_rowwise_attention(model: torch.nn.Module, fold_rows: int = 1) -> None:
     """Switch a transformers model to row-wise attention with at most `fold_rows` tokens per SDPA call
     (registered once per fold; registering is idempotent)."""
-    from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
-
     if fold_rows < 1:
         raise SpecDecodeError(f"fold_rows must be at least 1, got {fold_rows}.")
-    name = rowwise_name(fold_rows)
-    AttentionInterface.register(name, partial(rowwise_attention, fold_rows=fold_rows))
-    AttentionMaskInterface.register(name, sdpa_mask)
-    implementation: str | dict = name
-    parts = getattr(model.config, "sub_configs", None) or {}
-    if "text_config" in parts:  # a vision-language model: its vision tower (not causal) keeps SDPA
-        implementation = {"": name, **{part: name if part == "text_config" else "sdpa" for part in parts}}
     try:
-        model.set_attn_implementation(implementation)
+        switch_attention(model, rowwise_name(fold_rows), partial(rowwise_attention, fold_rows=fold_rows))
     except (ValueError, ImportError, AttributeError) as e:
         raise SpecDecodeError(f"{type(model).__name__} cannot switch its attention implementation ({e}); "
                               "w8a8 needs it to stay exact. Use quantize='fp16' for this model.") from e
