@@ -7,7 +7,8 @@ passes `enable_gqa`; only one token with a mask gets the stacked rows used here.
 one run (2-core AMD EPYC, Qwen2.5-0.5B's shapes: 7 query heads per key/value head, fp32, 8192 cached
 entries, each layer its own tensors): 4 tokens under a mask 7.0 ms per layer repeated vs 2.0 stacked; one
 token 1.10 ms with enable_gqa vs 0.86 stacked. The whole 0.5B drafter over an 8k-token cache, alternating
-both in one process: one token 51.1 vs 46.4 ms a forward, four tokens 192.5 vs 73.7 ms.
+both in one process (scripts/grouped_attention_ab.py): one token 51.1 vs 46.4 ms a forward, four tokens
+192.5 vs 73.7 ms.
 
 `grouped_attention` stacks the query heads of each key/value head as rows for any number of tokens,
 with the mask's rows (if any) repeated to match: one call per layer, keys and values read where they are. A
