@@ -17,6 +17,7 @@ from specdecode.runtime.cpu import linear as cpu_linear
 from specdecode.drafters import LookupDrafter, ModelDrafter
 from specdecode.runtime.cpu.linear import (SMALL_ROWS, PaddedRowLinear, WeightFirstLinear, exact_one_token_steps,
                                 linear_modules, one_row_rounding, rows_agree, tune_linear_layers)
+from specdecode.runtime.grouped_attention import GROUPED
 
 
 
@@ -108,7 +109,7 @@ def test_bf16_targets_get_exact_steps_where_the_kernels_allow_and_nothing_else_c
     assert all(type(m) is torch.nn.Linear for m in linear_modules(unstable))
     monkeypatch.undo()
     fp32 = load_model(cpu_model("llama", seed=0), tokenizer=tiny_tokenizer(), dtype="fp32")
-    assert not fp32.exact_steps and fp32.model.config._attn_implementation == "sdpa"  # fp32: not needed
+    assert not fp32.exact_steps and fp32.model.config._attn_implementation == GROUPED  # fp32: not needed
     drafter = load_model(cpu_model("llama", seed=0), tokenizer=tiny_tokenizer(), dtype="bf16", drafts_only=True)
     assert not drafter.exact_steps and drafter.linear_kernel != "padded_row"  # a drafter never changes output
 
@@ -170,7 +171,7 @@ def test_bf16_smollm2_on_this_cpus_own_kernels_is_exact_or_auto_chooses_fp32():
     says so, and dtype="auto" loads the target in fp32 instead (exactness before speed)."""
     target = load_model("smollm2-135m-instruct", dtype="bf16")
     if not target.exact_steps:
-        assert target.model.config._attn_implementation == "sdpa" and target.linear_kernel != "padded_row"
+        assert target.model.config._attn_implementation == GROUPED and target.linear_kernel != "padded_row"
         assert load_model("smollm2-135m-instruct").dtype == torch.float32
         return
     draft = load_model("smollm2-135m-instruct", dtype="fp32", drafts_only=True)

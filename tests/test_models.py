@@ -30,6 +30,7 @@ from specdecode.models.load import (
     resolve_device,
     resolve_dtype,
 )
+from specdecode.runtime.grouped_attention import GROUPED
 
 # ----------------------------------------------------------------------------- helpers
 
@@ -330,7 +331,7 @@ def test_user_model_with_tokenizer_keeps_dtype_unless_asked():
     model = tiny_llama().train()
     model.set_attn_implementation("eager")
     loaded = load_model(model, tokenizer=tiny_tokenizer())
-    assert loaded.dtype == torch.float32 and loaded.model.config._attn_implementation == "sdpa"
+    assert loaded.dtype == torch.float32 and loaded.model.config._attn_implementation == GROUPED
     assert not loaded.model.training and not any(p.requires_grad for p in loaded.model.parameters())
     assert load_model(tiny_llama(), tokenizer=tiny_tokenizer(), dtype="bf16").dtype == torch.bfloat16
 

@@ -325,7 +325,7 @@ def test_bf16_weight_only_targets_get_exact_steps_where_their_kernels_allow(mode
     monkeypatch.setattr(layer_class, "forward", by_other_rows)
     monkeypatch.setenv("SPECDECODE_CALIBRATION_DIR", str(tmp_path))  # another machine: calibrated anew
     unfixable = load_cpu(model_dir, dtype="bf16", quantize=mode, group_size=GROUP)
-    assert not unfixable.exact_steps and unfixable.model.config._attn_implementation == "sdpa"
+    assert not unfixable.exact_steps and unfixable.model.config._attn_implementation == GROUPED
     fp32 = load_cpu(model_dir, dtype="fp32", quantize=mode, group_size=GROUP)  # fp32 targets: as they were
     assert not fp32.exact_steps
 
@@ -491,7 +491,7 @@ def test_bf16_weight_only_smollm2_speculative_equals_plain(mode):
     and garbage drafts all left plain decoding on this prompt (AVX-512 BF16 EPYC)."""
     target = load_cpu("smollm2-135m-instruct", dtype="bf16", quantize=mode)
     if not target.exact_steps:  # calibration found no exact width on this CPU: the model says so, and
-        assert target.model.config._attn_implementation == "sdpa"  # "auto" chooses fp32 instead
+        assert target.model.config._attn_implementation == GROUPED  # "auto" chooses fp32 instead
         assert load_cpu("smollm2-135m-instruct", quantize=mode).dtype == torch.float32
         return
     prompt = [{"role": "user", "content": "Repeat after me: the quick brown fox jumps over the lazy dog."}]

@@ -16,6 +16,7 @@ from specdecode.models.load import load_model
 from specdecode.runtime.cache import KEY_BLOCK, KVCache
 from specdecode.runtime.cpu.rowwise_attention import (exact_fold_rows, fold_rows_of, rowwise_attention, rowwise_name,
                                                       use_rowwise_attention)
+from specdecode.runtime.grouped_attention import GROUPED
 
 QWEN_1_5B_HEADS = dict(num_attention_heads=12, num_key_value_heads=2, head_dim=128)  # 6 query heads per KV head
 
@@ -139,7 +140,7 @@ def test_folded_verifications_decode_as_plain(monkeypatch, dtype):
     if dtype == torch.bfloat16:
         assert fold == target.calibration.values().get("attention_fold_rows")  # both None without exact steps
         if not target.exact_steps:  # this CPU keeps no bf16 row's bits among others: SDPA, nothing folds
-            assert fold is None and target.model.config._attn_implementation == "sdpa"
+            assert fold is None and target.model.config._attn_implementation == GROUPED
             return
     calls = []
     real_attend = rowwise._attend

@@ -16,6 +16,7 @@ from specdecode.drafters import LookupDrafter
 from specdecode.errors import ModelLoadError, SpecDecodeError
 from specdecode.multimodal import load_vlm
 from specdecode.runtime.cpu.rowwise_attention import exact_fold_rows, fold_rows_of, use_rowwise_attention
+from specdecode.runtime.grouped_attention import GROUPED
 
 @pytest.mark.parametrize("count", [1, 2])
 def test_image_prompts_decode_as_transformers_and_speculation_changes_nothing(photo, count):
@@ -108,7 +109,7 @@ def test_a_bf16_vlm_is_exact_where_this_cpu_allows_it_in_its_language_model_only
     assert model.config.vision_config._attn_implementation == "sdpa"
     text_attention = model.config.text_config._attn_implementation
     if not vlm.exact_steps:
-        assert text_attention == "sdpa"
+        assert text_attention == GROUPED
         return
     assert fold_rows_of(text_attention) is not None
     prompt = {"images": [photo], "prompt": "w5 w6"}

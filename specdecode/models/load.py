@@ -371,7 +371,7 @@ def _finish(model, tokenizer, name: str, cpu_kernels: str, quantize: str | None 
     elif quantize is not None:
         quantize_model(model, quantize, group_size, drafts_only=drafts_only)
     exact = quantize == "w8a8" and not drafts_only  # quantize_model switched it to row-wise attention
-    if drafts_only and model.config._attn_implementation == "sdpa":
+    if model.config._attn_implementation == "sdpa":  # an exact target switches to row-wise attention below
         use_grouped_attention(model)  # several tokens' attention without copying the cache per query head
     width, kernel = None, None
     if (quantize in (None, "int8", "int4") and not drafts_only and model.device.type == "cpu"

@@ -1,0 +1,54 @@
+"""Side by side in one process: an fp32 target's verification under transformers' SDPA (the cache repeated
+once per query head for several tokens under a mask) vs grouped attention (runtime/grouped_attention.py),
+on long-suite documents: plain and speculative decoding under each, interleaved per question (the order
+alternating), the decode phase's tokens/s (after the prefill) and whether the tokens equal plain decoding's.
+
+    python -m specdecode.bench.long_suite --out ~/.cache/specdecode/bench/long_summarization.jsonl
+    python scripts/target_grouped_ab.py --category long_summarization_4k --limit 2
+"""
+import argparse
+import statistics
+from pathlib import Path
+
+from specdecode.bench.questions import read_questions, select_questions
+from specdecode.drafters.registry import DrafterOptions, make_drafter
+from specdecode.engine import SpeculativeGenerator
+from specdecode.models.load import load_model
+from specdecode.runtime.grouped_attention import GROUPED, use_grouped_attention
+
+parser = argparse.ArgumentParser()
+parser.add_argument("--questions", default="~/.cache/specdecode/bench/long_summarization.jsonl")
+parser.add_argument("--category", default="long_summarization_4k")
+parser.add_argument("--limit", type=int, default=2)
+parser.add_argument("--drafter", default="model:qwen2.5-coder-0.5b-instruct")
+parser.add_argument("--max-new-tokens", type=int, default=128)
+args = parser.parse_args()
+
+questions = select_questions(read_questions(Path(args.questions).expanduser()), [args.category], args.limit)
+target = load_model("qwen2.5-coder-1.5b-instruct", dtype="fp32")
+use_grouped_attention(target.model)  # registers it; each run below sets the implementation it measures
+drafter = make_drafter(args.drafter, target, DrafterOptions())
+generators = {}
+for implementation in ("sdpa", GROUPED):  # each with the forward costs calibrated under its attention
+    target.model.set_attn_implementation(implementation)
+    generators[implementation] = SpeculativeGenerator(target, drafter)
+    generators[implementation].generate("Hello", max_new_tokens=2)
+rates: dict[tuple[str, bool], list[float]] = {}
+for number, question in enumerate(questions):
+    order = ("sdpa", GROUPED) if number % 2 == 0 else (GROUPED, "sdpa")
+    reference = None
+    for implementation in order:
+        target.model.set_attn_implementation(implementation)
+        for speculative in (False, True):
+            out = generators[implementation].generate([{"role": "user", "content": question.turns[0]}],
+                                                     max_new_tokens=args.max_new_tokens, speculative=speculative)
+            stats = out.stats
+            rate = stats.new_tokens / (stats.wall_s - stats.prefill_s)
+            rates.setdefault((implementation, speculative), []).append(rate)
+            reference = reference or out.token_ids
+            print(f"{question.question_id} {implementation:24s} {'speculative' if speculative else 'plain':11s} "
+                  f"decode {rate:.3f} tok/s, prefill {stats.prefill_s:.1f} s, tau {stats.new_tokens / stats.steps:.2f}, "
+                  f"identical {out.token_ids == reference}", flush=True)
+for implementation in ("sdpa", GROUPED):
+    plain, spec = (statistics.mean(rates[(implementation, s)]) for s in (False, True))
+    print(f"{implementation:24s} plain {plain:.3f} tok/s, speculative {spec:.3f} tok/s, decode speedup {spec / plain:.2f}x")
