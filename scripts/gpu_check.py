@@ -21,6 +21,7 @@ from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from specdecode import SpeculativeGenerator, first_divergence
 from specdecode.runtime.calibrate import measure_forward_costs
+from specdecode.runtime.grouped_attention import use_grouped_attention
 from specdecode.runtime.runner import select_backend
 from specdecode.drafters import LookupDrafter, ModelDrafter
 from specdecode.models.load import LoadedModel
@@ -38,7 +39,7 @@ def random_model(shape: str, seed: int, dtype: torch.dtype) -> LoadedModel:
     config = Qwen2Config(vocab_size=151936, max_position_embeddings=32768, rope_theta=1e6, tie_word_embeddings=True,
                          initializer_range=0.05, **SHAPES[shape])  # wider than 0.02: fewer near-ties in bf16
     model = Qwen2ForCausalLM(config).to(device="cuda", dtype=dtype).eval()
-    model.config._attn_implementation = "sdpa"
+    use_grouped_attention(model)  # as load_model sets a target that is not exact
     model.generation_config.eos_token_id = None
     return LoadedModel(model=model, tokenizer=None, name=f"random-qwen2-{shape}", dtype=model.dtype,
                        device=model.device)

@@ -64,7 +64,9 @@ class SpeculativeGenerator:
         without one, prompts must be token ids).
     drafter: any Drafter (ModelDrafter, LookupDrafter, your own); None means plain decoding.
     max_draft_tokens: cap on the nodes of one draft tree (one verification forward feeds 1 + that).
-    attention: the tree-attention backend ("auto" / "sdpa", or a backend object: runtime.runner.AttentionBackend).
+    attention: the tree-attention backend: "auto" / "sdpa"; "flash" (a draft's tokens attend to the cached
+        prefix through FlashAttention's kernel and to each other under the tree mask, merged by log-sum-exp;
+        targets that are not exact); or a backend object (runtime.runner.AttentionBackend).
     pad_verification: on CPU, pad a verification forward with a few ignored tokens up to a row count
         that this machine's matmuls run measurably faster (calibrated once per model and machine); the
         output is unchanged. False turns it off; a list gives the table itself (padded row count for each

@@ -1,18 +1,22 @@
-"""A drafter's grouped SDPA (runtime/grouped_attention.py) attends like transformers' SDPA, without copying
-the cache per query head, in its own forward and in lean_forward."""
+"""Grouped SDPA (runtime/grouped_attention.py) attends like transformers' SDPA, without copying the cache per
+query head, in a model's own forward and in lean_forward; split over a tree's prefix ("flash"), too."""
 
 from __future__ import annotations
 
 import copy
 
+import pytest
 import torch
-from tiny import hf_greedy, loaded, random_prompt, tiny_model
+from tiny import hf_greedy, loaded, random_prompt, repetitive_prompt, tiny_model
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from specdecode import SpeculativeGenerator
-from specdecode.drafters import ModelDrafter
+from specdecode.drafters import LookupDrafter, ModelDrafter
 from specdecode.runtime.cpu.lean_forward import fits
-from specdecode.runtime.grouped_attention import GROUPED, grouped_attention, use_grouped_attention
+from specdecode.runtime.runner import SDPABackend, select_backend
+from specdecode.runtime import grouped_attention as grouped_module
+from specdecode.runtime.grouped_attention import (GROUPED, VISIBLE_PREFIX, grouped_attention, split_attention,
+                                                  use_grouped_attention)
 
 
 class GroupedModule(torch.nn.Module):
@@ -47,3 +51,55 @@ def test_a_grouped_drafter_drafts_what_an_sdpa_drafter_drafts():
         outputs.append(gen.generate(prompt, max_new_tokens=30))
     assert outputs[0].token_ids == outputs[1].token_ids == hf_greedy(target.model, prompt, 30)
     assert outputs[0].stats.accept_histogram == outputs[1].stats.accept_histogram  # the same drafts
+
+
+def test_split_attention_equals_one_masked_call():
+    """The prefix through FlashAttention's kernel (no mask) and the last keys under their mask, merged by
+    log-sum-exp: one masked SDPA call's result, for bool and additive masks, in fp32 and bf16."""
+    generator = torch.Generator().manual_seed(0)
+    for dtype, tolerance in ((torch.float32, 1e-5), (torch.bfloat16, 2e-2)):
+        query = torch.randn(1, 2, 15, 16, generator=generator).to(dtype)  # [b, h, rows, d]
+        key, value = (torch.randn(1, 2, 700, 16, generator=generator).to(dtype) for _ in range(2))  # [b, h, 700, d]
+        tail = torch.rand(15, 10, generator=generator) < 0.5  # the last 10 keys: a tree's earlier levels and its own
+        tail[:, -1] = True  # every row sees at least one of them (itself)
+        mask = torch.ones(1, 1, 15, 700, dtype=torch.bool)
+        mask[0, 0, :, 690:] = tail
+        additive = torch.zeros(1, 1, 15, 700, dtype=dtype).masked_fill(~mask, float("-inf"))
+        for attention_mask in (mask, additive):
+            ours = split_attention(query, key, value, attention_mask, prefix=690, scaling=0.25)
+            theirs = torch.nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask,
+                                                                      scale=0.25)
+            assert ours.dtype == dtype and ours.shape == theirs.shape == (1, 2, 15, 16)
+            torch.testing.assert_close(ours.float(), theirs.float(), rtol=tolerance, atol=tolerance)
+
+
+def test_grouped_attention_splits_where_told_the_visible_prefix():
+    torch.manual_seed(1)
+    query = torch.randn(1, 6, 4, 8)  # [b, heads, q, d]: 3 query heads per key/value head
+    key, value = torch.randn(1, 2, 40, 8), torch.randn(1, 2, 40, 8)  # [b, kv_heads, kv, d]
+    tree = torch.ones(1, 1, 4, 40, dtype=torch.bool).tril(36)  # a chain of 4 after 36 cached entries
+    tree[0, 0, 3, 37] = False  # the last token on another branch
+    split, _ = grouped_attention(GroupedModule(), query, key, value, tree, scaling=0.3, **{VISIBLE_PREFIX: 36})
+    whole, _ = grouped_attention(GroupedModule(), query, key, value, tree, scaling=0.3)
+    torch.testing.assert_close(split, whole, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("lean", [True, False])
+def test_the_flash_backend_verifies_trees_exactly(monkeypatch, lean):
+    """The "flash" backend: every verification splits its tree (or chain) from the cached prefix, through
+    lean_forward and through the model's own forward, and greedy output stays plain decoding's."""
+    calls = []
+    split = grouped_module.split_attention
+    monkeypatch.setattr(grouped_module, "split_attention", lambda *args, **kw: calls.append(1) or split(*args, **kw))
+    target = loaded(tiny_model("qwen2", seed=0))
+    use_grouped_attention(target.model)
+    prompt = repetitive_prompt(5)
+    reference = hf_greedy(target.model, prompt, 30)
+    for drafter in (LookupDrafter(tree_width=3), ModelDrafter(loaded(tiny_model("qwen2", seed=1)), k=4, tree_width=2,
+                                                             confidence=0)):
+        calls.clear()
+        flash = select_backend("flash") if lean else SDPABackend(lean=False, split_prefix=True)
+        out = SpeculativeGenerator(target, drafter=drafter, attention=flash, cost_model=None).generate(
+            prompt, max_new_tokens=30)
+        assert out.token_ids == reference
+        assert calls and out.stats.drafted_tokens > 0

@@ -23,6 +23,7 @@ from .cpu.lean_forward import lean_forward, matches_own_forward
 from .cpu.linear import padded_sizes
 from .cpu.rowwise_attention import BATCHED_PREFILL, fold_rows_of
 from .calibrate import runtime_state
+from .grouped_attention import VISIBLE_PREFIX
 
 
 class AttentionBackend(Protocol):
@@ -68,12 +69,15 @@ class SDPABackend:
 
     lean: after the prompt (a forward with prefill=False on a cache with entries), run a Llama-family CPU
     model through lean_forward where it gives the model's own results bit for bit (checked once per
-    model, lean_forward.py); False: always the model's own forward."""
+    model, lean_forward.py); False: always the model's own forward.
+    split_prefix: a tree's tokens attend to the cached prefix through FlashAttention's kernel without a mask
+    and to the tree under its mask, merged by log-sum-exp (grouped_attention.split_attention; "flash"). Models
+    on grouped attention only: an exact target's row-wise attention ignores it."""
 
-    name = "sdpa"
-
-    def __init__(self, lean: bool = True):
+    def __init__(self, lean: bool = True, split_prefix: bool = False):
         self.lean = lean
+        self.split_prefix = split_prefix
+        self.name = "flash" if split_prefix else "sdpa"
         self._lean_models: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> matches_own_forward
 
     def forward(self, model, cache, input_ids, positions, tree_mask=None, logits_to_keep=0, hidden=False,
@@ -83,14 +87,20 @@ class SDPABackend:
         q = input_ids.shape[-1]
         if positions.dim() == 1 and cache.position_shift:
             positions = positions + cache.position_shift  # [q]
-        kwargs = {}
+        kwargs, keywords = {}, {}
+        if tree_mask is None and self.split_prefix and past and q > 1 and not prefill:
+            tree_mask = torch.ones(q, q, dtype=torch.bool).tril()  # a chain: split from the prefix too
         if tree_mask is not None:
+            visible = past + q - tree_mask.shape[-1]  # the leading keys every fed token sees
             full_mask = torch.ones(q, past + q, dtype=torch.bool, device=device)  # [q, past+q]
-            full_mask[:, past + q - tree_mask.shape[-1] :] = tree_mask.to(device)
+            full_mask[:, visible:] = tree_mask.to(device)
             kwargs["attention_mask"] = full_mask[None, None]  # [1, 1, q, past+q], True = attend
+            if self.split_prefix and visible:
+                keywords[VISIBLE_PREFIX] = visible  # handed down to the attention function
         if past and not prefill and self.runs_lean(model):  # after a prompt: the cache has its layers
             return lean_forward(model, cache, input_ids.to(device), positions.to(device),
-                                kwargs.get("attention_mask"), logits_to_keep, hidden)
+                                kwargs.get("attention_mask"), logits_to_keep, hidden, keywords)
+        kwargs.update(keywords)
         called = model.base_model if hidden else model
         if prefill and fold_rows_of(model.config._attn_implementation) and _passes_keywords(called):
             kwargs[BATCHED_PREFILL] = True  # else (a forward without **kwargs) the prefill stays row-wise
@@ -160,7 +170,10 @@ def _padded(input_ids: torch.Tensor, positions: torch.Tensor, tree_mask: torch.T
 
 
 def select_backend(name: str = "auto") -> AttentionBackend:
-    """"auto" and "sdpa" give the SDPA backend (CPU and GPU)."""
+    """"auto" and "sdpa" give the SDPA backend (CPU and GPU); "flash" the SDPA backend attending a tree's
+    cached prefix through FlashAttention's kernel, merged with the tree block (split_prefix)."""
     if name in ("auto", "sdpa"):
         return SDPABackend()
-    raise SpecDecodeError(f"unknown attention backend {name!r}; available: 'auto', 'sdpa'.")
+    if name == "flash":
+        return SDPABackend(split_prefix=True)
+    raise SpecDecodeError(f"unknown attention backend {name!r}; available: 'auto', 'sdpa', 'flash'.")

@@ -68,19 +68,20 @@ def fits(model: torch.nn.Module) -> bool:
 
 def lean_forward(model: torch.nn.Module, cache: KVCache, input_ids: torch.Tensor, positions: torch.Tensor,
                  attention_mask: torch.Tensor | None = None, logits_to_keep: int = 0,
-                 hidden: bool = False) -> torch.Tensor:
+                 hidden: bool = False, keywords: dict | None = None) -> torch.Tensor:
     """The model's forward after a prompt (its cache has entries), for a model that `fits`.
 
     input_ids, positions [q]; attention_mask [1, 1, q, past + q] bool (True = may attend) or None for
-    causal. Returns logits [q or logits_to_keep, vocab] or, with hidden=True, the final hidden states
-    [q, hidden_size]. The cache grows by q entries, as with the model's own forward. Modules are looked
-    up on every call, so a layer replaced later (quantized, say) is the one used."""
+    causal; keywords: the attention function's other keywords (runner.py). Returns logits [q or
+    logits_to_keep, vocab] or, with hidden=True, the final hidden states [q, hidden_size]. The cache grows
+    by q entries, as with the model's own forward. Modules are looked up on every call, so a layer replaced
+    later (quantized, say) is the one used."""
     body, q = decoder_of(model), input_ids.shape[-1]
     implementation = body.config._attn_implementation
     fold_rows = fold_rows_of(implementation)  # None: SDPA
     rowwise = fold_rows is not None
-    attend = (partial(rowwise_attention, fold_rows=fold_rows) if rowwise
-              else grouped_attention if implementation == GROUPED else sdpa_attention_forward)
+    attend = partial(partial(rowwise_attention, fold_rows=fold_rows) if rowwise
+                     else grouped_attention if implementation == GROUPED else sdpa_attention_forward, **(keywords or {}))
     if attention_mask is None and q > 1 and not rowwise:  # SDPA's is_causal would ignore the cache
         past = cache.length
         attention_mask = torch.ones(q, past + q, dtype=torch.bool, device=input_ids.device).tril(past)[None, None]
