@@ -15,8 +15,10 @@ from tiny import (RandomDrafter, cpu_model, first_token_total_variation, hf_gree
 from specdecode import SpecDecodeError, SpeculativeGenerator, load_model
 from specdecode.runtime.cpu import linear as cpu_linear
 from specdecode.drafters import LookupDrafter, ModelDrafter
-from specdecode.runtime.cpu.linear import (SMALL_ROWS, PaddedRowLinear, WeightFirstLinear, exact_one_token_steps,
-                                linear_modules, one_row_rounding, rows_agree, tune_linear_layers)
+from specdecode.models import load as load_module
+from specdecode.runtime.cpu.linear import (SMALL_ROWS, PaddedRowLinear, PaddedRowWeightFirstLinear, WeightFirstLinear,
+                                           exact_one_token_steps, linear_modules, one_row_padding_pays, one_row_rounding,
+                                           rows_agree, tune_linear_layers)
 from specdecode.runtime.grouped_attention import GROUPED
 
 
@@ -43,6 +45,28 @@ def test_forced_and_measured_choices():
     assert tune_linear_layers(model, "auto") in ("weight_first", "standard")
     with pytest.raises(SpecDecodeError, match="unknown cpu_kernels mode"):
         tune_linear_layers(model, "fast")
+
+
+def test_one_row_padding_where_it_measures_cheaper(monkeypatch, tmp_path):
+    """Where a one-row product measures clearly slower than two rows (calibrated once), a CPU target that is
+    not exact computes its one-token steps as the row twice, in its orientation; the output is plain decoding's."""
+    model = cpu_model("qwen2", seed=0)
+    assert tune_linear_layers(model, "weight_first", pad_one_row=True) == "weight_first"
+    assert all(type(m) is PaddedRowWeightFirstLinear for m in linear_modules(model))
+    tune_linear_layers(model, "standard", pad_one_row=True)
+    assert all(type(m) is PaddedRowLinear for m in linear_modules(model))
+    assert not one_row_padding_pays(model)  # tiny layers: nothing timed
+    monkeypatch.setenv("SPECDECODE_CALIBRATION_DIR", str(tmp_path))
+    monkeypatch.setattr(load_module, "one_row_padding_pays", lambda model: True)
+    monkeypatch.setattr(load_module, "measured_orientation", lambda model: "weight_first")
+    target = load_model(cpu_model("qwen2", seed=0), tokenizer=tiny_tokenizer(), dtype="fp32")
+    assert target.linear_kernel == "weight_first, one row padded"
+    assert all(type(m) is PaddedRowWeightFirstLinear for m in linear_modules(target.model))
+    prompt = random_prompt(11)
+    reference = hf_greedy(cpu_model("qwen2", seed=0), prompt, 30)
+    for drafter in (None, LookupDrafter(tree_width=2)):
+        out = SpeculativeGenerator(target, drafter=drafter, cost_model=None).generate(prompt, max_new_tokens=30)
+        assert out.token_ids == reference
 
 
 def test_speculative_decoding_stays_exact_with_weight_first_layers():

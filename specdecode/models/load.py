@@ -23,7 +23,7 @@ from ..runtime.machine import cpu_flags
 from ..runtime.cpu.gguf_int4 import import_gguf_int4
 from ..runtime.cpu.linear import (MAX_PROBED_ROWS, check_cpu_kernels, exact_one_token_steps, exact_width,
                                   fastest_decode_dtype, fastest_draft_quantization, measured_orientation,
-                                  tune_linear_layers)
+                                  one_row_padding_pays, tune_linear_layers)
 from ..runtime.cpu.quantize import FBGEMM_MODES, check_mode, quantize_model
 from ..runtime.grouped_attention import use_grouped_attention
 from ..runtime.cpu.rowwise_attention import exact_fold_rows, fold_rows_of, runs_sdpa, use_rowwise_attention
@@ -149,17 +149,9 @@ def draft_quantization(device: torch.device) -> str | None:
 # ----------------------------------------------------------------------------- loading
 
 
-def load_model(
-    spec: Any,
-    *,
-    tokenizer: Any = None,
-    dtype: str | torch.dtype = "auto",
-    device: str | torch.device = "auto",
-    cpu_kernels: str = "auto",
-    quantize: str | None = None,
-    group_size: int = 128,
-    drafts_only: bool = False,
-) -> LoadedModel:
+def load_model(spec: Any, *, tokenizer: Any = None, dtype: str | torch.dtype = "auto",
+               device: str | torch.device = "auto", cpu_kernels: str = "auto", quantize: str | None = None,
+               group_size: int = 128, drafts_only: bool = False) -> LoadedModel:
     """Load a causal LM with its tokenizer.
 
     `spec`: a zoo name (`specdecode models list`), a local model folder, a `.gguf` file (converted
@@ -169,7 +161,8 @@ def load_model(
     `dtype`: "auto" is bf16 where the CPU computes it natively (or on a GPU), else fp32; for a CPU target,
     bf16 only where its verifications can be made exact on this CPU (calibrated once), else fp32.
     `cpu_kernels`: on CPU, "auto" times the two matmul orientations of the linear layers for few-token
-    forwards on this machine once and keeps the faster (runtime/cpu/linear.py); "standard" leaves
+    forwards on this machine once and keeps the faster (runtime/cpu/linear.py), and computes a one-token
+    step's row twice where two rows measure clearly cheaper than one (fp32 here); "standard" leaves
     transformers' own. A bf16/fp16 CPU target takes the standard orientation with exact one-token steps
     where the kernels allow them (exact_one_token_steps), before any timing; "weight_first" chooses speed
     over that.
@@ -387,10 +380,11 @@ def _finish(model, tokenizer, name: str, cpu_kernels: str, quantize: str | None 
     if exact and fold_rows_of(model.config._attn_implementation):  # how many tokens may share an attention call
         use_rowwise_attention(model, calibration.get("attention_fold_rows", lambda: exact_fold_rows(model)))
     if kernel is None:
-        orientation = cpu_kernels
-        if cpu_kernels == "auto" and model.device.type == "cpu":  # chosen once per model and machine
-            orientation = calibration.get("linear_orientation", lambda: measured_orientation(model))
+        auto = cpu_kernels == "auto" and model.device.type == "cpu"  # chosen once per model and machine
+        orientation = calibration.get("linear_orientation", lambda: measured_orientation(model)) if auto else cpu_kernels
         kernel = tune_linear_layers(model, orientation)
+        if auto and calibration.get(f"pad_one_row:{kernel}", lambda: one_row_padding_pays(model)):  # the row twice
+            kernel = tune_linear_layers(model, kernel, pad_one_row=True) + ", one row padded"
     return LoadedModel(model, tokenizer, name=name, dtype=model.dtype, device=model.device, linear_kernel=kernel,
                        quantization=quantize, exact_steps=exact, max_exact_rows=width, calibration=calibration)
 

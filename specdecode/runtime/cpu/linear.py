@@ -8,6 +8,10 @@ largest layer shape, on this machine (once per model and machine: runtime/calibr
 `tune_linear_layers` switches the model's nn.Linear modules to `WeightFirstLinear` only where that
 measurably wins.
 
+Some BLAS builds also run a one-row product (a matrix-vector product) far below memory speed while two
+rows run at it: `one_row_padding_pays` measures that once per model and machine, and a target that is not
+exact then computes each one-token step's row twice (`PaddedRows`, as exact bf16 targets always do).
+
 Both orientations compute the same products; only the summation order inside a dot product may
 differ, as between any two BLAS kernels. Exactness of speculative decoding is unaffected: plain and
 speculative decoding run the same modules.
@@ -76,6 +80,11 @@ class PaddedRowInt8Linear(PaddedRows, Int8Linear):
 
 class PaddedRowInt4Linear(PaddedRows, Int4Linear):
     """Int4Linear with padded one-row inputs (same buffers)."""
+
+
+class PaddedRowWeightFirstLinear(PaddedRows, WeightFirstLinear):
+    """WeightFirstLinear with padded one-row inputs (same parameters): where a two-row product runs at memory
+    speed and a one-row one does not (`one_row_padding_pays`), the padded step is the faster one."""
 
 
 _PADDED = {torch.nn.Linear: PaddedRowLinear, Int8Linear: PaddedRowInt8Linear, Int4Linear: PaddedRowInt4Linear}
@@ -256,7 +265,8 @@ def padded_sizes(model: torch.nn.Module, max_rows: int = 32) -> list[int]:
 
 
 def linear_modules(model: torch.nn.Module) -> list[torch.nn.Linear]:
-    return [m for m in model.modules() if type(m) in (torch.nn.Linear, WeightFirstLinear, PaddedRowLinear)]
+    return [m for m in model.modules()
+            if type(m) in (torch.nn.Linear, WeightFirstLinear, PaddedRowLinear, PaddedRowWeightFirstLinear)]
 
 
 def check_cpu_kernels(mode: str) -> None:
@@ -278,18 +288,40 @@ def measured_orientation(model: torch.nn.Module) -> str:
     return "weight_first" if gain >= _MIN_GAIN else "standard"
 
 
-def tune_linear_layers(model: torch.nn.Module, mode: str = "auto") -> str:
+def tune_linear_layers(model: torch.nn.Module, mode: str = "auto", pad_one_row: bool = False) -> str:
     """Set the matmul orientation of a CPU model's linear layers: "weight_first" ((W @ x^T)^T for few
     rows), "standard" (F.linear), or "auto": the one measured faster now (models/load.py asks the model's
-    calibration instead, so that every load of it makes the same choice). Returns the orientation in use."""
+    calibration instead, so that every load of it makes the same choice); with `pad_one_row`, one-row
+    inputs are computed as the row twice (PaddedRows; see one_row_padding_pays). Returns the orientation."""
     check_cpu_kernels(mode)
     layers = linear_modules(model)
     chosen = measured_orientation(model) if mode == "auto" else mode
     if not layers or next(model.parameters()).device.type != "cpu":
-        chosen = "standard"
+        chosen, pad_one_row = "standard", False
+    plain, padded = ((WeightFirstLinear, PaddedRowWeightFirstLinear) if chosen == "weight_first"
+                     else (torch.nn.Linear, PaddedRowLinear))
     for layer in layers:
-        layer.__class__ = WeightFirstLinear if chosen == "weight_first" else torch.nn.Linear
+        layer.__class__ = padded if pad_one_row else plain
     return chosen
+
+
+def one_row_padding_pays(model: torch.nn.Module) -> bool:
+    """Whether, in the orientation the model's linear layers use, a one-row product costs clearly more than
+    a two-row one on this CPU (its largest layer timed; a BLAS may run a matrix-vector product far below
+    memory speed: fp32 on an AVX-512 EPYC, 7.1 ms for one row of Qwen2.5-1.5B's gate+up against 3.2 for two,
+    weight first). Then one-token steps compute their row twice. Tiny layers (test models): False."""
+    layers = linear_modules(model)
+    if not layers or next(model.parameters()).device.type != "cpu":
+        return False
+    largest = max(layers, key=lambda m: m.weight.numel() if m.out_features < 65536 else 0)
+    if largest.weight.numel() < _MIN_PROBED_WEIGHTS:
+        return False
+    forward = WeightFirstLinear.forward if isinstance(largest, WeightFirstLinear) else torch.nn.Linear.forward
+    with torch.inference_mode():
+        row = torch.randn(1, largest.in_features, dtype=largest.weight.dtype)
+        doubled = torch.cat([row, row])  # [2, in]
+        one, two = _time(lambda: forward(largest, row)), _time(lambda: forward(largest, doubled))
+    return two < _PAD_GAIN * one
 
 
 def exact_one_token_steps(model: torch.nn.Module, width: Callable[[list[torch.nn.Module]], int] | None = None
