@@ -40,7 +40,7 @@ def grouped_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.T
     batch, heads, q_len, head_dim = query.shape
     kv_heads = key.shape[1]
     groups = heads // kv_heads
-    prefix = kwargs.pop(VISIBLE_PREFIX, 0) if attention_mask is not None else 0
+    prefix = kwargs.pop(VISIBLE_PREFIX, 0) if attention_mask is not None else 0  # the runner sets it with a mask
     if not prefix and (groups == 1 or (attention_mask is None and q_len > 1)):  # a causal prompt: no mask needed
         from transformers.integrations.sdpa_attention import sdpa_attention_forward
 

@@ -274,15 +274,22 @@ def check_cpu_kernels(mode: str) -> None:
         raise SpecDecodeError(f"unknown cpu_kernels mode {mode!r}; use one of {', '.join(CPU_KERNEL_MODES)}.")
 
 
-def measured_orientation(model: torch.nn.Module) -> str:
-    """The matmul orientation measured faster for few-row products on this CPU: "weight_first" where
-    (W @ x^T)^T clearly wins on the model's largest layer shape, else "standard". A model whose layers are
-    all tiny (test models) gets "standard" without timing (a timing of microseconds is noise)."""
+def _timed_layer(model: torch.nn.Module) -> torch.nn.Linear | None:
+    """The layer whose timing stands for a CPU model's products: its largest below an output layer's width;
+    None where every layer is tiny (test models: a timing of microseconds is noise) or the model is not on a CPU."""
     layers = linear_modules(model)
     if not layers or next(model.parameters()).device.type != "cpu":
-        return "standard"
+        return None
     largest = max(layers, key=lambda m: m.weight.numel() if m.out_features < 65536 else 0)
-    if largest.weight.numel() < _MIN_PROBED_WEIGHTS:
+    return largest if largest.weight.numel() >= _MIN_PROBED_WEIGHTS else None
+
+
+def measured_orientation(model: torch.nn.Module) -> str:
+    """The matmul orientation measured faster for few-row products on this CPU: "weight_first" where
+    (W @ x^T)^T clearly wins on the model's largest layer shape, else "standard" (also without timing for
+    tiny layers: _timed_layer)."""
+    largest = _timed_layer(model)
+    if largest is None:
         return "standard"
     gain = weight_first_gain(largest.out_features, largest.in_features, largest.weight.dtype)
     return "weight_first" if gain >= _MIN_GAIN else "standard"
@@ -310,11 +317,8 @@ def one_row_padding_pays(model: torch.nn.Module) -> bool:
     a two-row one on this CPU (its largest layer timed; a BLAS may run a matrix-vector product far below
     memory speed: fp32 on an AVX-512 EPYC, 7.1 ms for one row of Qwen2.5-1.5B's gate+up against 3.2 for two,
     weight first). Then one-token steps compute their row twice. Tiny layers (test models): False."""
-    layers = linear_modules(model)
-    if not layers or next(model.parameters()).device.type != "cpu":
-        return False
-    largest = max(layers, key=lambda m: m.weight.numel() if m.out_features < 65536 else 0)
-    if largest.weight.numel() < _MIN_PROBED_WEIGHTS:
+    largest = _timed_layer(model)
+    if largest is None:
         return False
     forward = WeightFirstLinear.forward if isinstance(largest, WeightFirstLinear) else torch.nn.Linear.forward
     with torch.inference_mode():
