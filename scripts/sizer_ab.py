@@ -4,6 +4,8 @@ summed per side; tokens must be identical.
 
     python scripts/sizer_ab.py -q captioning/question.jsonl -m stand-in:qwen2.5-coder-1.5b-instruct \
         --drafters self:full:w8a8,model:qwen2.5-coder-0.5b-instruct+lookup --b prior=0.7
+    python scripts/sizer_ab.py -q ../shared/data/spec_bench/question.jsonl -m qwen2.5-coder-1.5b-instruct \
+        --drafters model:qwen2.5-coder-0.5b-instruct --limit-per-category 1 --a node_prices=0 --b node_prices=1
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ def settings(text: str) -> SizerSettings:
     changes = {}
     for item in filter(None, text.split(",")):
         name, _, value = item.partition("=")
-        changes[name] = int(value) if fields[name] == "int" else float(value)
+        kind = fields[name]
+        changes[name] = value in ("1", "true", "True") if kind == "bool" else int(value) if kind == "int" else float(value)
     return SizerSettings(**changes)
 
 

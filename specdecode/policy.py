@@ -20,6 +20,14 @@ trees (1 for a chain). n = 0 is a plain step: where no draft pays (a drafter as 
 or one that is rarely right), none is made. alpha is estimated from the generation so far: accepted
 and rejected levels, decayed by `decay` per step and pulled toward a prior, so after a run of
 rejections the estimate drifts back up and drafting is retried.
+
+Node prices (`NodePrices`). A drafter with probabilities knows more than alpha: its own top probability
+at a node predicts whether the target agrees there (well calibrated for a same-family drafter:
+docs/cost-model.md), so the chance that a node's path is accepted is about the product of the top
+probabilities along it. Each step the sizer prices a node at the generation's decoding rate so far
+(tokens per second): a node is worth verifying when that chance covers its verification row's seconds at
+that rate, and worth drafting a child for when the chance of the child covers a drafter forward too. Such a
+drafter drafts as deep as its confidence pays for (at most `budget`), instead of a depth sized from alpha.
 """
 
 from __future__ import annotations
@@ -30,8 +38,8 @@ from dataclasses import asdict, dataclass, field
 from .outputs import Step
 from .runtime.calibrate import ForwardCosts
 
-__all__ = ["DraftSizer", "ForwardCosts", "LevelAcceptance", "SizerSettings", "best_nodes", "makes_the_cut",
-           "node_score"]
+__all__ = ["DraftSizer", "ForwardCosts", "LevelAcceptance", "NodePrices", "SizerSettings", "best_nodes",
+           "makes_the_cut", "node_score"]
 
 
 @dataclass
@@ -64,6 +72,26 @@ class SizerSettings:
     prior_weight: float = 2.0  # ... worth this many observed levels
     decay: float = 0.9  # per step: older evidence counts less, so the estimate follows the text
     shape_decay: float = 0.8  # per draft: nodes-per-level estimate
+    node_prices: bool = True  # drafters with probabilities price each node by them (NodePrices)
+
+
+@dataclass(frozen=True)
+class NodePrices:
+    """What one more draft node must be worth this step, as the chance that the target accepts it (its
+    path's acceptance probability), priced at the generation's decoding rate so far."""
+
+    rate: float  # tokens per second of this generation's decoding so far (plain decoding's before any step)
+    verify: ForwardCosts
+    draft_per_node: float  # the drafter's seconds per drafted node
+
+    def keep(self, nodes: int) -> float:
+        """The least acceptance chance for which a node, after `nodes` others, pays its verification row."""
+        return self.rate * (self.verify(2 + nodes) - self.verify(1 + nodes))
+
+    def expand(self, nodes: int) -> float:
+        """The least acceptance chance of a next node, after `nodes` others, for which drafting it (one
+        drafter forward) and verifying it pay."""
+        return self.rate * self.draft_per_node + self.keep(nodes)
 
 
 @dataclass
@@ -77,6 +105,9 @@ class DraftSizer:
     draft_nodes: float = 0.0
     shape: float = 1.0
     budgets: list[int] = field(default_factory=list)
+    priced_steps: int = 0  # steps whose drafter was handed node prices (and the largest budget)
+    decoded_tokens: int = 0  # committed by the steps observed
+    decoded_seconds: float = 0.0  # ... in this many seconds (drafting and verifying)
 
     def __post_init__(self):
         self.levels = LevelAcceptance(self.settings.prior, self.settings.prior_weight, self.settings.decay)
@@ -97,13 +128,22 @@ class DraftSizer:
         return self.verify(1 + nodes) + nodes * self.draft_per_node
 
     def budget(self, most: int) -> int:
-        """The draft size in 0..most with the most expected tokens per second."""
+        """The draft size in 0..most with the most expected tokens per second (a drafter handed prices
+        then drafts what they pay for, up to `most`, where this is > 0)."""
         best = max(range(most + 1), key=lambda n: (self.expected_tokens(n / self.shape) / self.step_seconds(n), -n))
         self.budgets.append(best)
         return best
 
+    def prices(self) -> NodePrices:
+        """This step's node prices, at the decoding rate so far (before any step: plain decoding's)."""
+        rate = self.decoded_tokens / self.decoded_seconds if self.decoded_seconds > 0 else 1 / self.verify(1)
+        self.priced_steps += 1
+        return NodePrices(rate, self.verify, self.draft_per_node)
+
     def observe(self, step: Step) -> None:
         """After a step: the draft's node count and depth, the levels accepted, the seconds spent drafting."""
+        self.decoded_tokens += step.accepted + 1
+        self.decoded_seconds += step.draft_s + step.verify_s
         if step.drafted == 0:
             self.levels.step()
             return
@@ -120,6 +160,7 @@ class DraftSizer:
             "acceptance_per_level": round(self.alpha, 4),
             "mean_budget": round(sum(self.budgets) / len(self.budgets), 3) if self.budgets else 0.0,
             "steps_without_draft": sum(1 for b in self.budgets if b == 0),
+            "priced_steps": self.priced_steps,
             "settings": asdict(self.settings),
         }
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
+import inspect
+
 import torch
 
 from ..errors import SpecDecodeError
@@ -27,7 +29,9 @@ class Drafter(Protocol):
     - `propose(context_ids, budget) -> DraftTree`: draft at most `budget` nodes after `context_ids`
       (prompt + every committed token). A draft without probabilities (lookup, retrieval) simply
       has `draft_probs=None`. Under sampling, a draft WITH probabilities must have drawn each token
-      from its row, independently of its earlier siblings.
+      from its row, independently of its earlier siblings. A drafter whose `propose` has a `prices`
+      parameter gets the step's policy.NodePrices there (with the cost model's largest budget) and
+      drafts the nodes its own probabilities pay for; without it, `budget` is the cost model's size.
     - `accept(token_ids)`: the tokens committed by the last step (accepted draft tokens + the
       target's next token); update adaptive state here.
     - `name` (optional): shown in stats and error messages (default: the class name).
@@ -112,6 +116,11 @@ def check_drafter(drafter) -> None:
         raise SpecDecodeError(
             f"drafter {drafter_name(drafter)!r} has no {', '.join(missing)} method; a drafter implements "
             "begin(prompt_ids, **options), propose(context_ids, budget) and accept(token_ids).")
+
+
+def takes_prices(drafter) -> bool:
+    """Whether `drafter.propose` takes the step's node prices (a `prices` parameter)."""
+    return drafter is not None and "prices" in inspect.signature(drafter.propose).parameters
 
 
 def optional_part(drafter, name: str, default=None):

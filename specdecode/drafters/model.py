@@ -5,8 +5,9 @@ cache holds; before drafting, the cache is cropped to the longest prefix shared 
 context and only the rest is fed.
 
 Chain (tree_width=1): greedy tokens, or under sampling tokens drawn from the drafter's warped
-distribution (draft_probs carried for the Leviathan acceptance rule). Drafting stops early when the
-drafter's top probability falls below `confidence` (as in HF assisted generation).
+distribution (draft_probs carried for the Leviathan acceptance rule). Under the engine's cost model a
+chain is as deep as its own top probabilities pay for (policy.NodePrices); without one, it stops early
+where the drafter's top probability falls below `confidence` (as in HF assisted generation).
 Tree (tree_width=w>1): a best-first top-w tree: each level expands the w best nodes by cumulative
 draft log-probability, in one drafter forward with tree attention; the `max_nodes` best nodes are
 proposed. Tree tokens are deterministic (point masses), which is exact under sampling too.
@@ -25,8 +26,8 @@ long the document; the target still verifies against the whole prompt.
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Sequence
-from functools import partial
+import math
+from collections.abc import Sequence
 
 import torch
 
@@ -34,58 +35,17 @@ from ..runtime.runner import AttentionBackend, select_backend
 from ..runtime.cache import KVCache
 from ..errors import IncompatibleDrafterError, SpecDecodeError
 from ..models.load import LoadedModel, cpu_supports_bf16, load_model, output_vocab_size
+from ..policy import NodePrices
 from ..prompts import EncodedPrompt
 from ..sampling import GREEDY, sample_from, warp_probs
 from ..tree import DraftTree
 from .base import AdaptiveLength, Drafter
+from .pruned_head import PrunedHead, head_rows
 
 
 TWIN_MIN_TOKENS = 32  # feeds at least this long go through the fp32 prefill twin
 SINKS = 16  # a windowed drafter's first prompt tokens, always seen (StreamingLLM's attention sinks)
 DEFAULT_CONTEXT_WINDOW = 2048  # docs/benchmarks.md, long documents: the 0.5B drafter windowed vs whole
-
-
-class PrunedHead:
-    """The drafter's output layer restricted to the `size` lowest token ids plus the prompt's tokens.
-
-    On a CPU the output layer over a large vocabulary is a big share of a small drafter's cost per
-    token (Qwen2.5-0.5B: 136M of its 494M weights). Byte-level BPE ids are roughly in merge order,
-    so low ids are the common tokens; the prompt's own tokens are added so that copying works.
-    Drafts only: the target still verifies over the full vocabulary, so this never changes output.
-    The head is a torch Linear (its rows are views) or a quantized layer with `select_rows`
-    (runtime/cpu/quantize.py); `base` computes the lowest `size` ids (`head_rows`, built once per drafter).
-    """
-
-    def __init__(self, head: torch.nn.Module, size: int, base: Callable[[torch.Tensor], torch.Tensor],
-                 prompt_ids: Sequence[int]):
-        self.size, self.base = size, base
-        device = head.weight.device if isinstance(head, torch.nn.Linear) else torch.device("cpu")  # quantized: CPU
-        self.extra = torch.tensor(sorted({t for t in prompt_ids if size <= t < head.out_features}),
-                                  dtype=torch.long, device=device)  # [e], on the head's device: no copies per draft
-        self.extra_rows = head_rows(head, self.extra)
-
-    def logits(self, hidden: torch.Tensor, vocab_size: int) -> torch.Tensor:
-        """hidden [q, hidden_size] -> logits [q, vocab_size], -inf outside the kept ids."""
-        kept = torch.cat([self.base(hidden), self.extra_rows(hidden)], dim=-1).float()  # [q, size + e]
-        logits = torch.full((hidden.shape[0], vocab_size), float("-inf"), device=hidden.device)  # [q, vocab]
-        width = min(self.size, vocab_size)
-        logits[:, :width] = kept[:, :width]
-        inside = self.extra < vocab_size  # [e]
-        logits[:, self.extra[inside]] = kept[:, self.size :][:, inside]
-        return logits
-
-
-def head_rows(head: torch.nn.Module, rows: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
-    """hidden [q, hidden_size] -> the logits [q, r] of the output channels `rows` [r] of `head`
-    (a torch Linear, whose contiguous rows are a view, or a quantized layer with `select_rows`)."""
-    if len(rows) == 0:
-        return lambda hidden: hidden.new_empty(hidden.shape[0], 0)
-    if not isinstance(head, torch.nn.Linear):
-        return head.select_rows(rows)
-    contiguous = int(rows[-1]) - int(rows[0]) == len(rows) - 1
-    weight = head.weight[int(rows[0]) : int(rows[-1]) + 1] if contiguous else head.weight[rows]  # [r, hidden]
-    bias = None if head.bias is None else head.bias[rows]
-    return partial(torch.nn.functional.linear, weight=weight, bias=bias)
 
 
 def foreign_tokens(draft_tokenizer, target_tokenizer) -> frozenset[int] | None:
@@ -122,7 +82,8 @@ class ModelDrafter(Drafter):
         ("auto": w8a8 where it measures clearly faster here, see load_model; None: as published).
     k: fixed draft depth; None adapts it from acceptance (start `initial_k`, at most `max_k`).
     tree_width: 1 drafts a chain; w > 1 a top-w tree of at most `max_nodes` nodes.
-    confidence: stop a chain early when the drafter's top probability drops below it (0 = never).
+    confidence: without node prices (cost_model=None), stop a chain early when the drafter's top
+        probability drops below it (0 = never).
     prefill_twin: "auto" prefills long feeds through an fp32 copy when the drafter is bf16/fp16 on a
         CPU without native bf16 (costs the copy's memory: 4 bytes per parameter); True / False force it.
     draft_vocab: restrict the drafter's output layer to this many of the lowest token ids plus the
@@ -250,9 +211,12 @@ class ModelDrafter(Drafter):
         if self.draft_vocab is not None:
             self.head = PrunedHead(self.model.get_output_embeddings(), self.head_size, self.head_base, prompt_ids)
 
-    def propose(self, context_ids: Sequence[int], budget: int) -> DraftTree:
+    def propose(self, context_ids: Sequence[int], budget: int, prices: NodePrices | None = None) -> DraftTree:
+        """Draft after `context_ids`: with `prices`, as deep as the drafter's own top probabilities pay for
+        (at most max_k levels); without, `length.current` levels (adapted from acceptance) cut short where
+        a chain's top probability drops below `confidence`."""
         context_ids = self._view(context_ids)
-        depth = min(self.length.current, budget)
+        depth = min(self.length.maximum if prices is not None else self.length.current, budget)
         if depth <= 0:
             self.length.drafted(DraftTree.empty())
             return DraftTree.empty()
@@ -262,9 +226,9 @@ class ModelDrafter(Drafter):
             last_logits = self._catch_up(context_ids)  # [vocab]
         self.prompt_logits = None
         if self.tree_width == 1:
-            tree = self._draft_chain(last_logits, len(context_ids), depth)
+            tree = self._draft_chain(last_logits, len(context_ids), depth, prices)
         else:
-            tree = self._draft_tree(last_logits, len(context_ids), depth, min(budget, self.max_nodes))
+            tree = self._draft_tree(last_logits, len(context_ids), depth, min(budget, self.max_nodes), prices)
         self.length.drafted(tree)
         return tree
 
@@ -332,10 +296,16 @@ class ModelDrafter(Drafter):
         cache.cast(self.model.dtype)
         self.cache = cache
 
-    def _draft_chain(self, logits: torch.Tensor, context_len: int, depth: int) -> DraftTree:
+    def _draft_chain(self, logits: torch.Tensor, context_len: int, depth: int,
+                     prices: NodePrices | None = None) -> DraftTree:
+        """A chain of at most `depth` tokens. With `prices`, a token is kept while its path's chance (the
+        product of the top probabilities so far) pays its verification row, and the next one is drafted
+        while that chance times this token's top probability pays a drafter forward too; without, the
+        chain stops where the top probability drops below `confidence`."""
         sampling = self.sampling
         tokens: list[int] = []
         rows: list[torch.Tensor] = []
+        chance = 1.0  # of the path so far being accepted, by the drafter's own probabilities
         for step in range(depth):
             if sampling.greedy:
                 probs = logits.softmax(-1)  # [vocab]
@@ -344,19 +314,26 @@ class ModelDrafter(Drafter):
                 probs = warp_probs(logits, sampling)  # [vocab]
                 token = sample_from(probs, float(torch.rand(1, generator=self.generator)))
                 rows.append(probs)
-            if step > 0 and float(probs.max()) < self.confidence:
+            top = float(probs.max())
+            worth = chance * top >= prices.keep(step) if prices is not None else top >= self.confidence
+            if step > 0 and not worth:
                 if rows:
                     rows.pop()
                 break
             tokens.append(token)
-            if step == depth - 1:
+            chance *= top
+            if step == depth - 1 or (prices is not None and chance * top < prices.expand(step + 1)):
                 break
             logits = self._forward([token], context_len + step, last_only=True)[-1]
             self.cached_ids.append(token)
         draft_probs = torch.stack(rows) if rows else None  # [n, vocab]
         return DraftTree.chain(tokens, draft_probs)
 
-    def _draft_tree(self, logits: torch.Tensor, context_len: int, depth: int, max_nodes: int) -> DraftTree:
+    def _draft_tree(self, logits: torch.Tensor, context_len: int, depth: int, max_nodes: int,
+                    prices: NodePrices | None = None) -> DraftTree:
+        """A best-first top-w tree. With `prices`, a level expands only the nodes whose children's chance
+        (the node's path chance times its own top probability) pays a drafter forward, and the kept nodes
+        are those whose path chance pays their verification rows (as in a chain)."""
         width = self.tree_width
         tokens: list[int] = []
         parents: list[int] = []
@@ -379,6 +356,12 @@ class ModelDrafter(Drafter):
         level = [i for i in range(len(tokens))]
         for _ in range(depth - 1):
             frontier = sorted(level, key=lambda i: (-scores[i], i))[:width]
+            if prices is not None:  # a child's chance: the node's path chance times its own probability
+                own = [scores[i] - (scores[parents[i]] if parents[i] >= 0 else 0.0) for i in frontier]
+                frontier = [i for i, logp in zip(frontier, own)
+                            if math.exp(scores[i] + logp) >= prices.expand(len(tokens))]
+                if not frontier:
+                    break
             mask = torch.zeros(len(frontier), len(fed) + len(frontier), dtype=torch.bool)  # [q, m]
             for row, node in enumerate(frontier):
                 ancestor = parents[node]
@@ -396,4 +379,7 @@ class ModelDrafter(Drafter):
                 level.extend(range(first_child, len(tokens)))
         self.cache.crop(cached)  # drop the tree nodes; cached_ids still equals the context
         best = sorted(range(len(tokens)), key=lambda i: (-scores[i], i))[:max_nodes]  # a path's score <= its parent's
+        if prices is not None:  # the first node always stays: the cost model chose to draft
+            paying = [n == 0 or math.exp(scores[i]) >= prices.keep(n) for n, i in enumerate(best)]
+            best = best[: paying.index(False) if False in paying else len(best)]
         return DraftTree(tokens, parents).subset(best)
