@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .drafters.base import Drafter, check_drafter, drafter_name, optional_part, takes_prices
+from .drafters.base import Drafter, check_drafter, drafter_name, optional_part
 from .errors import SpecDecodeError
 from .models.load import load_model, output_vocab_size
 from .policy import DraftSizer, ForwardCosts, SizerSettings
@@ -182,13 +182,13 @@ class SpeculativeGenerator:
         while True:
             # 1. Propose: a tree of at most `budget` nodes after the committed tokens; the draft policy
             #    picks the size with the most expected tokens per second (0: a plain step).
-            #    A drafter that takes node prices drafts as deep as its own probabilities pay for instead.
+            #    A drafter that prices its nodes drafts as deep as its own probabilities pay for instead.
             tick = clock()
             budget = min(self.max_draft_tokens, request.max_new_tokens - len(run.generated) - 1)
             prices = {}
             if run.sizer is not None and budget > 0:
                 sized = run.sizer.budget(budget)
-                if sized and self.draft_policy.node_prices and takes_prices(drafter):
+                if sized and self.draft_policy.node_prices and optional_part(drafter, "prices_nodes", False):
                     prices = {"prices": run.sizer.prices()}
                 else:
                     budget = sized

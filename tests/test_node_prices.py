@@ -67,6 +67,8 @@ def test_a_priced_chain_stops_where_its_next_node_would_not_pay(prices):
 class PricedOracle(OracleDrafter):
     """An oracle that records the tokens generated, the budget and the prices at each proposal."""
 
+    prices_nodes = True
+
     def __init__(self, prompt, *args, **kwargs):
         super().__init__(prompt, *args, **kwargs)
         self.prompt_length, self.calls = len(prompt), []
@@ -77,7 +79,7 @@ class PricedOracle(OracleDrafter):
 
 
 @pytest.mark.parametrize("node_prices", [True, False])
-def test_the_engine_prices_nodes_only_for_drafters_that_take_prices(node_prices):
+def test_the_engine_prices_nodes_only_for_drafters_that_price_them(node_prices):
     target = loaded(tiny_model("llama", seed=0))
     prompt = random_prompt(3)
     truth = hf_greedy(target.model, prompt, 30)
@@ -125,3 +127,18 @@ def test_sampling_through_priced_chains_follows_the_target_distribution():
         deep += sum(out.stats.accept_histogram[2:])  # steps that accepted two drafted tokens
     assert deep > 50  # two-token drafts were made and taken, not only plain steps
     assert_frequencies_match(counts, (first[:, None] * second).flatten())
+
+
+def test_drafters_that_do_not_read_the_whole_context_keep_the_sized_budget():
+    """A windowed drafter's (or a self-draft's over a compressed cache) probabilities overstate agreement."""
+    from specdecode.drafters import SelfDrafter
+
+    target = loaded(tiny_model("llama", seed=0))
+    prompt = random_prompt(6, length=60)
+    windowed, whole = ModelDrafter(target, context_window=40), ModelDrafter(target, context_window=None)
+    compressed, full = SelfDrafter(target, kv="streaming", kv_budget=24, weights=None), SelfDrafter(target, kv="full",
+                                                                                                     weights=None)
+    for drafter, priced in ((windowed, False), (whole, True), (compressed, False), (full, True)):
+        out = SpeculativeGenerator(target, drafter=drafter, cost_model=SHALLOW).generate(prompt, max_new_tokens=12)
+        assert drafter.prices_nodes is priced and (out.stats.cost_model["priced_steps"] > 0) is priced
+        assert out.token_ids == hf_greedy(target.model, prompt, 12)

@@ -10,8 +10,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
-import inspect
-
 import torch
 
 from ..errors import SpecDecodeError
@@ -29,9 +27,7 @@ class Drafter(Protocol):
     - `propose(context_ids, budget) -> DraftTree`: draft at most `budget` nodes after `context_ids`
       (prompt + every committed token). A draft without probabilities (lookup, retrieval) simply
       has `draft_probs=None`. Under sampling, a draft WITH probabilities must have drawn each token
-      from its row, independently of its earlier siblings. A drafter whose `propose` has a `prices`
-      parameter gets the step's policy.NodePrices there (with the cost model's largest budget) and
-      drafts the nodes its own probabilities pay for; without it, `budget` is the cost model's size.
+      from its row, independently of its earlier siblings.
     - `accept(token_ids)`: the tokens committed by the last step (accepted draft tokens + the
       target's next token); update adaptive state here.
     - `name` (optional): shown in stats and error messages (default: the class name).
@@ -41,6 +37,10 @@ class Drafter(Protocol):
       `begin`; it holds an entry for every committed token but the last. Read it, never write it.
     - `read_images(images)` (optional): before `begin`, an image prompt's EncodedPrompt (its model inputs
       and positions), or None for a text prompt: for a drafter that is itself a vision-language model.
+    - `prices_nodes` (optional, read after `begin`): True where the drafter's own probabilities say how
+      likely the target accepts each node; the engine then calls `propose(context_ids, budget, prices=...)`
+      with the step's policy.NodePrices and the largest budget, and the drafter drafts the nodes they pay
+      for. Otherwise `budget` is the cost model's size.
     """
 
     name = "custom"
@@ -116,11 +116,6 @@ def check_drafter(drafter) -> None:
         raise SpecDecodeError(
             f"drafter {drafter_name(drafter)!r} has no {', '.join(missing)} method; a drafter implements "
             "begin(prompt_ids, **options), propose(context_ids, budget) and accept(token_ids).")
-
-
-def takes_prices(drafter) -> bool:
-    """Whether `drafter.propose` takes the step's node prices (a `prices` parameter)."""
-    return drafter is not None and "prices" in inspect.signature(drafter.propose).parameters
 
 
 def optional_part(drafter, name: str, default=None):

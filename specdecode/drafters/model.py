@@ -235,6 +235,13 @@ class ModelDrafter(Drafter):
     def accept(self, token_ids: Sequence[int]) -> None:
         self.length.committed(token_ids)
 
+    @property
+    def prices_nodes(self) -> bool:
+        """Whether this generation drafts by node prices: where the drafter reads all the target reads (no
+        window, no image it cannot see), its top probabilities are the chance that the target agrees; a
+        windowed drafter's overstate it (docs/cost-model.md), so it keeps the cost model's sized budget."""
+        return self.window_start is None and not self.foreign_ids
+
     # ------------------------------------------------------------------ drafting
     def _view(self, token_ids: Sequence[int]) -> Sequence[int]:
         """The context as this drafter sees it: without the target's added and image tokens (foreign_ids), and

@@ -183,6 +183,11 @@ class SelfDrafter(ModelDrafter):
         self.cached_ids = list(context_ids)
         return logits
 
+    @property
+    def prices_nodes(self) -> bool:
+        """Node prices only where the draft cache kept the whole prompt (as a windowed ModelDrafter)."""
+        return super().prices_nodes and self.selected == self.prompt_length
+
     def report(self) -> dict:
         return {"kv": self.policy.kind, "kv_budget": self.policy.budget, "weights": self.weights,
                 "prompt_entries": self.prompt_length, "draft_cache_entries": self.kept}
