@@ -75,6 +75,22 @@ def test_greedy_speculative_equals_plain_on_smollm2(target, noisy, references, m
         assert out.text == references[i].text
 
 
+@pytest.mark.parametrize("tree_width", [1, 3])
+def test_drafts_by_node_prices_equal_plain_on_smollm2(target, noisy, references, tree_width):
+    """Under the cost model, chains and trees as deep as the drafter's own probabilities pay for (a stopped
+    clock: the rate stays plain decoding's and drafting is free, so the prices decide alone)."""
+    from specdecode.policy import ForwardCosts
+
+    costs = ForwardCosts((1, 64), (1.0, 1.0 + 63 * 0.02))
+    gen = SpeculativeGenerator(target, drafter=ModelDrafter(noisy, tree_width=tree_width), cost_model=costs,
+                               clock=lambda: 0.0)
+    for i, prompt in enumerate(PROMPTS):
+        out = gen.generate(prompt, max_new_tokens=NEW_TOKENS)
+        divergence = first_divergence(references[i], out)
+        assert divergence is None, divergence.describe()
+        assert out.stats.cost_model["priced_steps"] > 0 and out.stats.accepted_tokens > 0
+
+
 def test_noisy_drafter_is_really_tested(target, noisy, references):
     """The perturbed drafter is neither always right nor always wrong."""
     out = SpeculativeGenerator(target, drafter=ModelDrafter(noisy, k=4, confidence=0), cost_model=None).generate(
