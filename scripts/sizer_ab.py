@@ -31,7 +31,9 @@ def settings(text: str) -> SizerSettings:
     for item in filter(None, text.split(",")):
         name, _, value = item.partition("=")
         kind = fields[name]
-        changes[name] = value in ("1", "true", "True") if kind == "bool" else int(value) if kind == "int" else float(value)
+        if kind == "bool" and value not in ("0", "1"):
+            raise SystemExit(f"error: {name} is on or off: write {name}=1 or {name}=0, not {value!r}.")
+        changes[name] = value == "1" if kind == "bool" else int(value) if kind == "int" else float(value)
     return SizerSettings(**changes)
 
 

@@ -1,5 +1,5 @@
 """Node prices: a drafter with probabilities drafts the nodes its own top probabilities pay for, priced at the
-generation's decoding rate; the engine hands prices only to drafters that take them; every draft made this
+generation's decoding rate; the engine hands prices only to drafters that price their nodes; every draft made this
 way is lossless, greedy and sampled."""
 
 from __future__ import annotations

@@ -386,7 +386,9 @@ class ModelDrafter(Drafter):
                 level.extend(range(first_child, len(tokens)))
         self.cache.crop(cached)  # drop the tree nodes; cached_ids still equals the context
         best = sorted(range(len(tokens)), key=lambda i: (-scores[i], i))[:max_nodes]  # a path's score <= its parent's
-        if prices is not None:  # the first node always stays: the cost model chose to draft
-            paying = [n == 0 or math.exp(scores[i]) >= prices.keep(n) for n, i in enumerate(best)]
-            best = best[: paying.index(False) if False in paying else len(best)]
+        if prices is not None:  # the first node always stays (the cost model chose to draft), then while they pay
+            kept = 1
+            while kept < len(best) and math.exp(scores[best[kept]]) >= prices.keep(kept):
+                kept += 1
+            best = best[:kept]
         return DraftTree(tokens, parents).subset(best)
