@@ -1,11 +1,13 @@
-"""A same-run A/B of draft-policy settings (policy.SizerSettings): for each question, each drafter decodes with
-setting A then B on one loaded target; decode-phase tokens/s (after the prefill, which no policy changes) are
-summed per side; tokens must be identical.
+"""A same-run A/B of draft-policy settings (policy.SizerSettings) or drafter options (registry.DrafterOptions,
+e.g. context_head): for each question, each drafter decodes with setting A then B on one loaded target;
+decode-phase tokens/s (after the prefill) are summed per side; tokens must be identical.
 
     python scripts/sizer_ab.py -q captioning/question.jsonl -m stand-in:qwen2.5-coder-1.5b-instruct \
         --drafters self:full:w8a8,model:qwen2.5-coder-0.5b-instruct+lookup --b prior=0.7
     python scripts/sizer_ab.py -q ../shared/data/spec_bench/question.jsonl -m qwen2.5-coder-1.5b-instruct \
         --drafters model:qwen2.5-coder-0.5b-instruct --limit-per-category 1 --a node_prices=0 --b node_prices=1
+    python scripts/sizer_ab.py -q ~/.cache/specdecode/bench/long_summarization.jsonl -m qwen2.5-coder-1.5b-instruct \
+        --drafters model:qwen2.5-coder-0.5b-instruct --categories long_summarization_8k --a context_head=16
 """
 
 from __future__ import annotations
@@ -24,17 +26,21 @@ from specdecode.models.load import draft_quantization, load_model, resolve_devic
 from specdecode.policy import SizerSettings
 
 
-def settings(text: str) -> SizerSettings:
-    """"name=value,..." -> SizerSettings (empty: the defaults)."""
-    fields = {f.name: f.type for f in dataclasses.fields(SizerSettings)}
-    changes = {}
+def settings(text: str) -> tuple[SizerSettings, DrafterOptions]:
+    """"name=value,..." -> (SizerSettings, DrafterOptions), each name a field of one of them (empty: defaults)."""
+    fields = {f.name: (SizerSettings, f.type) for f in dataclasses.fields(SizerSettings)}
+    fields.update({f.name: (DrafterOptions, f.type) for f in dataclasses.fields(DrafterOptions)
+                   if f.type in ("int", "int | None")})
+    changes = {SizerSettings: {}, DrafterOptions: {}}
     for item in filter(None, text.split(",")):
         name, _, value = item.partition("=")
-        kind = fields[name]
+        if name not in fields:
+            raise SystemExit(f"error: {name!r} is no setting; use one of {', '.join(sorted(fields))}.")
+        owner, kind = fields[name]
         if kind == "bool" and value not in ("0", "1"):
             raise SystemExit(f"error: {name} is on or off: write {name}=1 or {name}=0, not {value!r}.")
-        changes[name] = value == "1" if kind == "bool" else int(value) if kind == "int" else float(value)
-    return SizerSettings(**changes)
+        changes[owner][name] = value == "1" if kind == "bool" else float(value) if kind == "float" else int(value)
+    return SizerSettings(**changes[SizerSettings]), DrafterOptions(**changes[DrafterOptions])
 
 
 POLICY_FIGURES = ("mean_budget", "steps_without_draft", "draft_ms_per_node", "acceptance_per_level")
@@ -58,8 +64,8 @@ def main() -> None:
     sides = {"A": settings(args.a), "B": settings(args.b)}
     totals = {}
     for name in args.drafters.split(","):
-        drafter = make_drafter(name, target, DrafterOptions(), models)
-        gens = {side: SpeculativeGenerator(target, drafter, draft_policy=sizer) for side, sizer in sides.items()}
+        gens = {side: SpeculativeGenerator(target, make_drafter(name, target, options, models), draft_policy=sizer)
+                for side, (sizer, options) in sides.items()}
         first = questions[0]  # warm-up, untimed: a short text prompt unless the questions show images
         warm_up = encoded_turn(target, first, [{"role": "user", "content": first.turns[0] if first.images else
                                                 "Name three rivers."}])

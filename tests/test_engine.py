@@ -126,14 +126,14 @@ def test_sampled_first_token_follows_the_target_distribution():
 
 
 def test_sampled_first_token_with_a_windowed_drafter_follows_the_target_distribution():
-    """The target's own weights drafting from only the prompt's sinks and tail (context_window): a draft
+    """The target's own weights drafting from only the prompt's head and tail (context_window): a draft
     distribution unlike the target's, which sees the whole prompt; sampling still follows the target."""
     model = tiny_model("llama", seed=0, vocab=16)
     prompt = random_prompt(8, length=48, vocab=16)
     drafter = ModelDrafter(loaded(model), k=2, confidence=0, context_window=36)
     gen = SpeculativeGenerator(loaded(model), drafter=drafter, cost_model=None)
     assert first_token_total_variation(gen, model, prompt, samples=3000) < 0.05
-    assert drafter.window_start == 48 - (36 - 16)  # the prompt was windowed
+    assert drafter.window_start == 48 - (36 - 18)  # the prompt was windowed: half the window from its start
 
 
 # ------------------------------------------------------------------------------ cache invariants

@@ -14,6 +14,8 @@ from tiny import OracleDrafter, RandomDrafter, hf_greedy, loaded, random_prompt,
 
 from specdecode import SpeculativeGenerator
 from specdecode.drafters import LookupDrafter, ModelDrafter
+from specdecode.drafters.prompt_window import PromptWindow
+from specdecode.errors import SpecDecodeError
 
 NEW_TOKENS = 40
 ARCHS = ["llama", "qwen2"]
@@ -98,18 +100,30 @@ def test_independent_drafter_is_mostly_rejected_yet_lossless(target, other, refe
 
 
 @pytest.mark.parametrize("tree_width", [1, 3])
-def test_windowed_drafter_sees_the_sinks_and_the_tail_and_is_lossless(target, tree_width):
+def test_windowed_drafter_sees_the_head_and_the_tail_and_is_lossless(target, tree_width):
     prompt = random_prompt(5, length=90)
     drafter = ModelDrafter(target, k=4, tree_width=tree_width, confidence=0, context_window=48)
     gen = SpeculativeGenerator(target, drafter=drafter, cost_model=None)
     out = gen.generate(prompt, max_new_tokens=NEW_TOKENS)
     assert out.token_ids == hf_greedy(target.model, prompt, NEW_TOKENS)
-    seen = prompt[:16] + prompt[-32:]  # the sinks, then the window's last 32 prompt tokens
+    seen = prompt[:24] + prompt[-24:]  # the window's first half from the prompt's start, then its last 24 tokens
     assert drafter.cached_ids[: len(seen)] == seen
     assert drafter.cache.length < len(seen) + NEW_TOKENS  # the middle of the prompt was never fed
     assert 0 < out.stats.acceptance_rate < 1  # the target's own weights, not its whole prompt
     short = gen.generate(prompt[:40], max_new_tokens=8)  # within the window: the whole prompt
     assert drafter.cached_ids[:40] == prompt[:40] and short.token_ids == hf_greedy(target.model, prompt[:40], 8)
+
+
+def test_prompt_window_keeps_its_head_and_refuses_a_head_that_leaves_no_tail():
+    window = PromptWindow(48, head=16)
+    ids = list(range(100))
+    assert window.tail_start(48) is None and window.view(ids[:48], None) == ids[:48]  # fits: whole
+    start = window.tail_start(100)
+    assert window.view(ids + [500, 501], start) == [*range(16), *range(68, 100), 500, 501]  # generated tokens kept
+    assert PromptWindow(48).head == 24
+    for size, head in ((48, 40), (48, 8), (32, None)):
+        with pytest.raises(SpecDecodeError, match="context_head|context_window"):
+            PromptWindow(size, head)
 
 
 def test_deep_trees_with_decoys_are_lossless(target, references):

@@ -17,10 +17,9 @@ but prefills a long prompt several times slower (a prefill is compute-bound, and
 bf16 by conversion), so such a drafter prefills through an fp32 twin and converts the KV entries to
 bf16 (`prefill_twin`).
 
-A prompt longer than `context_window` tokens (a document to summarize) is windowed: the drafter sees its
-first SINKS tokens and its most recent ones, at contiguous positions (StreamingLLM over the input), plus
-every token generated after it. Its prefill and the attention of each draft step stay bounded however
-long the document; the target still verifies against the whole prompt.
+A prompt longer than `context_window` tokens (a document to summarize) is windowed (PromptWindow): the
+drafter sees its head and its tail, plus every token generated after it; the target still verifies
+against the whole prompt.
 """
 
 from __future__ import annotations
@@ -40,12 +39,11 @@ from ..prompts import EncodedPrompt
 from ..sampling import GREEDY, sample_from, warp_probs
 from ..tree import DraftTree
 from .base import AdaptiveLength, Drafter
+from .prompt_window import DEFAULT_CONTEXT_WINDOW, PromptWindow
 from .pruned_head import PrunedHead, head_rows
 
 
 TWIN_MIN_TOKENS = 32  # feeds at least this long go through the fp32 prefill twin
-SINKS = 16  # a windowed drafter's first prompt tokens, always seen (StreamingLLM's attention sinks)
-DEFAULT_CONTEXT_WINDOW = 2048  # docs/benchmarks.md, long documents: the 0.5B drafter windowed vs whole
 
 
 def foreign_tokens(draft_tokenizer, target_tokenizer) -> frozenset[int] | None:
@@ -90,8 +88,9 @@ class ModelDrafter(Drafter):
         prompt's tokens (PrunedHead); None = the full vocabulary; "auto" = 32768 on a CPU when the
         vocabulary is larger than 65536 (with the prompt's tokens, 32768 ids cover nearly every token
         Qwen2.5-Coder-0.5B generates on Spec-Bench questions), else the full vocabulary.
-    context_window: the prompt tokens the drafter sees at most (> 2 * SINKS): the first SINKS and the last
-        N - SINKS (see the module's docstring); None: the whole prompt. A VLM drafter's image prompt is fed whole.
+    context_window, context_head: a long prompt's tokens the drafter sees at most, and how many of them from
+        its start (PromptWindow; None: half); context_window=None: the whole prompt. A VLM drafter's image
+        prompt is fed whole.
     """
 
     name = "model"
@@ -112,6 +111,7 @@ class ModelDrafter(Drafter):
         prefill_twin: bool | str = "auto",
         attention: AttentionBackend | None = None,
         context_window: int | None = DEFAULT_CONTEXT_WINDOW,
+        context_head: int | None = None,
     ):
         if k is not None and k < 1:
             raise SpecDecodeError(f"ModelDrafter k must be >= 1 (or None to adapt), got {k}.")
@@ -123,9 +123,7 @@ class ModelDrafter(Drafter):
             raise SpecDecodeError(
                 f"ModelDrafter draft_vocab must be a whole number >= 1, None (all) or 'auto', got {draft_vocab!r}."
             )
-        if context_window is not None and not (isinstance(context_window, int) and context_window > 2 * SINKS):
-            raise SpecDecodeError(f"ModelDrafter context_window must be a whole number of tokens > {2 * SINKS} "
-                                  f"(or None: the whole prompt), got {context_window!r}.")
+        self.window = PromptWindow(context_window, context_head) if context_window is not None else None
         self.draft = load_model(model, dtype=dtype, quantize=quantize, drafts_only=True)  # a LoadedModel: as is
         self.model = self.draft.model
         self.tree_width = tree_width
@@ -136,7 +134,6 @@ class ModelDrafter(Drafter):
         self.attention.prepare(self.model)  # its one-time probe now, not inside a generation
         self.cache = KVCache(self.model)
         self.cached_ids: list[int] = []
-        self.context_window = context_window
         self.window_start: int | None = None  # where the seen tail of a windowed prompt starts (None: whole)
         self.foreign_ids: frozenset[int] = frozenset()  # the target's added and image tokens: never seen here
         self.images: EncodedPrompt | None = None  # a VLM drafter's view of an image prompt (read_images)
@@ -196,8 +193,8 @@ class ModelDrafter(Drafter):
         self.window_start = None
         visible = self._view(prompt_ids)  # without foreign tokens, whole
         self._start(visible, sampling, generator)  # a pruned head keeps every prompt token: copies stay possible
-        if self.context_window is not None and self.images is None and len(visible) > self.context_window:
-            self.window_start = len(visible) - (self.context_window - SINKS)
+        if self.window is not None and self.images is None:
+            self.window_start = self.window.tail_start(len(visible))
         prompt_ids = self._windowed(visible)
         self.cache.reset()
         self.cache.position_shift = self.images.position_shift if self.images is not None else 0
@@ -245,12 +242,12 @@ class ModelDrafter(Drafter):
     # ------------------------------------------------------------------ drafting
     def _view(self, token_ids: Sequence[int]) -> Sequence[int]:
         """The context as this drafter sees it: without the target's added and image tokens (foreign_ids), and
-        of a windowed prompt only the sinks and the tail from window_start."""
+        of a windowed prompt only its head and the tail from window_start."""
         return self._windowed([t for t in token_ids if t not in self.foreign_ids] if self.foreign_ids else token_ids)
 
     def _windowed(self, visible: Sequence[int]) -> Sequence[int]:
-        """Of a windowed prompt's context, the sinks and the tail from window_start (else all of it)."""
-        return visible if self.window_start is None else [*visible[:SINKS], *visible[self.window_start:]]
+        """Of a windowed prompt's context, the head and the tail from window_start (else all of it)."""
+        return self.window.view(visible, self.window_start) if self.window is not None else visible
 
     def _forward(self, token_ids: Sequence[int], start: int, tree_mask=None, depths=None,
                  last_only: bool = False, images: EncodedPrompt | None = None) -> torch.Tensor:

@@ -14,7 +14,8 @@ from ..models.load import LoadedModel, load_model
 from .base import Drafter
 from .lookup import LookupDrafter
 from .mixture import MixtureDrafter
-from .model import DEFAULT_CONTEXT_WINDOW, SINKS, ModelDrafter
+from .model import ModelDrafter
+from .prompt_window import DEFAULT_CONTEXT_WINDOW, SINKS
 from .self import KV_POLICIES, WEIGHTS, SelfDrafter
 from .retrieval import RetrievalDrafter
 from .suffix import SuffixIndex
@@ -78,6 +79,7 @@ class DrafterOptions:
     drafter_dtype: str = "fast-decode"  # drafts never change the output, so a model drafter may use its own
     drafter_quantize: str | None = "auto"  # drafter model weights: "auto" (measured fastest), "w8a8", ..., None
     corpus: SuffixIndex | None = field(default=None, compare=False)  # `retrieval` also copies from this corpus
+    context_head: int | None = None  # of a windowed prompt, the first tokens a model drafter sees (None: half)
 
     def __post_init__(self):
         if self.k is not None and self.k < 1:
@@ -152,4 +154,5 @@ def make_drafter(name: DrafterName | str, target: LoadedModel, options: DrafterO
                            tree_width=options.tree_width)
     load = load_draft or (lambda spec, t: default_load_draft(spec, t, options.drafter_dtype, options.drafter_quantize))
     draft = load(name.model, target)
-    return ModelDrafter(draft, k=options.k, tree_width=options.tree_width, context_window=name.window)
+    return ModelDrafter(draft, k=options.k, tree_width=options.tree_width, context_window=name.window,
+                        context_head=options.context_head)
