@@ -3,12 +3,12 @@
 For each question the target decodes greedily (the truth); the drafter then reads each view of the prompt
 followed by the truth in one forward (teacher forcing), and the script reports the share of truth tokens
 that are the drafter's own greedy choice (agreement) and the mean run of agreed tokens from each position,
-capped at 8 (what a chain could get accepted). Views: the window's head of 16 tokens (StreamingLLM's sinks)
-or half the window, then the prompt's end; and the whole prompt.
+capped at 8 (what a chain could get accepted). Views: the window (2048 tokens) with each head of `--heads`
+(16: StreamingLLM's sinks; 1024: half, the default) and the rest from the prompt's end; and the whole prompt.
 
     python scripts/window_agreement.py -q ~/.cache/specdecode/bench/long_summarization.jsonl \\
         -m qwen2.5-coder-1.5b-instruct --drafter qwen2.5-coder-0.5b-instruct \\
-        --categories long_summarization_4k,long_summarization_8k
+        --categories long_summarization_4k,long_summarization_8k --heads 16,128,256,1024
 """
 
 from __future__ import annotations
@@ -51,13 +51,16 @@ def main() -> None:
     parser.add_argument("--categories", help="comma-separated categories (default: all)")
     parser.add_argument("--limit-per-category", type=int)
     parser.add_argument("--window", type=int, default=DEFAULT_CONTEXT_WINDOW)
+    parser.add_argument("--heads", default=f"{SINKS},{DEFAULT_CONTEXT_WINDOW // 2}",
+                        help="comma-separated head sizes (the window's first tokens) to compare")
     parser.add_argument("-n", "--max-new-tokens", type=int, default=128)
     args = parser.parse_args()
     questions = select_questions(read_questions(args.questions), args.categories and args.categories.split(","),
                                  args.limit_per_category)
     target = load_model(args.model)
     drafter = load_model(args.drafter, dtype="bf16", quantize=None, drafts_only=True).model
-    views = {"sinks+tail": PromptWindow(args.window, SINKS), "head+tail": PromptWindow(args.window), "whole": None}
+    views = {f"head {head}": PromptWindow(args.window, int(head)) for head in args.heads.split(",")}
+    views["whole"] = None
     totals = {name: [0.0, 0.0] for name in views}
     for question in questions:
         prompt = encoded_turn(target, question, [{"role": "user", "content": question.turns[0]}])

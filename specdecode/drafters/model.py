@@ -234,10 +234,10 @@ class ModelDrafter(Drafter):
 
     @property
     def prices_nodes(self) -> bool:
-        """Whether this generation drafts by node prices: where the drafter reads all the target reads (no
-        window, no image it cannot see), its top probabilities are the chance that the target agrees; a
-        windowed drafter's overstate it (docs/cost-model.md), so it keeps the cost model's sized budget."""
-        return self.window_start is None and not self.foreign_ids
+        """Whether this generation drafts by node prices: where the drafter reads the target's text (the whole
+        prompt, or a long one's head and tail), its top probabilities are the chance that the target agrees;
+        a text drafter under an image prompt it cannot see overstates it, so it keeps the sized budget."""
+        return not self.foreign_ids
 
     # ------------------------------------------------------------------ drafting
     def _view(self, token_ids: Sequence[int]) -> Sequence[int]:

@@ -185,7 +185,7 @@ class SelfDrafter(ModelDrafter):
 
     @property
     def prices_nodes(self) -> bool:
-        """Node prices only where the draft cache kept the whole prompt (as a windowed ModelDrafter)."""
+        """Node prices only where the draft cache kept the whole prompt (docs/cost-model.md)."""
         return super().prices_nodes and self.selected == self.prompt_length
 
     def report(self) -> dict:
