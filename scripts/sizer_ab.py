@@ -64,7 +64,9 @@ def main() -> None:
     sides = {"A": settings(args.a), "B": settings(args.b)}
     totals = {}
     for name in args.drafters.split(","):
-        gens = {side: SpeculativeGenerator(target, make_drafter(name, target, options, models), draft_policy=sizer)
+        drafters = {options: make_drafter(name, target, options, models) for _, options in sides.values()}  # one
+        # per distinct options: sides that differ only in policy share it (a self-draft's twin is built once)
+        gens = {side: SpeculativeGenerator(target, drafters[options], draft_policy=sizer)
                 for side, (sizer, options) in sides.items()}
         first = questions[0]  # warm-up, untimed: a short text prompt unless the questions show images
         warm_up = encoded_turn(target, first, [{"role": "user", "content": first.turns[0] if first.images else
