@@ -3,10 +3,13 @@
     python scripts/gpu_check.py --new-tokens 128 --rounds 3 --dtype bf16   (or fp32)
 
 Prints, side by side in one run on the same models and GPU:
-1. the target's forward cost vs tokens fed after 512 cached tokens (runtime/calibrate.py);
-2. plain decoding: ours vs transformers' `generate` (greedy), rounds interleaved;
-3. speculative decoding (lookup, a random 0.5B-shape drafter, the target drafting for itself):
-   tokens/s relative to our plain decoding, tau, and whether the tokens equal plain decoding's.
+1. the target's forward cost vs tokens fed after 512 cached tokens (runtime/calibrate.py), per backend:
+   "auto" (SDPA, dynamic shapes) and "graphs" (static steps recorded as CUDA graphs);
+2. plain decoding: ours per backend vs transformers' `generate` (greedy) with its dynamic cache and with
+   its static cache (`cache_implementation="static"`, compiled once in the warm-up round), rounds interleaved;
+3. speculative decoding (lookup, a random 0.5B-shape drafter, the target drafting for itself) per backend:
+   tokens/s relative to our SDPA plain decoding, tau, and whether the tokens equal plain decoding's on the
+   same backend ("graphs:16" feeds every step 16 rows, so that plain and speculative rows share kernels).
 Random weights make acceptance meaningless except at its two ends: the random drafter is the
 worst case (almost nothing accepted: pure overhead), self-drafting the best (everything accepted).
 """
@@ -45,13 +48,13 @@ def random_model(shape: str, seed: int, dtype: torch.dtype) -> LoadedModel:
                        device=model.device)
 
 
-def hf_generate(model, prompt: list[int], new_tokens: int) -> tuple[list[int], float]:
+def hf_generate(model, prompt: list[int], new_tokens: int, **options) -> tuple[list[int], float]:
     ids = torch.tensor([prompt], device=model.device)
     torch.cuda.synchronize()
     begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     begin.record()
     out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens, do_sample=False,
-                         pad_token_id=0, min_new_tokens=new_tokens)
+                         pad_token_id=0, min_new_tokens=new_tokens, **options)
     end.record()
     torch.cuda.synchronize()
     return out[0, len(prompt):].tolist(), begin.elapsed_time(end) / 1000
@@ -68,43 +71,52 @@ def main() -> None:
     print(torch.cuda.get_device_name(0), "torch", torch.__version__, args.dtype)
     target, small = random_model("1.5b", 0, dtype), random_model("0.5b", 1, dtype)
 
-    costs = measure_forward_costs(target.model, select_backend(), sizes=(1, 2, 4, 8, 16, 32, 64), context=512, rounds=5)
-    print("target forward after 512 tokens, ms:", costs.table_ms())
+    for backend in ("auto", "graphs"):
+        costs = measure_forward_costs(target.model, select_backend(backend), sizes=(1, 2, 4, 8, 16, 32, 64), context=512,
+                                      rounds=5)
+        print(f"target forward after 512 tokens, {backend}, ms:", costs.table_ms())
 
     generator = torch.Generator().manual_seed(0)
     phrase = torch.randint(151936, (args.prompt_tokens // 4,), generator=generator).tolist()
     prompt = phrase * 4  # repeats, so lookup has something to find
-    methods = {
-        "plain": (None, False),
-        "lookup": (LookupDrafter(), True),
-        "model:random-0.5b": (ModelDrafter(small), True),
-        "model:self": (ModelDrafter(target, k=4, confidence=0), True),
-    }
-    gens = {name: SpeculativeGenerator(target, drafter=drafter) for name, (drafter, _) in methods.items()}
-    rates: dict[str, list[float]] = {name: [] for name in [*methods, "hf-plain"]}
+    methods = {}  # name -> (drafter, speculative, attention)
+    for attention in ("auto", "graphs", "graphs:16"):
+        tag = "" if attention == "auto" else f" {attention}"
+        drafts = {"lookup": lambda: LookupDrafter(),
+                  "model:random-0.5b": lambda: ModelDrafter(small, attention=select_backend(attention)),
+                  "model:self": lambda: ModelDrafter(target, k=4, confidence=0, attention=select_backend(attention))}
+        methods[f"plain{tag}"] = (None, False, attention)
+        methods.update({f"{name}{tag}": (make(), True, attention) for name, make in drafts.items()})
+    gens = {name: SpeculativeGenerator(target, drafter=drafter, attention=attention)
+            for name, (drafter, _, attention) in methods.items()}
+    peers = {"hf-plain": {}, "hf-static": {"cache_implementation": "static"}}
+    rates: dict[str, list[float]] = {name: [] for name in [*methods, *peers]}
     taus: dict[str, list[float]] = {name: [] for name in methods}
-    identical: dict[str, bool] = {name: True for name in [*methods, "hf-plain"]}
-    for round_ in range(args.rounds + 1):  # round 0 warms up (and measures the cost model)
-        reference = None
-        for name, (_, speculative) in methods.items():
+    identical: dict[str, bool] = {name: True for name in [*methods, *peers]}
+    for round_ in range(args.rounds + 1):  # round 0 warms up (the cost model, graph captures, HF's compilation)
+        references = {}
+        for name, (_, speculative, attention) in methods.items():
             out = gens[name].generate(prompt, max_new_tokens=args.new_tokens, speculative=speculative)
-            if name == "plain":
-                reference = out
-            elif out.token_ids != reference.token_ids:
+            reference = references.setdefault(attention, out)
+            if out.token_ids != reference.token_ids:
                 identical[name] = False
                 print(f"  {name}: {first_divergence(reference, out).describe()}")
             if round_:
                 rates[name].append(out.stats.tokens_per_s)
                 taus[name].append(out.stats.mean_accepted)
-        tokens, seconds = hf_generate(target.model, prompt, args.new_tokens)
-        identical["hf-plain"] &= tokens == reference.token_ids
-        if round_:
-            rates["hf-plain"].append(len(tokens) / seconds)
+        for peer, options in peers.items():
+            tokens, seconds = hf_generate(target.model, prompt, args.new_tokens, **options)
+            identical[peer] &= tokens == references["auto"].token_ids
+            if round_:
+                rates[peer].append(len(tokens) / seconds)
     plain = statistics.mean(rates["plain"])
-    print(f"{'method':20} {'tok/s':>8} {'vs plain':>9} {'tau':>6} identical")
+    print(f"{'method':28} {'tok/s':>8} {'vs plain':>9} {'tau':>6} identical")
     for name, values in rates.items():
         tau = f"{statistics.mean(taus[name]):6.2f}" if name in taus else "     -"
-        print(f"{name:20} {statistics.mean(values):8.1f} {statistics.mean(values) / plain:8.2f}x {tau} {identical[name]}")
+        print(f"{name:28} {statistics.mean(values):8.1f} {statistics.mean(values) / plain:8.2f}x {tau} {identical[name]}")
+    for name, gen in gens.items():
+        if name.startswith("plain graphs"):
+            print(f"{name}: {gen.attention.describe(target.model)}, capture {gen.attention.steps_of(target.model).capture_s:.1f} s")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """A verification's cost on a CUDA GPU against context length and tree size, per tree-attention backend:
-"sdpa" (one SDPA call per layer under the tree's mask, query heads stacked per key/value head) and "flash"
-(the cached prefix through FlashAttention's kernel, the tree under its mask, merged by log-sum-exp). A
+"sdpa" (one SDPA call per layer under the tree's mask, query heads stacked per key/value head), "flash"
+(the cached prefix through FlashAttention's kernel, the tree under its mask, merged by log-sum-exp) and
+"graphs" (static steps over preallocated buffers, recorded as CUDA graphs; the first round captures). A
 random-weight model of Qwen2.5-1.5B's shape (or --shape 0.5b) in bf16; no weights travel.
 
     python scripts/gpu_tree_attention.py --contexts 1024,8192,32768 --nodes 16,64
@@ -33,7 +34,7 @@ def main() -> None:
     target = random_model(args.shape, 0, torch.bfloat16)
     print(f"{'context':>8} {'backend':>7} {'1 token':>8} " + " ".join(f"{n:>6} nodes (x)" for n in nodes))
     for context in (int(c) for c in args.contexts.split(",")):
-        for backend in ("sdpa", "flash"):
+        for backend in ("sdpa", "flash", "graphs"):
             costs = measure_forward_costs(target.model, select_backend(backend), sizes=(1, *[n + 1 for n in nodes]),
                                           context=context, rounds=args.rounds)
             one = costs.raw(1)

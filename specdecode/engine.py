@@ -66,7 +66,9 @@ class SpeculativeGenerator:
     max_draft_tokens: cap on the nodes of one draft tree (one verification forward feeds 1 + that).
     attention: the tree-attention backend: "auto" / "sdpa"; "flash" (a draft's tokens attend to the cached
         prefix through FlashAttention's kernel and to each other under the tree mask, merged by log-sum-exp;
-        targets that are not exact); or a backend object (runtime.runner.AttentionBackend).
+        targets that are not exact); "graphs" (steps at static shapes on preallocated KV buffers, recorded as
+        CUDA graphs on a GPU; "graphs:16" feeds every step 16 rows); or a backend object
+        (runtime.runner.AttentionBackend).
     pad_verification: on CPU, pad a verification forward with a few ignored tokens up to a row count
         that this machine's matmuls run measurably faster (calibrated once per model and machine); the
         output is unchanged. False turns it off; a list gives the table itself (padded row count for each
@@ -90,10 +92,13 @@ class SpeculativeGenerator:
         self.drafter = drafter
         if max_draft_tokens < 1:
             raise SpecDecodeError(f"max_draft_tokens must be >= 1, got {max_draft_tokens}.")
-        # an exact target keeps every forward inside the widest one whose rows keep their bits (None: any)
-        self.max_rows = self.target.max_exact_rows if self.target.exact_steps else None
-        self.max_draft_tokens = min(max_draft_tokens, self.max_rows - 1) if self.max_rows else max_draft_tokens
         self.attention = select_backend(attention) if isinstance(attention, str) else attention
+        # an exact target keeps every forward inside the widest one whose rows keep their bits, and a backend
+        # that feeds every step at one width inside that width (None: any)
+        limits = [rows for rows in (self.target.max_exact_rows if self.target.exact_steps else None,
+                                    getattr(self.attention, "max_rows", None)) if rows]
+        self.max_rows = min(limits) if limits else None
+        self.max_draft_tokens = min(max_draft_tokens, self.max_rows - 1) if self.max_rows else max_draft_tokens
         self.calibration = self.target.calibration or Calibration.for_model(
             self.model, quantization=self.target.quantization)
         if drafter is not None:

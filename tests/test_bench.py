@@ -69,11 +69,11 @@ def test_every_method_on_a_tiny_model_writes_identical_results_and_reports(quest
     out = tmp_path / "out"
     probed = "w8a8" if fbgemm_available() else None  # what the weights probe answers here (fixed: it is a timing)
     monkeypatch.setattr(bench_runner, "draft_quantization", lambda device: probed)
-    methods = "lookup,model:tiny-draft,model:tiny-target,hf-plain,hf-lookup,hf-assisted:tiny-draft"
+    methods = "lookup,model:tiny-draft,model:tiny-target,hf-plain,hf-static,hf-lookup,hf-assisted:tiny-draft"
     bench = run(config(questions_file, out, methods=methods, cost_model=False), zoo)  # every drafter drafts
-    assert bench.measured == 3 * 7 and not bench.interrupted
+    assert bench.measured == 3 * 8 and not bench.interrupted
     records = results(out)
-    assert [r["method"] for r in records[:7]] == ["plain", *methods.split(",")]  # plain first, then in order
+    assert [r["method"] for r in records[:8]] == ["plain", *methods.split(",")]  # plain first, then in order
     for r in records:
         assert set(r) >= {"question_id", "category", "method", "turns", "new_tokens", "wall_s", "target_forwards",
                           "accept_histogram", "ids_hash", "token_ids", "identical", "divergence"}

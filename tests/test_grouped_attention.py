@@ -12,7 +12,7 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from specdecode import SpeculativeGenerator
 from specdecode.drafters import LookupDrafter, ModelDrafter
-from specdecode.runtime.cpu.lean_forward import fits
+from specdecode.runtime.lean_forward import fits
 from specdecode.runtime.runner import SDPABackend, select_backend
 from specdecode.runtime import grouped_attention as grouped_module
 from specdecode.runtime.grouped_attention import (GROUPED, VISIBLE_PREFIX, grouped_attention, split_attention,

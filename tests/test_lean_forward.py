@@ -9,7 +9,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 from specdecode.runtime.runner import SDPABackend
 from specdecode.runtime.cache import KVCache
-from specdecode.runtime.cpu.lean_forward import fits, matches_own_forward
+from specdecode.runtime.lean_forward import fits, matches_own_forward
 from specdecode.runtime.cpu.quantize import quantize_model
 from specdecode.runtime.cpu.rowwise_attention import use_rowwise_attention
 

@@ -2,7 +2,8 @@
 
 Ours: `plain` (our plain decoding) and every drafter name of `drafters.registry` (`lookup`,
 `model:NAME`, ...), all through one SpeculativeGenerator per method on the same loaded target.
-Peers, on the same loaded target: `hf-plain` (`model.generate`, greedy), `hf-assisted:NAME`
+Peers, on the same loaded target: `hf-plain` (`model.generate`, greedy), `hf-static` (the same with
+transformers' static cache, `cache_implementation="static"`, which it compiles on a GPU), `hf-assisted:NAME`
 (`assistant_model=` NAME loaded in the target's dtype), `hf-lookup` (`prompt_lookup_num_tokens=10`). A
 peer's target forwards are counted with a forward hook on the target module (the assistant is another
 module); its prefill is the first forward of the target (and of the assistant), timed by hooks
@@ -32,9 +33,9 @@ from ..pipelines.rag import hand_passages
 from ..prompts import EncodedPrompt, eos_token_ids, prompt_tokens
 from ..runtime.cpu.quantize import FBGEMM_MODES
 
-PEERS = ("hf-plain", "hf-assisted", "hf-lookup", "llama-cpp", "llama-cpp-lookup")
+PEERS = ("hf-plain", "hf-static", "hf-assisted", "hf-lookup", "llama-cpp", "llama-cpp-lookup")
 LLAMA_CPP_PEERS = ("llama-cpp", "llama-cpp-lookup")
-METHOD_NAMES = (f"plain, {', '.join(DRAFTER_PATTERNS)}, hf-plain, hf-assisted:NAME, hf-lookup, llama-cpp, "
+METHOD_NAMES = (f"plain, {', '.join(DRAFTER_PATTERNS)}, hf-plain, hf-static, hf-assisted:NAME, hf-lookup, llama-cpp, "
                 f"llama-cpp-lookup ({MIXTURE_HELP}; {MODEL_SPEC_HELP})")
 LLAMA_CPP_INSTALL = ('pip install llama-cpp-python (it compiles llama.cpp: needs a C++ compiler and cmake; '
                      'CMAKE_ARGS="-DGGML_NATIVE=ON" builds for this CPU)')
@@ -302,6 +303,8 @@ def build_methods(names: Sequence[MethodName], target: LoadedModel, options: Dra
                                           lookup=name.peer == "llama-cpp-lookup"))
         elif name.peer == "hf-plain":
             methods.append(HFMethod(name.text, target))
+        elif name.peer == "hf-static":
+            methods.append(HFMethod(name.text, target, {"cache_implementation": "static"}))
         elif name.peer == "hf-lookup":
             methods.append(HFMethod(name.text, target, {"prompt_lookup_num_tokens": HF_LOOKUP_TOKENS}))
         elif name.peer == "hf-assisted":

@@ -256,7 +256,7 @@ def bench(
     out: Path = typer.Option(..., "--out", "-o", help="Results folder (rerun with the same folder to resume)."),
     methods: str = typer.Option("plain,lookup", "--methods",
                                 help="Comma-separated: plain, lookup, retrieval, model:NAME, A+B mixtures, hf-plain, "
-                                     "hf-assisted:NAME, hf-lookup, llama-cpp (plain is always measured: "
+                                     "hf-static, hf-assisted:NAME, hf-lookup, llama-cpp (plain is always measured: "
                                      "speedups are relative to it)."),
     categories: Optional[str] = typer.Option(None, "--categories", help="Comma-separated categories (default all)."),
     limit_per_category: Optional[int] = typer.Option(None, "--limit-per-category",

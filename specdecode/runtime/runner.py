@@ -19,15 +19,18 @@ import torch
 from ..tree import DraftTree
 from .cache import KVCache
 from ..errors import SpecDecodeError
-from .cpu.lean_forward import lean_forward, matches_own_forward
+from .cuda.static_steps import BUCKETS, StaticSteps, bucket_of
+from .lean_forward import fits, lean_forward, matches_own_forward
 from .cpu.linear import padded_sizes
 from .cpu.rowwise_attention import BATCHED_PREFILL, fold_rows_of
 from .calibrate import runtime_state
 from .grouped_attention import VISIBLE_PREFIX
+from .layers import decoder_of
 
 
 class AttentionBackend(Protocol):
     name: str
+    max_rows: int | None  # the most tokens a verification may feed (a backend of one fixed width), None: any
 
     def forward(
         self,
@@ -78,6 +81,7 @@ class SDPABackend:
         self.lean = lean
         self.split_prefix = split_prefix
         self.name = "flash" if split_prefix else "sdpa"
+        self.max_rows: int | None = None
         self._lean_models: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> matches_own_forward
 
     def forward(self, model, cache, input_ids, positions, tree_mask=None, logits_to_keep=0, hidden=False,
@@ -98,7 +102,7 @@ class SDPABackend:
             if self.split_prefix and visible:
                 keywords[VISIBLE_PREFIX] = visible  # handed down to the attention function
         if past and not prefill and self.runs_lean(model):  # after a prompt: the cache has its layers
-            return lean_forward(model, cache, input_ids.to(device), positions.to(device),
+            return lean_forward(model, cache.hf.layers, input_ids.to(device), positions.to(device),
                                 kwargs.get("attention_mask"), logits_to_keep, hidden, keywords)
         kwargs.update(keywords)
         called = model.base_model if hidden else model
@@ -146,6 +150,55 @@ class SDPABackend:
         return self._lean_models[model]
 
 
+class StaticBackend(SDPABackend):
+    """Steps after the prompt at static shapes on preallocated KV buffers, recorded as CUDA graphs on a GPU
+    and replayed (runtime/cuda/static_steps.py; on a CPU the same steps run eagerly, for tests). Prompts, steps of
+    more than 64 tokens, M-RoPE prompt positions and models lean_forward does not fit (not Llama-family)
+    take the SDPA backend's path. width: feed every step at this many rows (plain decoding included), so
+    that each token's row is computed by the same kernels in plain and speculative decoding; None: the
+    smallest bucket (1, 2, 4, ..., 64) that holds the step. An exact CPU target keeps the SDPA path (steps_of)."""
+
+    def __init__(self, width: int | None = None):
+        super().__init__(lean=False)
+        if width is not None and bucket_of(width) != width:
+            raise SpecDecodeError(f"attention 'graphs:{width}': the width must be one of {BUCKETS}.")
+        self.width = self.max_rows = width  # every step at `width` rows: drafts fit in it
+        self.name = "graphs" if width is None else f"graphs:{width}"
+        self._steps: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> StaticSteps or None
+
+    def forward(self, model, cache, input_ids, positions, tree_mask=None, logits_to_keep=0, hidden=False,
+                prefill=False, model_inputs=None):
+        q = input_ids.shape[-1]
+        steps = self.steps_of(model)
+        rows = max(self.width or 0, bucket_of(q) or 0)
+        if prefill or not cache.length or positions.dim() != 1 or steps is None or bucket_of(q) is None:
+            return super().forward(model, cache, input_ids, positions, tree_mask, logits_to_keep, hidden, prefill,
+                                   model_inputs)
+        out = steps.run(model, cache, input_ids, positions + cache.position_shift, tree_mask, rows, hidden)
+        return out[-logits_to_keep:] if logits_to_keep and not hidden else out
+
+    def padded_sizes(self, model, calibration) -> list[int]:
+        """padded[q]: the rows a static step feeds for q tokens (the engine pads a verification to them)."""
+        return [max(self.width or 0, bucket_of(q)) for q in range(BUCKETS[-1] + 1)]
+
+    def describe(self, model) -> str:
+        steps = self.steps_of(model)
+        how = "not taken (SDPA)" if steps is None else "CUDA graphs" if steps.capture else "eager"
+        return f"{self.name}, static steps: {how}"
+
+    def prepare(self, model) -> None:
+        self.steps_of(model)
+
+    def steps_of(self, model) -> StaticSteps | None:
+        """The model's static steps, made on first use; None where lean_forward does not fit the model, and for
+        an exact CPU target (row-wise attention), whose verifications keep their bits only at the row counts
+        calibration found (the SDPA path's padding)."""
+        if model not in self._steps:
+            takes = fits(model, any_device=True) and fold_rows_of(decoder_of(model).config._attn_implementation) is None
+            self._steps[model] = StaticSteps(capture=model.device.type == "cuda") if takes else None
+        return self._steps[model]
+
+
 def _passes_keywords(module: torch.nn.Module) -> bool:
     """Whether a model's forward takes **kwargs (transformers' models hand them down to attention)."""
     return any(p.kind is inspect.Parameter.VAR_KEYWORD for p in inspect.signature(module.forward).parameters.values())
@@ -171,9 +224,16 @@ def _padded(input_ids: torch.Tensor, positions: torch.Tensor, tree_mask: torch.T
 
 def select_backend(name: str = "auto") -> AttentionBackend:
     """"auto" and "sdpa" give the SDPA backend (CPU and GPU); "flash" the SDPA backend attending a tree's
-    cached prefix through FlashAttention's kernel, merged with the tree block (split_prefix)."""
+    cached prefix through FlashAttention's kernel, merged with the tree block (split_prefix); "graphs" (or
+    "graphs:WIDTH") static steps recorded as CUDA graphs (StaticBackend)."""
     if name in ("auto", "sdpa"):
         return SDPABackend()
     if name == "flash":
         return SDPABackend(split_prefix=True)
-    raise SpecDecodeError(f"unknown attention backend {name!r}; available: 'auto', 'sdpa', 'flash'.")
+    if name == "graphs" or name.startswith("graphs:"):
+        width = name.partition(":")[2]
+        if width and not width.isdigit():
+            raise SpecDecodeError(f"attention {name!r}: the width after 'graphs:' must be a number, one of {BUCKETS}.")
+        return StaticBackend(int(width) if width else None)
+    raise SpecDecodeError(f"unknown attention backend {name!r}; available: 'auto', 'sdpa', 'flash', 'graphs', "
+                          f"'graphs:WIDTH'.")

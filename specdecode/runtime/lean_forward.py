@@ -11,25 +11,27 @@ targets, or its own SDPA function), so its results are those of the model's own 
 That is checked, not assumed: `matches_own_forward(model)` runs both forwards on a few tokens (a
 prefix, a one-token step, a two-token chain, a two-token tree) and says no (keep transformers'
 forward) unless every output is equal; the attention backend asks once per model (the probe is a few
-small forwards). CPU models only (`fits`): GPU models keep transformers' forward. What a step costs on
-this machine: `specdecode profile`; measured runs: docs/benchmarks.md.
+small forwards). On a CPU it runs every step where it matches (`fits`); on a GPU only the static steps of
+runtime/cuda use it (`fits(model, any_device=True)`): its ops are the ones a CUDA graph captures, with
+cache layers that write at given slots. What a step costs on this machine: `specdecode profile`; measured
+runs: docs/benchmarks.md.
 
 Prompts keep transformers' forward: a prefill is one batched forward per generation, its overhead small.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import partial
 
 import torch
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-from ..cache import KVCache
-from ..grouped_attention import GROUPED, grouped_attention
-from ..layers import decoder_of
-from .fusion import products_of
-from .rowwise_attention import fold_rows_of, rowwise_attention, runs_sdpa
+from .cache import KVCache
+from .cpu.fusion import products_of
+from .cpu.rowwise_attention import fold_rows_of, rowwise_attention, runs_sdpa
+from .grouped_attention import GROUPED, grouped_attention
+from .layers import decoder_of
 
 
 def _supported_layers() -> tuple[type, ...]:
@@ -45,16 +47,16 @@ def _supported_layers() -> tuple[type, ...]:
     return LlamaDecoderLayer, Qwen2DecoderLayer, MistralDecoderLayer, Qwen2VLDecoderLayer, Qwen2_5_VLDecoderLayer
 
 
-def fits(model: torch.nn.Module) -> bool:
-    """Whether the model has the structure lean_forward repeats (a CPU Llama-family model, or a VLM whose
-    language model is one, on sdpa or row-wise attention) and no hooks on the modules whose calls it skips
-    (a hook may have side effects)."""
+def fits(model: torch.nn.Module, any_device: bool = False) -> bool:
+    """Whether the model has the structure lean_forward repeats (a Llama-family model, or a VLM whose
+    language model is one, on sdpa or row-wise attention; on the CPU unless `any_device`) and no hooks on
+    the modules whose calls it skips (a hook may have side effects)."""
     body = decoder_of(model)
     layers = getattr(body, "layers", None)
     attention = getattr(body, "config", model.config)._attn_implementation
     if body is model or not layers or not runs_sdpa(attention):
         return False
-    if model.device.type != "cpu" or not hasattr(model, "lm_head"):
+    if (model.device.type != "cpu" and not any_device) or not hasattr(model, "lm_head"):
         return False
     if not all(hasattr(body, name) for name in ("embed_tokens", "norm", "rotary_emb")):
         return False
@@ -66,16 +68,18 @@ def fits(model: torch.nn.Module) -> bool:
     return not any(module._forward_hooks or module._forward_pre_hooks for module in bypassed)
 
 
-def lean_forward(model: torch.nn.Module, cache: KVCache, input_ids: torch.Tensor, positions: torch.Tensor,
+def lean_forward(model: torch.nn.Module, cache_layers: Sequence, input_ids: torch.Tensor, positions: torch.Tensor,
                  attention_mask: torch.Tensor | None = None, logits_to_keep: int = 0,
                  hidden: bool = False, keywords: dict | None = None) -> torch.Tensor:
     """The model's forward after a prompt (its cache has entries), for a model that `fits`.
 
-    input_ids, positions [q]; attention_mask [1, 1, q, past + q] bool (True = may attend) or None for
-    causal; keywords: the attention function's other keywords (runner.py). Returns logits [q or
-    logits_to_keep, vocab] or, with hidden=True, the final hidden states [q, hidden_size]. The cache grows
-    by q entries, as with the model's own forward. Modules are looked up on every call, so a layer replaced
-    later (quantized, say) is the one used."""
+    cache_layers: one per decoder layer, `update(key, value)` storing the fed entries and returning the keys
+    and values to attend (a KVCache's `hf.layers`, or runtime/cuda's slot writers); input_ids, positions
+    [q]; attention_mask [1, 1, q, keys] bool (True = may attend) or None for causal; keywords: the
+    attention function's other keywords (runner.py). Returns logits [q or logits_to_keep, vocab] or, with
+    hidden=True, the final hidden states [q, hidden_size]. A KVCache grows by q entries, as with the
+    model's own forward. Modules are looked up on every call, so a layer replaced later (quantized, say)
+    is the one used."""
     body, q = decoder_of(model), input_ids.shape[-1]
     implementation = body.config._attn_implementation
     fold_rows = fold_rows_of(implementation)  # None: SDPA
@@ -83,7 +87,7 @@ def lean_forward(model: torch.nn.Module, cache: KVCache, input_ids: torch.Tensor
     attend = partial(partial(rowwise_attention, fold_rows=fold_rows) if rowwise
                      else grouped_attention if implementation == GROUPED else sdpa_attention_forward, **(keywords or {}))
     if attention_mask is None and q > 1 and not rowwise:  # SDPA's is_causal would ignore the cache
-        past = cache.length
+        past = cache_layers[0].get_seq_length()
         attention_mask = torch.ones(q, past + q, dtype=torch.bool, device=input_ids.device).tril(past)[None, None]
     states = body.embed_tokens(input_ids[None])  # [1, q, hidden]
     cos, sin = body.rotary_emb(states, positions[None])  # each [1, q, head_dim]
@@ -92,7 +96,7 @@ def lean_forward(model: torch.nn.Module, cache: KVCache, input_ids: torch.Tensor
         attention, mlp = layer.self_attn, layer.mlp
         projected = products_of([attention.q_proj, attention.k_proj, attention.v_proj])(
             layer.input_layernorm(states))  # query [1, q, heads * d], key and value [1, q, kv_heads * d]
-        states = states + _attention(attention, *projected, rotary, cache.hf.layers[index], attention_mask, attend)
+        states = states + _attention(attention, *projected, rotary, cache_layers[index], attention_mask, attend)
         gate, up = products_of([mlp.gate_proj, mlp.up_proj])(layer.post_attention_layernorm(states))  # [1, q, inter]
         states = states + mlp.down_proj(mlp.act_fn(gate) * up)
     states = body.norm(states)  # [1, q, hidden]
@@ -140,7 +144,7 @@ def matches_own_forward(model: torch.nn.Module) -> bool:
         for lean in (False, True):
             cache = KVCache(model)
             _own_forward(model, cache, ids[:3], torch.arange(3, device=device))
-            outputs.append([lean_forward(model, cache, *step) if lean else _own_forward(model, cache, *step)
+            outputs.append([lean_forward(model, cache.hf.layers, *step) if lean else _own_forward(model, cache, *step)
                             for step in steps])
     own, mine = outputs
     return all(torch.equal(a, b) for a, b in zip(own, mine))
