@@ -95,6 +95,17 @@ def test_every_method_on_a_tiny_model_writes_identical_results_and_reports(quest
         assert (out / plot).read_bytes()[:4] == b"\x89PNG"
 
 
+def test_our_methods_run_on_the_attention_backend_asked_for(questions_file, tmp_path, zoo, monkeypatch):
+    from specdecode.runtime.cuda import static_steps
+
+    steps, run_step = [], static_steps.StaticSteps.run
+    monkeypatch.setattr(static_steps.StaticSteps, "run", lambda *args, **kw: steps.append(1) or run_step(*args, **kw))
+    out = tmp_path / "out"
+    run(config(questions_file, out, methods="lookup,model:tiny-draft", attention="graphs", cost_model=False), zoo)
+    assert all(r["identical"] for r in results(out)) and steps
+    assert json.loads((out / "run.json").read_text())["settings"]["attention"] == "graphs"
+
+
 def test_store_asks_each_turn_over_the_datastore_and_hands_passages_to_retrieval(tmp_path, zoo, monkeypatch):
     from specdecode.drafters import RetrievalDrafter
     from specdecode.retrieval import Datastore

@@ -74,6 +74,12 @@ def test_model_drafter_compare_reports_identical_output(model_dir):
     assert "3:" in result.stdout  # a drafter equal to the target gets all k=3 draft tokens accepted
 
 
+def test_static_steps_from_the_command_line_keep_the_output(model_dir):
+    result = ok("--model", model_dir, "--drafter", f"model:{model_dir}", "--attention", "graphs", "--compare", "-n",
+                "16", "--no-cost-model", PROMPT)
+    assert "identical token ids: yes" in result.stdout
+
+
 def test_json_output_parses(model_dir):
     single = json.loads(ok("--model", model_dir, "-n", "8", "--json", PROMPT).stdout)
     assert set(single) >= {"text", "token_ids", "stop_reason", "stats"}
@@ -103,6 +109,8 @@ def test_raw_skips_the_chat_template(model_dir):
         (["--drafter", "none", "--compare", PROMPT], "--compare compares plain decoding with a drafter"),
         (["--k", "0", PROMPT], "--k must be >= 1"),
         (["--dtype", "int3", PROMPT], "unknown dtype"),
+        (["--attention", "graphs:5", PROMPT], "--attention 'graphs:5': the width must be one of"),
+        (["--attention", "fast", PROMPT], "--attention 'fast' is unknown; available:"),
     ],
 )
 def test_bad_input_is_one_clear_error(model_dir, args, message):

@@ -50,6 +50,7 @@ class BenchConfig:
     store: Path | None = None  # ask every turn over this datastore (RAG prompts; passages to the drafters)
     rag_k: int = 4  # passages retrieved per turn with `store`
     cost_model: bool = True  # our methods size drafts with the cost model (policy.py); False: the drafters decide
+    attention: str = "auto"  # our methods' attention backend, the target's and model drafters' (select_backend)
 
     def settings(self, questions_file_sha256: str) -> dict:
         """What results in one folder must share (resuming with other settings is refused)."""
@@ -58,7 +59,8 @@ class BenchConfig:
                 "questions_sha256": questions_file_sha256, "machine": machine_key(),
                 "store": store_fingerprint(self.store, self.rag_k) if self.store is not None else None,
                 "cost_model": "auto" if self.cost_model else "off",
-                **({"drafter_quantize": self.drafter_quantize} if self.drafter_quantize else {})}
+                **({"drafter_quantize": self.drafter_quantize} if self.drafter_quantize else {}),
+                **({"attention": self.attention} if self.attention != "auto" else {})}
 
 
 @dataclass(frozen=True)
@@ -108,7 +110,8 @@ def run_benchmark(config: BenchConfig, *, target: LoadedModel | None = None,
     questions = select_questions(read_questions(config.questions), config.categories, config.limit_per_category)
     names = parse_methods(config.methods)
     check_peers_available(names, config.model)
-    options = DrafterOptions(k=config.k, tree_width=config.tree_width, drafter_dtype=config.drafter_dtype)
+    options = DrafterOptions(k=config.k, tree_width=config.tree_width, drafter_dtype=config.drafter_dtype,
+                             attention=config.attention)
     folder = ResultsFolder.open(config.out, config.settings(file_sha256(config.questions)), fresh=config.fresh,
                                 commit=source_commit())
     done = folder.done()

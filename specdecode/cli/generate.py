@@ -44,6 +44,7 @@ class GenerateConfig:
     drafter_quantize: str | None = "auto"  # a model drafter's weights: auto (measured fastest) | w8a8 | ... | None
     raw: bool = False  # tokenise the prompt as is, no chat template
     cost_model: bool = True  # size drafts with the measured cost model (policy.py)
+    attention: str = "auto"  # the target's and a model drafter's attention backend (runtime.runner.select_backend)
     compare: bool = False
     stream: bool = True
     as_json: bool = False
@@ -99,7 +100,7 @@ def run_generate(config: GenerateConfig, prompt_text: str, out: Write, err: Writ
     hide_loading_bars()
     target = load_model(config.model, dtype=config.dtype, quantize=config.quantize)
     gen = SpeculativeGenerator(target, drafter=make_drafter(config.drafter, target, options),
-                               cost_model="auto" if config.cost_model else None)
+                               cost_model="auto" if config.cost_model else None, attention=config.attention)
     prompt = format_prompt(target.tokenizer, prompt_text, raw=config.raw)
 
     if config.compare:
@@ -141,7 +142,7 @@ def check_config(config: GenerateConfig, plain: bool) -> DrafterOptions:
             )
     try:
         return DrafterOptions(k=config.k, tree_width=config.tree_width, drafter_dtype=config.drafter_dtype,
-                              drafter_quantize=config.drafter_quantize)
+                              drafter_quantize=config.drafter_quantize, attention=config.attention)
     except SpecDecodeError as e:
         raise SpecDecodeError(f"--{e}") from None
 

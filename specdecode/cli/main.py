@@ -95,6 +95,7 @@ def generate(
     cost_model: bool = typer.Option(True, "--cost-model/--no-cost-model",
                                     help="Size drafts with the measured cost model (default; see README) or "
                                          "let the drafter alone decide."),
+    attention: str = typer.Option("auto", "--attention", help="Attention backend: auto | sdpa | flash | graphs | graphs:WIDTH (graphs: static steps recorded as CUDA graphs on a GPU; docs/gpu.md)."),
     compare: bool = typer.Option(False, "--compare", help="Also run plain decoding; print speed and exactness."),
     stream: bool = typer.Option(True, "--stream/--no-stream", help="Print text as it is generated."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of text."),
@@ -108,7 +109,7 @@ def generate(
             temperature=temperature, top_p=top_p, top_k=top_k, seed=seed, stop=tuple(stop or ()),
             dtype=dtype, quantize=quantize, drafter_dtype=drafter_dtype, drafter_quantize=_no_none(drafter_quantize),
             raw=raw, compare=compare,
-            cost_model=cost_model,
+            cost_model=cost_model, attention=attention,
             stream=stream and not compare and not as_json,
             as_json=as_json,
         )
@@ -283,6 +284,7 @@ def bench(
     cost_model: bool = typer.Option(True, "--cost-model/--no-cost-model",
                                     help="Size our drafts with the measured cost model (default) or let the "
                                          "drafters alone decide."),
+    attention: str = typer.Option("auto", "--attention", help="Attention backend: auto | sdpa | flash | graphs | graphs:WIDTH (graphs: static steps recorded as CUDA graphs on a GPU; docs/gpu.md)."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ) -> None:
     """Benchmark methods on Spec-Bench questions: speedup, tau, exactness; reports and plots in --out."""
@@ -300,7 +302,7 @@ def bench(
             drafter_dtype=drafter_dtype, drafter_quantize=_no_none(drafter_quantize), k=k, tree_width=tree_width,
             warmup=warmup,
             fresh=fresh, store=store, rag_k=rag_k,
-            cost_model=cost_model,
+            cost_model=cost_model, attention=attention,
         )
         hide_loading_bars()
         run = run_benchmark(config, progress=None if quiet else progress_bar)

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from ..errors import SpecDecodeError
 from ..models.load import LoadedModel, load_model
+from ..runtime.runner import select_backend
 from .base import Drafter
 from .lookup import LookupDrafter
 from .mixture import MixtureDrafter
@@ -80,12 +81,14 @@ class DrafterOptions:
     drafter_quantize: str | None = "auto"  # drafter model weights: "auto" (measured fastest), "w8a8", ..., None
     corpus: SuffixIndex | None = field(default=None, compare=False)  # `retrieval` also copies from this corpus
     context_head: int | None = None  # of a windowed prompt, the first tokens a model drafter sees (None: half)
+    attention: str = "auto"  # the backend a model drafter's forwards run through (runtime.runner.select_backend)
 
     def __post_init__(self):
         if self.k is not None and self.k < 1:
             raise SpecDecodeError(f"k must be >= 1 (omit it for an adaptive draft length), got {self.k}.")
         if self.tree_width < 1:
             raise SpecDecodeError(f"tree width must be >= 1 (1 = a chain), got {self.tree_width}.")
+        select_backend(self.attention)  # an unknown name raises here, before anything loads
 
 
 def default_load_draft(spec, target: LoadedModel, dtype: str = "fast-decode",
@@ -151,8 +154,8 @@ def make_drafter(name: DrafterName | str, target: LoadedModel, options: DrafterO
     if name.kind == "self":
         chosen = self_options(name.model)
         return SelfDrafter(target, kv=chosen.kv, weights=chosen.weights, kv_budget=chosen.kv_budget, k=options.k,
-                           tree_width=options.tree_width)
+                           tree_width=options.tree_width, attention=select_backend(options.attention))
     load = load_draft or (lambda spec, t: default_load_draft(spec, t, options.drafter_dtype, options.drafter_quantize))
     draft = load(name.model, target)
     return ModelDrafter(draft, k=options.k, tree_width=options.tree_width, context_window=name.window,
-                        context_head=options.context_head)
+                        context_head=options.context_head, attention=select_backend(options.attention))

@@ -29,6 +29,7 @@ import torch
 from ..errors import IncompatibleDrafterError, SpecDecodeError
 from ..models.load import LoadedModel, draft_quantization, load_model, output_vocab_size, quantized_twin
 from ..runtime.cache import KVCache
+from ..runtime.runner import AttentionBackend
 from ..runtime.window_attention import supports_window_attention, window_attention
 from ..sampling import GREEDY
 from .model import ModelDrafter
@@ -96,7 +97,8 @@ class SelfDrafter(ModelDrafter):
 
     def __init__(self, target, *, kv: str = "snapkv", kv_budget: int | None = None, weights: str | None = "auto",
                  k: int | None = None, tree_width: int = 1, max_nodes: int | None = None, confidence: float = 0.3,
-                 initial_k: int = 4, max_k: int = 12, draft_vocab: int | str | None = "auto"):
+                 initial_k: int = 4, max_k: int = 12, draft_vocab: int | str | None = "auto",
+                 attention: AttentionBackend | None = None):
         if weights not in (None, *WEIGHTS):
             raise SpecDecodeError(f"unknown self-draft weights {weights!r}; use None (the target's own) or one of "
                                   f"{', '.join(WEIGHTS)}.")
@@ -117,7 +119,7 @@ class SelfDrafter(ModelDrafter):
         self.weights = weights
         super().__init__(self._drafting_model(weights), k, tree_width=tree_width, max_nodes=max_nodes,
                          confidence=confidence, initial_k=initial_k, max_k=max_k, draft_vocab=draft_vocab,
-                         quantize=None, prefill_twin=False, context_window=None)
+                         quantize=None, prefill_twin=False, context_window=None, attention=attention)
         self.target_cache: KVCache | None = None
         self.synced = 0  # target entries reflected in the draft cache (its prompt selection, then copies)
         self.selected = 0  # prompt entries the policy kept (per KV head)

@@ -235,5 +235,5 @@ def select_backend(name: str = "auto") -> AttentionBackend:
         if width and not width.isdigit():
             raise SpecDecodeError(f"attention {name!r}: the width after 'graphs:' must be a number, one of {BUCKETS}.")
         return StaticBackend(int(width) if width else None)
-    raise SpecDecodeError(f"unknown attention backend {name!r}; available: 'auto', 'sdpa', 'flash', 'graphs', "
+    raise SpecDecodeError(f"attention {name!r} is unknown; available: 'auto', 'sdpa', 'flash', 'graphs', "
                           f"'graphs:WIDTH'.")
