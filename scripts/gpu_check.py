@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import time
 
 import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
@@ -34,14 +35,16 @@ SHAPES = {  # Qwen2.5-Coder-1.5B / -0.5B (config.json of the zoo's models)
                  num_key_value_heads=2),
     "0.5b": dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
                  num_key_value_heads=2),
+    "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2),  # --tiny: a dry run of this script on a CPU in seconds
 }
 
 
-def random_model(shape: str, seed: int, dtype: torch.dtype) -> LoadedModel:
+def random_model(shape: str, seed: int, dtype: torch.dtype, device: str = "cuda") -> LoadedModel:
     torch.manual_seed(seed)
     config = Qwen2Config(vocab_size=151936, max_position_embeddings=32768, rope_theta=1e6, tie_word_embeddings=True,
                          initializer_range=0.05, **SHAPES[shape])  # wider than 0.02: fewer near-ties in bf16
-    model = Qwen2ForCausalLM(config).to(device="cuda", dtype=dtype).eval()
+    model = Qwen2ForCausalLM(config).to(device=device, dtype=dtype).eval()
     use_grouped_attention(model)  # as load_model sets a target that is not exact
     model.generation_config.eos_token_id = None
     return LoadedModel(model=model, tokenizer=None, name=f"random-qwen2-{shape}", dtype=model.dtype,
@@ -50,14 +53,13 @@ def random_model(shape: str, seed: int, dtype: torch.dtype) -> LoadedModel:
 
 def hf_generate(model, prompt: list[int], new_tokens: int, **options) -> tuple[list[int], float]:
     ids = torch.tensor([prompt], device=model.device)
-    torch.cuda.synchronize()
-    begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    begin.record()
+    synchronize = torch.cuda.synchronize if model.device.type == "cuda" else (lambda: None)
+    synchronize()
+    begin = time.perf_counter()
     out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens, do_sample=False,
                          pad_token_id=0, min_new_tokens=new_tokens, **options)
-    end.record()
-    torch.cuda.synchronize()
-    return out[0, len(prompt):].tolist(), begin.elapsed_time(end) / 1000
+    synchronize()
+    return out[0, len(prompt):].tolist(), time.perf_counter() - begin
 
 
 def main() -> None:
@@ -66,10 +68,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--prompt-tokens", type=int, default=256)
     parser.add_argument("--dtype", choices=["bf16", "fp32"], default="bf16")
+    parser.add_argument("--tiny", action="store_true", help="tiny models on the CPU: check the script itself")
     args = parser.parse_args()
     dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype]
-    print(torch.cuda.get_device_name(0), "torch", torch.__version__, args.dtype)
-    target, small = random_model("1.5b", 0, dtype), random_model("0.5b", 1, dtype)
+    device = "cpu" if args.tiny else "cuda"
+    print("CPU dry run" if args.tiny else torch.cuda.get_device_name(0), "torch", torch.__version__, args.dtype)
+    target, small = (random_model("tiny" if args.tiny else shape, seed, dtype, device) for seed, shape in enumerate(("1.5b", "0.5b")))
 
     for backend in ("auto", "graphs"):
         costs = measure_forward_costs(target.model, select_backend(backend), sizes=(1, 2, 4, 8, 16, 32, 64), context=512,

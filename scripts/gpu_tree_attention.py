@@ -2,7 +2,8 @@
 "sdpa" (one SDPA call per layer under the tree's mask, query heads stacked per key/value head), "flash"
 (the cached prefix through FlashAttention's kernel, the tree under its mask, merged by log-sum-exp) and
 "graphs" (static steps over preallocated buffers, recorded as CUDA graphs; the first round captures). A
-random-weight model of Qwen2.5-1.5B's shape (or --shape 0.5b) in bf16; no weights travel.
+random-weight model of Qwen2.5-1.5B's shape (or --shape 0.5b; --shape tiny: a dry run on a CPU) in bf16; no
+weights travel.
 
     python scripts/gpu_tree_attention.py --contexts 1024,8192,32768 --nodes 16,64
 
@@ -30,8 +31,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
     nodes = [int(n) for n in args.nodes.split(",")]
-    print(torch.cuda.get_device_name(0), "torch", torch.__version__, "bf16", args.shape)
-    target = random_model(args.shape, 0, torch.bfloat16)
+    tiny = args.shape == "tiny"  # a dry run of this script on a CPU
+    print("CPU dry run" if tiny else torch.cuda.get_device_name(0), "torch", torch.__version__, "bf16", args.shape)
+    target = random_model(args.shape, 0, torch.bfloat16, "cpu" if tiny else "cuda")
     print(f"{'context':>8} {'backend':>7} {'1 token':>8} " + " ".join(f"{n:>6} nodes (x)" for n in nodes))
     for context in (int(c) for c in args.contexts.split(",")):
         for backend in ("sdpa", "flash", "graphs"):
