@@ -130,6 +130,23 @@ def test_a_model_lean_forward_does_not_fit_takes_the_sdpa_path(monkeypatch):
     assert "not taken" in runner_module.StaticBackend().describe(model)
 
 
+def test_a_step_that_cannot_be_recorded_runs_without_graphs(monkeypatch):
+    """Recording a graph fails: one warning, then every step runs eagerly, with the same output."""
+    def fail(*args):
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    monkeypatch.setattr(static_steps._Step, "replay", fail)
+    target = loaded(tiny_model("llama", seed=0))
+    backend = StaticBackend()
+    backend.steps_of(target.model).capture = True  # as on a GPU
+    prompt = repetitive_prompt(4)
+    with pytest.warns(RuntimeWarning, match="could not record a CUDA graph"):
+        out = SpeculativeGenerator(target, drafter=LookupDrafter(), attention=backend, cost_model=None).generate(
+            prompt, max_new_tokens=20)
+    assert out.token_ids == hf_greedy(target.model, prompt, 20)
+    assert not backend.steps_of(target.model).capture and "eager" in backend.describe(target.model)
+
+
 def test_an_exact_cpu_target_keeps_the_sdpa_path():
     """A target on row-wise attention keeps its bits only at calibrated row counts: no static steps for it."""
     from specdecode.runtime.cpu.rowwise_attention import use_rowwise_attention

@@ -23,6 +23,7 @@ generation needs more entries, the buffers are made anew (doubled) and their sha
 from __future__ import annotations
 
 import time
+import warnings
 import weakref
 from dataclasses import dataclass
 
@@ -194,20 +195,31 @@ class StaticSteps:
         step.mask[0, 0] = torch.arange(step.shape.span, device=device)[None] <= own[:, None]  # committed + causal
         if tree_mask is not None:  # the last m keys: the tree's
             step.mask[0, 0, :q, past + q - tree_mask.shape[-1]: past + q] = tree_mask.to(device)
-        if self.capture:
-            started = time.perf_counter()
-            fresh = step.graph is None
-            if self.pool is None:
-                self.pool = torch.cuda.graph_pool_handle()
-            output = step.replay(model, self.pool)
-            if fresh:
-                torch.cuda.synchronize()
-                self.capture_s += time.perf_counter() - started
-        else:
+        output = self._recorded(model, step) if self.capture else None
+        if output is None:
             output = step.run(model)
         for layer in cache.hf.layers:  # the cache holds the q real entries; the padding's are past its length
             layer.keys, layer.values = layer.key_buffer[:, :, : past + q], layer.value_buffer[:, :, : past + q]
         return output[:q].clone()
+
+    def _recorded(self, model: torch.nn.Module, step: _Step) -> torch.Tensor | None:
+        """The step through its CUDA graph (recorded now if new); None, with a warning, where recording fails:
+        the steps then run eagerly, here and from now on (a warm-up that ran wrote the entries the step writes)."""
+        started = time.perf_counter()
+        fresh = step.graph is None
+        try:
+            if self.pool is None:
+                self.pool = torch.cuda.graph_pool_handle()
+            output = step.replay(model, self.pool)
+        except RuntimeError as error:
+            warnings.warn(f"specdecode could not record a CUDA graph of a step ({type(error).__name__}: {error}); "
+                          "its static steps run without graphs from now on.", RuntimeWarning, stacklevel=3)
+            self.capture, step.graph = False, None
+            return None
+        if fresh:
+            torch.cuda.synchronize()
+            self.capture_s += time.perf_counter() - started
+        return output
 
     def _buffers_for(self, cache: KVCache) -> StaticKV:
         """The buffer set this cache views, else a free one, else a new one, else the least recently used."""
