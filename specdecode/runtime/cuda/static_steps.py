@@ -182,17 +182,17 @@ class StaticSteps:
         (>= q); tree_mask [q, m] as AttentionBackend.forward's, or None (causal). The cache grows by q
         entries. Returns logits [q, vocab] (or hidden states [q, hidden]), a tensor of the caller's own."""
         past, q = cache.length, input_ids.shape[-1]
+        span = span_of(past + rows)
         buffers = self._buffers_for(cache)
-        buffers.take(cache, span_of(past + rows))
-        step = buffers.step(StepShape(rows, span_of(past + rows), hidden))
+        buffers.take(cache, span)
+        step = buffers.step(StepShape(rows, span, hidden))
         device = step.ids.device
         step.ids[:q] = input_ids.to(device)
         step.ids[q:] = step.ids[q - 1]
         step.positions[:q] = positions.to(device)
         step.positions[q:] = step.positions[q - 1]
-        step.slots.copy_(past + torch.arange(rows, device=device))
-        own = past + torch.arange(rows, device=device)  # [rows]: each fed token's slot
-        step.mask[0, 0] = torch.arange(step.shape.span, device=device)[None] <= own[:, None]  # committed + causal
+        step.slots.copy_(past + torch.arange(rows, device=device))  # [rows]: each fed token's slot
+        step.mask[0, 0] = torch.arange(span, device=device)[None] <= step.slots[:, None]  # committed + causal
         if tree_mask is not None:  # the last m keys: the tree's
             step.mask[0, 0, :q, past + q - tree_mask.shape[-1]: past + q] = tree_mask.to(device)
         output = self._recorded(model, step) if self.capture else None
