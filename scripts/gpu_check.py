@@ -73,11 +73,12 @@ def main() -> None:
     dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype]
     device = "cpu" if args.tiny else "cuda"
     print("CPU dry run" if args.tiny else torch.cuda.get_device_name(0), "torch", torch.__version__, args.dtype)
-    target, small = (random_model("tiny" if args.tiny else shape, seed, dtype, device) for seed, shape in enumerate(("1.5b", "0.5b")))
+    target, small = (random_model("tiny" if args.tiny else shape, seed, dtype, device)
+                     for seed, shape in enumerate(("1.5b", "0.5b")))
 
     for backend in ("auto", "graphs"):
-        costs = measure_forward_costs(target.model, select_backend(backend), sizes=(1, 2, 4, 8, 16, 32, 64), context=512,
-                                      rounds=5)
+        costs = measure_forward_costs(target.model, select_backend(backend), sizes=(1, 2, 4, 8, 16, 32, 64),
+                                      context=512, rounds=5)
         print(f"target forward after 512 tokens, {backend}, ms:", costs.table_ms())
 
     generator = torch.Generator().manual_seed(0)
@@ -117,10 +118,12 @@ def main() -> None:
     print(f"{'method':28} {'tok/s':>8} {'vs plain':>9} {'tau':>6} identical")
     for name, values in rates.items():
         tau = f"{statistics.mean(taus[name]):6.2f}" if name in taus else "     -"
-        print(f"{name:28} {statistics.mean(values):8.1f} {statistics.mean(values) / plain:8.2f}x {tau} {identical[name]}")
+        rate = statistics.mean(values)
+        print(f"{name:28} {rate:8.1f} {rate / plain:8.2f}x {tau} {identical[name]}")
     for name, gen in gens.items():
         if name.startswith("plain graphs"):
-            print(f"{name}: {gen.attention.describe(target.model)}, capture {gen.attention.steps_of(target.model).capture_s:.1f} s")
+            capture_s = gen.attention.steps_of(target.model).capture_s
+            print(f"{name}: {gen.attention.describe(target.model)}, capture {capture_s:.1f} s")
 
 
 if __name__ == "__main__":

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tiny import OracleDrafter, cpu_model, RandomDrafter, hf_greedy, loaded, random_prompt, repetitive_prompt, tiny_model
+from tiny import (OracleDrafter, RandomDrafter, cpu_model, hf_greedy, loaded, random_prompt, repetitive_prompt,
+                  tiny_model)
 
 from specdecode import SpeculativeGenerator
 from specdecode.drafters import LookupDrafter, ModelDrafter

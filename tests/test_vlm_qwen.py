@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tiny import (assert_frequencies_match, assert_trees_verify_exactly, hf_vlm_greedy, noise, tiny_qwen2_vl,
-                  tiny_qwen2_vl_processor, tiny_tokenizer)
+from tiny import (OracleDrafter, assert_frequencies_match, assert_trees_verify_exactly, hf_vlm_greedy, noise,
+                  tiny_qwen2_vl, tiny_qwen2_vl_processor, tiny_tokenizer)
 
 from specdecode import SpeculativeGenerator
 from specdecode.drafters import LookupDrafter, ModelDrafter, SelfDrafter
@@ -46,6 +46,23 @@ def test_draft_trees_over_an_m_rope_prompt_verify_exactly(photo, attention):
     assert_trees_verify_exactly(vlm, prompt, vocab=101)
     reference = hf_vlm_greedy(model, vlm.processor, [photo, noise(4, 100, 50)], f"w2 {IMAGE}{IMAGE}w5 w6 w3 w4", 30)
     assert SpeculativeGenerator(vlm).generate(prompt, max_new_tokens=30).token_ids == reference
+
+
+def test_static_steps_after_an_m_rope_prompt_decode_as_transformers(photo):
+    """The "graphs" backend's steps after an image prompt (shifted positions; chains and trees, deep acceptance)."""
+    model, processor = tiny_qwen2_vl(seed=4), tiny_qwen2_vl_processor()
+    text = f"{IMAGE} w5 w6 w7"
+    reference = hf_vlm_greedy(model, processor, [photo], text, 24)
+    vlm = load_vlm(model, processor=processor, dtype="fp32")
+    prompt = {"images": [photo], "prompt": text}
+    plain = SpeculativeGenerator(vlm, attention="graphs").generate(prompt, max_new_tokens=24)
+    assert plain.token_ids == reference
+    oracle = OracleDrafter(plain.prompt_ids, plain.token_ids, seed=1, vocab=101)
+    for drafter in (LookupDrafter(tree_width=3), oracle):
+        gen = SpeculativeGenerator(vlm, drafter, attention="graphs", cost_model=None)
+        out = gen.generate(prompt, max_new_tokens=24)
+        assert out.token_ids == reference
+    assert sum(out.stats.accept_histogram[2:]) > 0 and gen.attention.steps_of(vlm.model).sets  # static steps ran
 
 
 def text_twin(vlm_model):

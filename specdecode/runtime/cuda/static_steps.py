@@ -62,7 +62,8 @@ class SlotWriter:
     values at `slots` of the layer's buffers and returns the buffers' first `span` entries to attend."""
 
     def __init__(self, keys: torch.Tensor, values: torch.Tensor, slots: torch.Tensor, span: int):
-        self.keys, self.values, self.slots, self.span = keys, values, slots, span  # [1, kv_heads, capacity, d] x2, [rows]
+        self.keys, self.values = keys, values  # [1, kv_heads, capacity, d] each
+        self.slots, self.span = slots, span  # [rows]
 
     def update(self, key: torch.Tensor, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """key, value [1, kv_heads, rows, d] -> keys, values [1, kv_heads, span, d]."""
@@ -224,7 +225,8 @@ class StaticSteps:
     def _buffers_for(self, cache: KVCache) -> StaticKV:
         """The buffer set this cache views, else a free one, else a new one, else the least recently used."""
         self._uses += 1
-        chosen = (next((s for s in self.sets if s.owned_by(cache)), None) or next((s for s in self.sets if s.free()), None))
+        chosen = (next((s for s in self.sets if s.owned_by(cache)), None)
+                  or next((s for s in self.sets if s.free()), None))
         if chosen is None and len(self.sets) < BUFFER_SETS_PER_MODEL:
             chosen = StaticKV()
             self.sets.append(chosen)
