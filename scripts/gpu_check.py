@@ -92,7 +92,8 @@ def main() -> None:
                   "model:self": lambda: ModelDrafter(target, k=4, confidence=0, attention=select_backend(attention))}
         methods[f"plain{tag}"] = (None, False, attention)
         methods.update({f"{name}{tag}": (make(), True, attention) for name, make in drafts.items()})
-    gens = {name: SpeculativeGenerator(target, drafter=drafter, attention=attention)
+    gens = {name: SpeculativeGenerator(target, drafter=drafter, attention=attention,  # the self-draft drafts
+                                       cost_model=None if name.startswith("model:self") else "auto")  # k=4 always
             for name, (drafter, _, attention) in methods.items()}
     peers = {"hf-plain": {}, "hf-static": {"cache_implementation": "static"}}
     rates: dict[str, list[float]] = {name: [] for name in [*methods, *peers]}
