@@ -159,3 +159,6 @@ def test_profile_prints_the_calibration_and_a_forward_cost_table(model_dir):
     assert rows[0].split("|")[3].strip() == "1.00"  # each size against one token
     bad = CliRunner().invoke(app, ["profile", "--model", model_dir, "--sizes", "2,four"])
     assert bad.exit_code == 1 and "--sizes must be whole numbers" in bad.output
+    graphs = CliRunner().invoke(app, ["profile", "--model", model_dir, "--dtype", "fp32", "--sizes", "1,2",
+                                      "--context", "8", "--rounds", "1", "--attention", "graphs"])
+    assert graphs.exit_code == 0 and "graphs, static steps: eager" in graphs.stdout, graphs.output

@@ -325,6 +325,8 @@ def profile(
     sizes: str = typer.Option("1,2,4,8,16,32,64", "--sizes", help="Comma-separated tokens fed per forward."),
     context: int = typer.Option(512, "--context", help="Tokens already in the cache."),
     rounds: int = typer.Option(3, "--rounds", help="Timed rounds over all sizes (the median counts)."),
+    attention: str = typer.Option("auto", "--attention", help="Backend the forwards run through: auto | sdpa | "
+                                                             "flash | graphs | graphs:WIDTH."),
 ) -> None:
     """What calibration chose for a model on this machine, and its forward cost vs tokens fed."""
 
@@ -337,7 +339,7 @@ def profile(
         except ValueError:
             raise SpecDecodeError(f"--sizes must be whole numbers separated by commas, got {sizes!r}.") from None
         hide_loading_bars()
-        run_profile(ProfileConfig(model, dtype, quantize, parsed, context, rounds), echo)
+        run_profile(ProfileConfig(model, dtype, quantize, parsed, context, rounds, attention), echo)
 
     run_command(body)
 

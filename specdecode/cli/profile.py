@@ -20,6 +20,7 @@ class ProfileConfig:
     sizes: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64)
     context: int = 512
     rounds: int = 3
+    attention: str = "auto"  # the backend the forwards run through (runtime.runner.select_backend)
 
 
 def run_profile(config: ProfileConfig, write: Callable[[str], None]) -> None:
@@ -34,8 +35,8 @@ def run_profile(config: ProfileConfig, write: Callable[[str], None]) -> None:
     sizes = tuple(sorted(set(config.sizes)))
     if not sizes or sizes[0] != 1 or config.context < 1 or config.rounds < 1:
         raise SpecDecodeError("profile needs --sizes starting at 1 (e.g. 1,2,4,8), --context >= 1 and --rounds >= 1.")
+    runner = select_backend(config.attention)  # an unknown name fails before the model loads
     target = load_model(config.model, dtype=config.dtype, quantize=config.quantize)
-    runner = select_backend()
     runner.prepare(target.model)
     if target.exact_steps:
         width = f"{target.max_exact_rows or 'any number of'} rows"
