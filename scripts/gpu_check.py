@@ -21,7 +21,7 @@ import statistics
 import time
 
 import torch
-from transformers import Qwen2Config, Qwen2ForCausalLM
+from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
 from specdecode import SpeculativeGenerator, first_divergence
 from specdecode.runtime.calibrate import measure_forward_costs
@@ -30,25 +30,32 @@ from specdecode.runtime.runner import select_backend
 from specdecode.drafters import LookupDrafter, ModelDrafter
 from specdecode.models.load import LoadedModel
 
-SHAPES = {  # Qwen2.5-Coder-1.5B / -0.5B (config.json of the zoo's models)
-    "1.5b": dict(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12,
-                 num_key_value_heads=2),
-    "0.5b": dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
-                 num_key_value_heads=2),
-    "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                 num_key_value_heads=2),  # --tiny: a dry run of this script on a CPU in seconds
+def _shape(arch: str, hidden: int, inter: int, layers: int, heads: int, kv_heads: int, vocab: int = 151936) -> dict:
+    return dict(arch=arch, hidden_size=hidden, intermediate_size=inter, num_hidden_layers=layers,
+                num_attention_heads=heads, num_key_value_heads=kv_heads, vocab_size=vocab)
+
+
+SHAPES = {  # random-weight models of real shapes (their config.json); scripts/gpu_predict.py uses them too
+    "1.5b": _shape("qwen2", 1536, 8960, 28, 12, 2),  # Qwen2.5-Coder-1.5B, the zoo's target
+    "0.5b": _shape("qwen2", 896, 4864, 24, 14, 2),  # Qwen2.5-Coder-0.5B, the zoo's drafter
+    "8b": _shape("llama", 4096, 14336, 32, 32, 8, vocab=128256),  # Llama-3-8B
+    "vl-3b": _shape("qwen2", 2048, 11008, 36, 16, 2),  # Qwen2.5-VL-3B's language model
+    "vl-7b": _shape("qwen2", 3584, 18944, 28, 28, 4, vocab=152064),  # Qwen2.5-VL-7B's language model
+    "tiny": _shape("qwen2", 64, 128, 2, 4, 2),  # --tiny: a dry run of a script on a CPU in seconds
 }
 
 
 def random_model(shape: str, seed: int, dtype: torch.dtype, device: str = "cuda") -> LoadedModel:
     torch.manual_seed(seed)
-    config = Qwen2Config(vocab_size=151936, max_position_embeddings=32768, rope_theta=1e6, tie_word_embeddings=True,
-                         initializer_range=0.05, **SHAPES[shape])  # wider than 0.02: fewer near-ties in bf16
-    model = Qwen2ForCausalLM(config).to(device=device, dtype=dtype).eval()
+    sizes = dict(SHAPES[shape])
+    config_class, model_class = ((LlamaConfig, LlamaForCausalLM) if sizes.pop("arch") == "llama"
+                                 else (Qwen2Config, Qwen2ForCausalLM))
+    config = config_class(max_position_embeddings=262144, rope_theta=1e6, tie_word_embeddings=True,
+                          initializer_range=0.05, **sizes)  # wider than 0.02: fewer near-ties in bf16
+    model = model_class(config).to(device=device, dtype=dtype).eval()
     use_grouped_attention(model)  # as load_model sets a target that is not exact
     model.generation_config.eos_token_id = None
-    return LoadedModel(model=model, tokenizer=None, name=f"random-qwen2-{shape}", dtype=model.dtype,
-                       device=model.device)
+    return LoadedModel(model=model, tokenizer=None, name=f"random-{shape}", dtype=model.dtype, device=model.device)
 
 
 def hf_generate(model, prompt: list[int], new_tokens: int, **options) -> tuple[list[int], float]:
@@ -87,13 +94,14 @@ def main() -> None:
     methods = {}  # name -> (drafter, speculative, attention)
     for attention in ("auto", "graphs", "graphs:16"):
         tag = "" if attention == "auto" else f" {attention}"
-        drafts = {"lookup": lambda: LookupDrafter(),
-                  "model:random-0.5b": lambda: ModelDrafter(small, attention=select_backend(attention)),
-                  "model:self": lambda: ModelDrafter(target, k=4, confidence=0, attention=select_backend(attention))}
         methods[f"plain{tag}"] = (None, False, attention)
-        methods.update({f"{name}{tag}": (make(), True, attention) for name, make in drafts.items()})
-    gens = {name: SpeculativeGenerator(target, drafter=drafter, attention=attention,  # the self-draft drafts
-                                       cost_model=None if name.startswith("model:self") else "auto")  # k=4 always
+        methods[f"lookup{tag}"] = (LookupDrafter(), True, attention)
+        methods[f"model:random-0.5b{tag}"] = (ModelDrafter(small, attention=select_backend(attention)), True, attention)
+        methods[f"model:self{tag}"] = (ModelDrafter(target, k=4, confidence=0, attention=select_backend(attention)),
+                                       True, attention)
+    gens = {name: SpeculativeGenerator(target, drafter=drafter, attention=attention,
+                                       # the self-draft drafts k=4 every step: the overhead, all accepted
+                                       cost_model=None if name.startswith("model:self") else "auto")
             for name, (drafter, _, attention) in methods.items()}
     peers = {"hf-plain": {}, "hf-static": {"cache_implementation": "static"}}
     rates: dict[str, list[float]] = {name: [] for name in [*methods, *peers]}

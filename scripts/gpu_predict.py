@@ -26,36 +26,13 @@ from __future__ import annotations
 import argparse
 
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+from gpu_check import random_model
 
 from specdecode.runtime.calibrate import measure_forward_costs
-from specdecode.runtime.grouped_attention import use_grouped_attention
 from specdecode.runtime.runner import select_backend
 
-SHAPES = {  # (config class, model class, config): the zoo pair, Llama-3-8B, Qwen2.5-VL's language models
-    "1.5b": (Qwen2Config, Qwen2ForCausalLM, dict(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28,
-                                                 num_attention_heads=12, num_key_value_heads=2, vocab_size=151936)),
-    "0.5b": (Qwen2Config, Qwen2ForCausalLM, dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
-                                                 num_attention_heads=14, num_key_value_heads=2, vocab_size=151936)),
-    "8b": (LlamaConfig, LlamaForCausalLM, dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
-                                               num_attention_heads=32, num_key_value_heads=8, vocab_size=128256)),
-    "vl-3b": (Qwen2Config, Qwen2ForCausalLM, dict(hidden_size=2048, intermediate_size=11008, num_hidden_layers=36,
-                                                  num_attention_heads=16, num_key_value_heads=2, vocab_size=151936)),
-    "vl-7b": (Qwen2Config, Qwen2ForCausalLM, dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
-                                                  num_attention_heads=28, num_key_value_heads=4, vocab_size=152064)),
-    "tiny": (Qwen2Config, Qwen2ForCausalLM, dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                                 num_attention_heads=4, num_key_value_heads=2, vocab_size=1024)),
-}
 DRAFT_WINDOW = 2048  # entries the 0.5B drafter attends over (ModelDrafter's context_window)
-
-
-def random_model(shape: str, device: str, dtype: torch.dtype) -> torch.nn.Module:
-    config_class, model_class, sizes = SHAPES[shape]
-    torch.manual_seed(0)
-    config = config_class(max_position_embeddings=262144, rope_theta=1e6, initializer_range=0.02, **sizes)
-    model = model_class(config).to(device=device, dtype=dtype).eval()
-    use_grouped_attention(model)  # as load_model sets a GPU target
-    return model
 
 
 def one_token(model: torch.nn.Module, attention: str, context: int) -> float:
@@ -89,14 +66,14 @@ def main() -> None:
     print("CPU dry run" if args.tiny else torch.cuda.get_device_name(0), "torch", torch.__version__,
           f"attention={args.attention}; speedups are PREDICTIONS (random weights, CPU-measured acceptance "
           f"{acceptance})")
-    small = None
     if "model" in drafters:
-        small = random_model("tiny" if args.tiny else "0.5b", device, dtype)
+        small = random_model("tiny" if args.tiny else "0.5b", 1, dtype, device).model
         window = 128 if args.tiny else DRAFT_WINDOW
         model_draft_s = one_token(small, args.attention, window)
+        del small
         print(f"0.5B drafter, one token over {window} entries: {model_draft_s * 1000:.2f} ms")
     for shape in models:
-        target = random_model(shape, device, dtype)
+        target = random_model(shape, 0, dtype, device).model
         for context in contexts:
             costs = measure_forward_costs(target, select_backend(args.attention), sizes=tuple(range(1, 10)),
                                           context=context, rounds=5)

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tiny import (OracleDrafter, RandomDrafter, cpu_model, hf_greedy, loaded, random_prompt, repetitive_prompt,
-                  tiny_model)
+from tiny import (OracleDrafter, RandomDrafter, cpu_model, first_token_total_variation, hf_greedy, loaded,
+                  random_prompt, repetitive_prompt, tiny_model)
 
 from specdecode import SpeculativeGenerator
 from specdecode.drafters import LookupDrafter, ModelDrafter
@@ -46,6 +46,16 @@ def test_static_steps_decode_and_verify_chains_and_trees_as_plain_decoding(monke
         stats.append(out.stats)
     assert stats[3].mean_accepted > 2  # the oracle's trees: deep acceptance
     assert stats[4].drafted_tokens > 0  # the model drafter drafted through its own static steps
+
+
+def test_sampled_tokens_through_static_steps_follow_the_target_distribution():
+    """Sampling with a mostly wrong model drafter (chains of 2), both models on static steps: the first token
+    follows the target's softmax (vocab 16, 3000 samples)."""
+    model = tiny_model("llama", seed=0, vocab=16)
+    drafter = ModelDrafter(loaded(tiny_model("llama", seed=3, vocab=16)), k=2, confidence=0,
+                           attention=select_backend("graphs"))
+    gen = SpeculativeGenerator(loaded(model), drafter=drafter, attention="graphs", cost_model=None)
+    assert first_token_total_variation(gen, model, random_prompt(7, vocab=16), samples=3000) < 0.05
 
 
 def test_buffers_grow_past_their_span_and_steps_are_made_again(monkeypatch):
@@ -158,7 +168,7 @@ def test_an_exact_cpu_target_keeps_the_sdpa_path():
     assert StaticBackend().steps_of(cpu_model("qwen2", seed=0)) is not None
 
 
-@pytest.mark.parametrize("name", ["graphs:3", "graphs:x", "graphs:128"])
+@pytest.mark.parametrize("name", ["graphs:3", "graphs:x", "graphs:128", "graphs:"])
 def test_a_width_that_is_not_a_bucket_is_refused(name):
     with pytest.raises(SpecDecodeError, match="graphs"):
         select_backend(name)

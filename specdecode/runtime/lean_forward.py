@@ -74,8 +74,9 @@ def lean_forward(model: torch.nn.Module, cache_layers: Sequence, input_ids: torc
     """The model's forward after a prompt (its cache has entries), for a model that `fits`.
 
     cache_layers: one per decoder layer, `update(key, value)` storing the fed entries and returning the keys
-    and values to attend (a KVCache's `hf.layers`, or runtime/cuda's slot writers); input_ids, positions
-    [q]; attention_mask [1, 1, q, keys] bool (True = may attend) or None for causal; keywords: the
+    and values to attend (a KVCache's `hf.layers`, or runtime/cuda's slot writers, which always come with a
+    mask); input_ids, positions [q]; attention_mask [1, 1, q, keys] bool (True = may attend) or None for
+    causal (after the first layer's `get_seq_length()` entries); keywords: the
     attention function's other keywords (runner.py). Returns logits [q or logits_to_keep, vocab] or, with
     hidden=True, the final hidden states [q, hidden_size]. A KVCache grows by q entries, as with the
     model's own forward. Modules are looked up on every call, so a layer replaced later (quantized, say)

@@ -168,12 +168,11 @@ class StaticBackend(SDPABackend):
 
     def forward(self, model, cache, input_ids, positions, tree_mask=None, logits_to_keep=0, hidden=False,
                 prefill=False, model_inputs=None):
-        q = input_ids.shape[-1]
-        steps = self.steps_of(model)
-        rows = max(self.width or 0, bucket_of(q) or 0)
-        if prefill or not cache.length or positions.dim() != 1 or steps is None or bucket_of(q) is None:
+        bucket, steps = bucket_of(input_ids.shape[-1]), self.steps_of(model)
+        if prefill or not cache.length or positions.dim() != 1 or steps is None or bucket is None:
             return super().forward(model, cache, input_ids, positions, tree_mask, logits_to_keep, hidden, prefill,
                                    model_inputs)
+        rows = max(self.width or 0, bucket)
         out = steps.run(model, cache, input_ids, positions + cache.position_shift, tree_mask, rows, hidden)
         return out[-logits_to_keep:] if logits_to_keep and not hidden else out
 
@@ -232,7 +231,7 @@ def select_backend(name: str = "auto") -> AttentionBackend:
         return SDPABackend(split_prefix=True)
     if name == "graphs" or name.startswith("graphs:"):
         width = name.partition(":")[2]
-        if width and not width.isdigit():
+        if name != "graphs" and not width.isdigit():
             raise SpecDecodeError(f"attention {name!r}: the width after 'graphs:' must be a number, one of {BUCKETS}.")
         return StaticBackend(int(width) if width else None)
     raise SpecDecodeError(f"attention {name!r} is unknown; available: 'auto', 'sdpa', 'flash', 'graphs', "

@@ -113,7 +113,6 @@ class StaticKV:
         self.buffers: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.steps: dict[StepShape, _Step] = {}
         self.owner: weakref.ref | None = None
-        self.last_used = 0
 
     @property
     def capacity(self) -> int:
@@ -166,8 +165,8 @@ def _detach(layers) -> None:
 
 
 class StaticSteps:
-    """A model's static steps: its buffer sets (one per cache in use, at most BUFFER_SETS_PER_MODEL) and
-    their captured shapes. `capture`: record CUDA graphs (a CUDA model), else run the same steps eagerly.
+    """A model's static steps: its buffer sets (one per cache in use, at most BUFFER_SETS_PER_MODEL, the most
+    recently used last) and their captured shapes. `capture`: record CUDA graphs (a CUDA model), else run the same steps eagerly.
     `capture_s`: the seconds spent capturing so far."""
 
     def __init__(self, capture: bool):
@@ -175,7 +174,6 @@ class StaticSteps:
         self.sets: list[StaticKV] = []
         self.pool = None  # the CUDA graphs' shared memory pool
         self.capture_s = 0.0
-        self._uses = 0
 
     def run(self, model: torch.nn.Module, cache: KVCache, input_ids: torch.Tensor, positions: torch.Tensor,
             tree_mask: torch.Tensor | None, rows: int, hidden: bool = False) -> torch.Tensor:
@@ -196,12 +194,12 @@ class StaticSteps:
         step.mask[0, 0] = torch.arange(span, device=device)[None] <= step.slots[:, None]  # committed + causal
         if tree_mask is not None:  # the last m keys: the tree's
             step.mask[0, 0, :q, past + q - tree_mask.shape[-1]: past + q] = tree_mask.to(device)
-        output = self._recorded(model, step) if self.capture else None
-        if output is None:
-            output = step.run(model)
+        recorded = self._recorded(model, step) if self.capture else None
+        # a graph's output is overwritten by its next replay: the caller gets a copy; an eager run's is fresh
+        output = step.run(model)[:q] if recorded is None else recorded[:q].clone()
         for layer in cache.hf.layers:  # the cache holds the q real entries; the padding's are past its length
             layer.keys, layer.values = layer.key_buffer[:, :, : past + q], layer.value_buffer[:, :, : past + q]
-        return output[:q].clone()
+        return output
 
     def _recorded(self, model: torch.nn.Module, step: _Step) -> torch.Tensor | None:
         """The step through its CUDA graph (recorded now if new); None, with a warning, where recording fails:
@@ -224,12 +222,11 @@ class StaticSteps:
 
     def _buffers_for(self, cache: KVCache) -> StaticKV:
         """The buffer set this cache views, else a free one, else a new one, else the least recently used."""
-        self._uses += 1
         chosen = (next((s for s in self.sets if s.owned_by(cache)), None)
                   or next((s for s in self.sets if s.free()), None))
-        if chosen is None and len(self.sets) < BUFFER_SETS_PER_MODEL:
-            chosen = StaticKV()
-            self.sets.append(chosen)
-        chosen = chosen or min(self.sets, key=lambda s: s.last_used)
-        chosen.last_used = self._uses
+        if chosen is None:
+            chosen = StaticKV() if len(self.sets) < BUFFER_SETS_PER_MODEL else self.sets[0]
+        if chosen in self.sets:
+            self.sets.remove(chosen)
+        self.sets.append(chosen)
         return chosen
