@@ -50,6 +50,10 @@ def run_profile(config: ProfileConfig, write: Callable[[str], None]) -> None:
     write(f"exact steps: {target.exact_steps}; widest exact forward: {width}{attention}\n")
     if target.calibration is not None:
         write(f"calibration: {target.calibration.path}\n")
+    split_costs = runner.split_costs_of(target.model) if hasattr(runner, "split_costs_of") else None
+    if split_costs is not None:
+        write("\none layer's attention, ms: one masked call / split from the prefix (\"auto\" takes the faster):\n")
+        write(split_costs.table_markdown())
     with torch.inference_mode():
         costs = measure_forward_costs(target.model, runner, sizes=sizes, context=config.context, rounds=config.rounds)
     write(f"\none forward after {config.context} tokens (median of {config.rounds} rounds):\n")

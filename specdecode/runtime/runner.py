@@ -9,6 +9,7 @@ both run their models through this one function, so there is a single tree-forwa
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import weakref
 from collections.abc import Mapping
@@ -23,9 +24,12 @@ from .cuda.static_steps import BUCKETS, StaticSteps, bucket_of
 from .lean_forward import fits, lean_forward, matches_own_forward
 from .cpu.linear import padded_sizes
 from .cpu.rowwise_attention import BATCHED_PREFILL, fold_rows_of
-from .calibrate import runtime_state
-from .grouped_attention import VISIBLE_PREFIX
+from .calibrate import Calibration, runtime_state
+from .grouped_attention import GROUPED, VISIBLE_PREFIX
 from .layers import decoder_of
+from .split_choice import AttentionShape, SplitCosts, measure_split_costs
+
+MEASURED = "measured"  # split_prefix: per step, whichever this device was measured to run faster
 
 
 class AttentionBackend(Protocol):
@@ -73,16 +77,22 @@ class SDPABackend:
     lean: after the prompt (a forward with prefill=False on a cache with entries), run a Llama-family CPU
     model through lean_forward where it gives the model's own results bit for bit (checked once per
     model, lean_forward.py); False: always the model's own forward.
-    split_prefix: a tree's tokens attend to the cached prefix through FlashAttention's kernel without a mask
-    and to the tree under its mask, merged by log-sum-exp (grouped_attention.split_attention; "flash"). Models
-    on grouped attention only: an exact target's row-wise attention ignores it."""
+    split_prefix: True: a tree's tokens attend to the cached prefix through FlashAttention's kernel without a
+    mask and to the tree under its mask, merged by log-sum-exp (grouped_attention.split_attention; "flash");
+    MEASURED: per step, split where that was measured faster for the step's context and size (split_choice.py;
+    measured once per attention shape on a GPU, `split_costs` if given, else never on a CPU; "auto"). Models on
+    grouped attention only: an exact target's row-wise attention ignores it."""
 
-    def __init__(self, lean: bool = True, split_prefix: bool = False):
+    def __init__(self, lean: bool = True, split_prefix: bool | str = False, split_costs: SplitCosts | None = None):
+        if split_prefix not in (True, False, MEASURED):
+            raise SpecDecodeError(f"split_prefix must be True, False or {MEASURED!r}; got {split_prefix!r}.")
         self.lean = lean
         self.split_prefix = split_prefix
-        self.name = "flash" if split_prefix else "sdpa"
+        self.name = {True: "flash", False: "sdpa", MEASURED: "auto"}[split_prefix]
         self.max_rows: int | None = None
         self._lean_models: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> matches_own_forward
+        self._given_split_costs = split_costs
+        self._split_costs: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> SplitCosts or None
 
     def forward(self, model, cache, input_ids, positions, tree_mask=None, logits_to_keep=0, hidden=False,
                 prefill=False, model_inputs=None):
@@ -92,14 +102,15 @@ class SDPABackend:
         if positions.dim() == 1 and cache.position_shift:
             positions = positions + cache.position_shift  # [q]
         kwargs, keywords = {}, {}
-        if tree_mask is None and self.split_prefix and past and q > 1 and not prefill:
+        split = bool(past) and not prefill and self.splits(model, past, q)
+        if tree_mask is None and split and q > 1:
             tree_mask = torch.ones(q, q, dtype=torch.bool).tril()  # a chain: split from the prefix too
         if tree_mask is not None:
             visible = past + q - tree_mask.shape[-1]  # the leading keys every fed token sees
             full_mask = torch.ones(q, past + q, dtype=torch.bool, device=device)  # [q, past+q]
             full_mask[:, visible:] = tree_mask.to(device)
             kwargs["attention_mask"] = full_mask[None, None]  # [1, 1, q, past+q], True = attend
-            if self.split_prefix and visible:
+            if split and visible:
                 keywords[VISIBLE_PREFIX] = visible  # handed down to the attention function
         if past and not prefill and self.runs_lean(model):  # after a prompt: the cache has its layers
             return lean_forward(model, cache.hf.layers, input_ids.to(device), positions.to(device),
@@ -130,12 +141,38 @@ class SDPABackend:
         return self.forward(model, cache, input_ids, positions, tree_mask)[:fed]
 
     def prepare(self, model) -> None:
-        """Run the runner's one-time probe of a model (its lean forward's check) now, not in a timed step."""
+        """Run the runner's one-time probes of a model (its lean forward's check, the split's costs) now, not in
+        a timed step."""
         self.runs_lean(model)
+        self.split_costs_of(model)
 
     def describe(self, model) -> str:
         """How this runner runs the model (part of what its timings depend on)."""
-        return f"{self.name}, lean forward: {self.runs_lean(model)}"
+        name = self.name
+        if self.split_prefix == MEASURED:
+            name = "sdpa" if self.split_costs_of(model) is None else "auto (split where measured faster)"
+        return f"{name}, lean forward: {self.runs_lean(model)}"
+
+    def splits(self, model, context: int, rows: int) -> bool:
+        """Whether a step of `rows` tokens after `context` cached entries attends split from the prefix."""
+        if self.split_prefix != MEASURED:
+            return self.split_prefix
+        costs = self.split_costs_of(model)
+        return costs is not None and costs.splits(context, rows)
+
+    def split_costs_of(self, model) -> SplitCosts | None:
+        """The attention costs the MEASURED choice reads for `model`: the given table, else on a GPU those of
+        its attention shape (measured once per machine, calibrate.py); None on a CPU, for other choices, and
+        for a model not on grouped attention (nothing to split)."""
+        if self.split_prefix != MEASURED:
+            return None
+        if model not in self._split_costs:
+            grouped = decoder_of(model).config._attn_implementation == GROUPED
+            if not grouped or (self._given_split_costs is None and model.device.type != "cuda"):
+                self._split_costs[model] = None
+            else:
+                self._split_costs[model] = self._given_split_costs or _measured_split_costs(model)
+        return self._split_costs[model]
 
     def padded_sizes(self, model, calibration) -> list[int]:
         """padded[q]: the row count >= q whose forward is cheapest on this machine (calibrated once)."""
@@ -198,6 +235,19 @@ class StaticBackend(SDPABackend):
         return self._steps[model]
 
 
+def _measured_split_costs(model) -> SplitCosts:
+    """`model`'s attention costs both ways on its device, from its attention shape's calibration (measured on
+    the first load on this machine, then read back)."""
+    shape = AttentionShape.of(model)
+    calibration = Calibration({"attention": dataclasses.asdict(shape), "device": model.device.type})
+    measure = lambda: measure_split_costs(shape, model.device).to_json()  # noqa: E731
+    try:
+        return SplitCosts.from_json(calibration.get("split_costs", measure))
+    except (KeyError, TypeError, ValueError, SpecDecodeError):  # a damaged entry: measured again
+        calibration.values().pop("split_costs", None)
+        return SplitCosts.from_json(calibration.get("split_costs", measure))
+
+
 def _passes_keywords(module: torch.nn.Module) -> bool:
     """Whether a model's forward takes **kwargs (transformers' models hand them down to attention)."""
     return any(p.kind is inspect.Parameter.VAR_KEYWORD for p in inspect.signature(module.forward).parameters.values())
@@ -222,10 +272,13 @@ def _padded(input_ids: torch.Tensor, positions: torch.Tensor, tree_mask: torch.T
 
 
 def select_backend(name: str = "auto") -> AttentionBackend:
-    """"auto" and "sdpa" give the SDPA backend (CPU and GPU); "flash" the SDPA backend attending a tree's
-    cached prefix through FlashAttention's kernel, merged with the tree block (split_prefix); "graphs" (or
-    "graphs:WIDTH") static steps recorded as CUDA graphs (StaticBackend)."""
-    if name in ("auto", "sdpa"):
+    """"sdpa": the SDPA backend (one masked call per layer); "flash" the SDPA backend attending a tree's
+    cached prefix through FlashAttention's kernel, merged with the tree block (split_prefix); "auto" either, per
+    step, whichever was measured faster on a GPU (SDPA on a CPU); "graphs" (or "graphs:WIDTH") static steps
+    recorded as CUDA graphs (StaticBackend)."""
+    if name == "auto":
+        return SDPABackend(split_prefix=MEASURED)
+    if name == "sdpa":
         return SDPABackend()
     if name == "flash":
         return SDPABackend(split_prefix=True)
