@@ -19,11 +19,12 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT
 python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)" \
     | tee -a "$OUT/gpu.txt"
 timeout 120 env SPECDECODE_TEST_DEVICE=cuda python3 -m pytest -q -p no:cacheprovider tests/test_static_steps.py \
+    tests/test_grouped_attention.py \
     2>&1 | tee "$OUT/static_steps.log"
 timeout 180 python3 scripts/gpu_check.py --dtype bf16 --rounds 2 --new-tokens 64 2>&1 | tee "$OUT/gpu_check.log"
-timeout 100 python3 scripts/gpu_tree_attention.py --contexts 1024,8192,32768 --nodes 16,64 --rounds 3 \
+timeout 120 python3 scripts/gpu_tree_attention.py --contexts 1024,8192,32768 --nodes 16,64 --rounds 3 \
     2>&1 | tee "$OUT/tree_attention.log"
-timeout 100 python3 scripts/gpu_predict.py --models 1.5b,8b --contexts 8192,32768,131072 \
+timeout 90 python3 scripts/gpu_predict.py --models 1.5b,8b --contexts 8192,32768,131072 \
     2>&1 | tee "$OUT/predict_long.log"
 timeout 40 python3 scripts/gpu_predict.py --models vl-3b,vl-7b --contexts 1024 --drafters model --acceptance model=0.4 \
     2>&1 | tee "$OUT/predict_captions.log"

@@ -172,6 +172,7 @@ def test_auto_attention_splits_only_where_measured_faster_and_keeps_plain_decodi
                                    cost_model=None).generate(prompt, max_new_tokens=30)
         assert out.token_ids == reference and out.stats.drafted_tokens > 0
         runs[name] = len(calls)
-    assert runs["cpu"] == runs["never"] == 0 and runs["always"] > 0
-    assert select_backend("auto").describe(target.model) == select_backend("sdpa").describe(target.model)
-    assert select_backend("auto").split_costs_of(target.model) is None
+    assert runs["never"] == 0 and runs["always"] > 0
+    if target.model.device.type == "cpu":  # a GPU measures its own table (SPECDECODE_TEST_DEVICE=cuda)
+        assert runs["cpu"] == 0 and select_backend("auto").split_costs_of(target.model) is None
+        assert select_backend("auto").describe(target.model) == select_backend("sdpa").describe(target.model)
