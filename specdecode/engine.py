@@ -57,6 +57,14 @@ class _Run:
     sizer: DraftSizer | None = None  # the cost model's draft sizes (speculative runs with a cost model)
 
 
+@dataclass(frozen=True)
+class _Prefilled:
+    """The last text prompt's prefill: its tokens and the cache whose first len(token_ids) entries hold them."""
+
+    token_ids: tuple[int, ...]
+    cache: KVCache
+
+
 class SpeculativeGenerator:
     """Lossless speculative generation with any transformers causal LM.
 
@@ -80,13 +88,18 @@ class SpeculativeGenerator:
     draft_policy: the cost model's settings (policy.SizerSettings: the acceptance prior, its decays).
     prefill_chunk: the prompt is prefilled in forwards of at most this many tokens (bounds the memory of a
         long document's attention; plain and speculative decoding prefill alike).
+    reuse_prompt: keep the last text prompt's cache and start the next prompt's prefill after the chunks they
+        share (the whole prompt when it is the same), which hold bit for bit what prefilling them again would
+        compute: a document summarized again, or compared plain vs speculative, is prefilled once. The cache
+        stays in memory between calls; False frees it and prefills every prompt whole.
     clock: what the engine times prefill, drafting and verification with (seconds; tests inject their own).
     """
 
     def __init__(self, target, drafter: Drafter | None = None, *, tokenizer=None, max_draft_tokens: int = 64,
                  attention: str | AttentionBackend = "auto", pad_verification: bool | Sequence[int] = True,
                  cost_model: str | ForwardCosts | None = "auto", draft_policy: SizerSettings = SizerSettings(),
-                 prefill_chunk: int = 2048, clock: Callable[[], float] = time.perf_counter):
+                 prefill_chunk: int = 2048, reuse_prompt: bool = True,
+                 clock: Callable[[], float] = time.perf_counter):
         self.target = load_model(target, tokenizer=tokenizer)
         self.model = self.target.model
         self.tokenizer = self.target.tokenizer
@@ -119,6 +132,8 @@ class SpeculativeGenerator:
         if not isinstance(prefill_chunk, int) or prefill_chunk < 1:
             raise SpecDecodeError(f"prefill_chunk must be a whole number of tokens >= 1, got {prefill_chunk!r}.")
         self.prefill_chunk = prefill_chunk
+        self.reuse_prompt = reuse_prompt
+        self._prefilled: _Prefilled | None = None
         self.clock = clock
 
     # ------------------------------------------------------------------ public API
@@ -167,13 +182,16 @@ class SpeculativeGenerator:
         stops = StopChecker(self.tokenizer, request.stop)
         committed = list(request.prompt_ids)
         images = request.images
-        cache = run.cache = KVCache(model, position_shift=images.position_shift if images else 0)
+        cache, reused = self._cache_for(committed[:-1], images)
+        run.cache, tally.reused_prompt_tokens = cache, reused
         started = clock()
 
         # Prefill every prompt token but the last (the pending token is fed with the first draft);
         #    plain and speculative decoding prefill alike, so exact models may batch its attention.
         #    A drafter feeds the prompt to its own state (a model drafter: its cache) in `begin`.
-        self._prefill(cache, committed[:-1], request.on_prefill, images)
+        self._prefill(cache, committed[:-1], request.on_prefill, images, start=reused)
+        if self.reuse_prompt and images is None:  # entries below the pending token's are never changed after
+            self._prefilled = _Prefilled(tuple(committed[:-1]), cache)
         if drafter is not None:
             read_target_cache = optional_part(drafter, "read_target_cache")
             if read_target_cache is not None:  # a self-drafter gathers its draft cache from the target's
@@ -238,16 +256,33 @@ class SpeculativeGenerator:
                 return
 
     # ------------------------------------------------------------------ helpers
+    def _cache_for(self, token_ids: list[int], images: EncodedPrompt | None) -> tuple[KVCache, int]:
+        """A cache for prefilling `token_ids` and how many of them it holds already: the last prompt's cache
+        cut to the whole chunks the two share (all of it for the same tokens), which a new prefill would
+        compute alike, chunk for chunk; else a new cache. The last prompt's record is taken either way, so a
+        prefill that fails leaves nothing half-written to reuse."""
+        last, self._prefilled = self._prefilled, None
+        if self.reuse_prompt and images is None and last is not None:
+            shared = next((i for i, (a, b) in enumerate(zip(last.token_ids, token_ids)) if a != b),
+                          min(len(last.token_ids), len(token_ids)))
+            if shared != len(last.token_ids) or shared != len(token_ids):
+                shared -= shared % self.prefill_chunk  # a chunk of other length rounds apart: prefilled again
+            if shared:
+                last.cache.crop(shared)
+                return last.cache, shared
+        return KVCache(self.model, position_shift=images.position_shift if images else 0), 0
+
     def _prefill(self, cache: KVCache, token_ids: list[int], on_prefill: Callable[[int, int], None] | None,
-                 images: EncodedPrompt | None = None) -> None:
-        """Feed the prompt (all but the pending token) in chunks of `prefill_chunk` tokens, so that a long
-        document's attention memory stays bounded; `on_prefill(done, total)` after each chunk. An image
-        prompt is one forward with its images' inputs (the model matches its image tokens to the images)
-        and its own positions where it has them (M-RoPE)."""
+                 images: EncodedPrompt | None = None, start: int = 0) -> None:
+        """Feed the prompt (all but the pending token) from token `start` (the cache holds those before) in
+        chunks of `prefill_chunk` tokens at multiples of it, so that a long document's attention memory stays
+        bounded; `on_prefill(done, total)` after each chunk. An image prompt is one forward with its images'
+        inputs (the model matches its image tokens to the images) and its own positions where it has them
+        (M-RoPE)."""
         total = len(token_ids)
         chunk = max(total, 1) if images is not None else self.prefill_chunk
         positions = images.positions if images is not None else None  # [sections, prompt] or None
-        for start in range(0, total, chunk):
+        for start in range(start, total, chunk):
             end = min(total, start + chunk)
             fed_positions = torch.arange(start, end) if positions is None else positions[:, start:end]
             self.attention.forward(self.model, cache, torch.tensor(token_ids[start:end]), fed_positions,

@@ -29,6 +29,7 @@ class Tally:
     recovered_tokens: int = 0  # steps whose own token replaced a rejected draft
     accept_histogram: list[int] = field(default_factory=list)  # [a] = steps that accepted a draft tokens
     prefill_s: float = 0.0
+    reused_prompt_tokens: int = 0  # prompt tokens whose cache entries came from the previous prompt's prefill
     draft_s: float = 0.0
     verify_s: float = 0.0
     wall_s: float = 0.0
@@ -65,6 +66,7 @@ class GenerationStats:
     tokens_per_s: float
     drafters: dict = field(default_factory=dict)  # per-drafter counts from Drafter.report() (e.g. a mixture's)
     cost_model: dict = field(default_factory=dict)  # the draft policy's inputs and choices (policy.DraftSizer)
+    reused_prompt_tokens: int = 0  # prompt tokens not prefilled: the previous prompt's cache held them
 
     @property
     def decode_s(self) -> float:
@@ -92,6 +94,7 @@ class GenerationStats:
             tokens_per_s=new_tokens / tally.wall_s if tally.wall_s > 0 else 0.0,
             drafters=drafters or {},
             cost_model=cost_model or {},
+            reused_prompt_tokens=tally.reused_prompt_tokens,
         )
 
 

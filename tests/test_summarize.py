@@ -258,6 +258,20 @@ def test_cli_summarize_compare(model_dir, long_document, tmp_path):
     assert "identical token ids: yes (all 4 stages)" in rest and "speedup: " in rest
 
 
+def test_cli_summarize_compare_prefills_one_part_once(model_dir, tmp_path):
+    """One part: the speculative run reuses the plain run's prefill, and the report says so."""
+    (tmp_path / "note.txt").write_text("The tide came in. The tide went out. The tide came in again at noon.\n")
+    result = invoke("summarize", str(tmp_path / "note.txt"), "--model", model_dir, "--drafter", "lookup", "-n", "12",
+                    "--compare", "--quiet")
+    assert result.exit_code == 0, result.output
+    reused = next(line for line in result.stdout.splitlines() if line.startswith("prompt tokens reused"))
+    plain_reused, speculative_reused = (int(cell) for cell in reused.split()[-2:])
+    assert plain_reused == 0 and speculative_reused > 0
+    assert "speedup: " in result.stdout and "x decoding (tokens/s after the prefill)" in result.stdout
+    assert f"the speculative run reused {speculative_reused} prompt tokens' prefill" in result.stdout
+    assert "identical token ids: yes (all 1 stages)" in result.stdout
+
+
 def test_cli_bad_input_is_one_clear_error(model_dir, long_document, tmp_path):
     (tmp_path / "blob.pdf").write_bytes(b"%PDF-1.7\x00\x01")
     (tmp_path / "report.md").write_text(long_document)

@@ -315,6 +315,8 @@ def build_methods(names: Sequence[MethodName], target: LoadedModel, options: Dra
             methods.append(HFMethod(name.text, target, assistant_model=assistant.model))
         else:
             drafter = make_drafter("none" if name.text == "plain" else name.text, target, options, draft_models)
-            generator = SpeculativeGenerator(target, drafter=drafter, cost_model=cost_model, attention=options.attention)
+            # every turn prefilled whole, as the peers do (a user's generator reuses a shared prompt's chunks)
+            generator = SpeculativeGenerator(target, drafter=drafter, cost_model=cost_model, attention=options.attention,
+                                             reuse_prompt=False)
             methods.append(OurMethod(name.text, generator, speculative=drafter is not None))
     return methods

@@ -84,8 +84,9 @@ def stats_line(summary) -> str:
     rate = f"{s.new_tokens / s.decode_s:.1f}" if s.decode_s > 0 else "-"
     stages = len(summary.stages)
     parts = "1 part: 1 stage" if stages == 1 else f"{summary.parts} parts + reduce: {stages} stages"
+    reused = f" ({s.reused_prompt_tokens} prompt tokens reused)" if s.reused_prompt_tokens else ""
     return (f"[{parts}, {summary.prompt_tokens} prompt tokens, {summary.wall_s:.2f} s "
-            f"in all; final stage: {s.new_tokens} tokens, prefill {s.prefill_s:.2f} s, decode {rate} tokens/s, "
+            f"in all; final stage: {s.new_tokens} tokens, prefill {s.prefill_s:.2f} s{reused}, decode {rate} tokens/s, "
             f"{s.mean_accepted:.2f} tokens per target forward]")
 
 
@@ -94,24 +95,36 @@ def comparison_report(plain, speculative) -> str:
     token ids are identical (else where the first differing stage diverges, and why)."""
     from .generate import Comparison, divergence_notes
 
-    def totals(summary) -> tuple[int, float, int]:
+    def totals(summary) -> dict[str, float]:
         stats = [stage.stats for stage in summary.stages]
-        return sum(x.new_tokens for x in stats), sum(x.wall_s for x in stats), sum(x.steps for x in stats)
+        return {name: sum(getattr(x, name) for x in stats)
+                for name in ("new_tokens", "wall_s", "prefill_s", "decode_s", "steps", "reused_prompt_tokens")}
 
-    (p_tokens, p_wall, p_steps), (s_tokens, s_wall, s_steps) = totals(plain), totals(speculative)
+    p, s = totals(plain), totals(speculative)
     rows = [
         ("all stages", "plain", "speculative"),
         ("stages", str(len(plain.stages)), str(len(speculative.stages))),
-        ("new tokens", str(p_tokens), str(s_tokens)),
-        ("wall s", f"{p_wall:.2f}", f"{s_wall:.2f}"),
-        ("tokens/s", _rate(p_tokens, p_wall), _rate(s_tokens, s_wall)),
-        ("target forwards", str(p_steps), str(s_steps)),
-        ("tau", _rate(p_tokens, p_steps, 2), _rate(s_tokens, s_steps, 2)),
+        ("new tokens", str(p["new_tokens"]), str(s["new_tokens"])),
+        ("prefill s", f"{p['prefill_s']:.2f}", f"{s['prefill_s']:.2f}"),
+        ("prompt tokens reused", str(p["reused_prompt_tokens"]), str(s["reused_prompt_tokens"])),
+        ("decode s", f"{p['decode_s']:.2f}", f"{s['decode_s']:.2f}"),
+        ("decode tokens/s", _rate(p["new_tokens"], p["decode_s"]), _rate(s["new_tokens"], s["decode_s"])),
+        ("wall s", f"{p['wall_s']:.2f}", f"{s['wall_s']:.2f}"),
+        ("target forwards", str(p["steps"]), str(s["steps"])),
+        ("tau", _rate(p["new_tokens"], p["steps"], 2), _rate(s["new_tokens"], s["steps"], 2)),
     ]
     widths = [max(len(row[i]) for row in rows) for i in range(3)]
     lines = ["  ".join(cell.rjust(w) if i else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, widths)))
              for row in rows]
-    lines.append(f"speedup: {p_wall / s_wall:.2f}x wall time over all stages" if s_wall > 0 else "speedup: n/a")
+    if p["decode_s"] > 0 and s["decode_s"] > 0 and p["new_tokens"]:
+        speedup = (s["new_tokens"] / s["decode_s"]) / (p["new_tokens"] / p["decode_s"])
+        lines.append(f"speedup: {speedup:.2f}x decoding (tokens/s after the prefill)")
+    if p["reused_prompt_tokens"] == s["reused_prompt_tokens"] and s["wall_s"] > 0:
+        lines.append(f"wall time: {p['wall_s'] / s['wall_s']:.2f}x")
+    elif p["decode_s"] > 0 and s["decode_s"] > 0:  # the speculative run reused the plain run's prefill
+        total = p["prefill_s"] + s["decode_s"]
+        lines.append(f"wall time: {p['wall_s'] / total:.2f}x with the plain run's prefill counted for both "
+                     f"(the speculative run reused {s['reused_prompt_tokens']} prompt tokens' prefill)")
     pairs = list(zip(plain.stages, speculative.stages))
     differing = [(p, s) for p, s in pairs if p.token_ids != s.token_ids]
     if not differing and len(plain.stages) == len(speculative.stages):
