@@ -92,7 +92,7 @@ def test_prompt_reuse_keeps_smollm2s_tokens_and_margins():
     text = "Summarize: the river rose overnight, the bridge closed at dawn and the ferry ran every hour instead."
     prompts = [[{"role": "user", "content": text}], [{"role": "user", "content": text + " Be brief."}]]
     gen = SpeculativeGenerator(target, drafter=LookupDrafter(), prefill_chunk=16, cost_model=None)
-    outputs = [gen.generate(prompt, max_new_tokens=16, speculative=speculative)
+    outputs = [gen.generate(prompt, max_new_tokens=12, speculative=speculative)
                for prompt, speculative in ((prompts[0], False), (prompts[0], True), (prompts[1], True))]
     shared = next(i for i, (a, b) in enumerate(zip(outputs[0].prompt_ids, outputs[2].prompt_ids)) if a != b)
     assert [out.stats.reused_prompt_tokens for out in outputs] == [0, len(outputs[0].prompt_ids) - 1,
@@ -100,6 +100,6 @@ def test_prompt_reuse_keeps_smollm2s_tokens_and_margins():
     assert outputs[2].stats.reused_prompt_tokens >= 16
     fresh = SpeculativeGenerator(target, prefill_chunk=16, reuse_prompt=False)
     for prompt, out in zip((prompts[0], prompts[0], prompts[1]), outputs):
-        plain = fresh.generate(prompt, max_new_tokens=16, speculative=False)
+        plain = fresh.generate(prompt, max_new_tokens=12, speculative=False)
         assert out.token_ids == plain.token_ids
-    assert outputs[0].top2_margins == fresh.generate(prompts[0], max_new_tokens=16).top2_margins
+    assert outputs[0].top2_margins == fresh.generate(prompts[0], max_new_tokens=12).top2_margins

@@ -26,6 +26,7 @@ from ..runtime.cpu.linear import (MAX_PROBED_ROWS, check_cpu_kernels, exact_one_
                                   one_row_padding_pays, tune_linear_layers)
 from ..runtime.cpu.quantize import FBGEMM_MODES, check_mode, quantize_model
 from ..runtime.grouped_attention import use_grouped_attention
+from ..runtime.cpu.packed_linear import pack_linear_layers, packing_pays, unpack_linear_layers
 from ..runtime.cpu.rowwise_attention import exact_fold_rows, fold_rows_of, runs_sdpa, use_rowwise_attention
 
 if TYPE_CHECKING:
@@ -332,6 +333,7 @@ def _wrap_instance(model, tokenizer, dtype, device, cpu_kernels: str, quantize: 
             "load_model(model, tokenizer=tokenizer)."
         )
     tok = _load_tokenizer(tokenizer)
+    unpack_linear_layers(model)  # a model this function packed before: dense again, to be moved, cast, probed
     if device != "auto":
         model = model.to(resolve_device(device))
     if dtype != "auto":
@@ -385,6 +387,9 @@ def _finish(model, tokenizer, name: str, cpu_kernels: str, quantize: str | None 
         kernel = tune_linear_layers(model, orientation)
         if auto and calibration.get(f"pad_one_row:{kernel}", lambda: one_row_padding_pays(model)):  # the row twice
             kernel = tune_linear_layers(model, kernel, pad_one_row=True) + ", one row padded"
+    if cpu_kernels == "auto" and model.device.type == "cpu" and calibration.get("packed_linear",
+                                                                               lambda: packing_pays(model)):
+        kernel = f"{kernel}, packed {pack_linear_layers(model)}"  # the same products, weights reordered once
     return LoadedModel(model, tokenizer, name=name, dtype=model.dtype, device=model.device, linear_kernel=kernel,
                        quantization=quantize, exact_steps=exact, max_exact_rows=width, calibration=calibration)
 

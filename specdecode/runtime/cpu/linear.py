@@ -244,13 +244,14 @@ def padded_sizes(model: torch.nn.Module, max_rows: int = 32) -> list[int]:
     12. Timing the model's largest linear layer (in its own orientation) for 1..max_rows rows gives
     the curve; feeding a verification a few padding tokens up to a cheaper size is then free speed.
     """
-    layers = [m for m in linear_modules(model) if m.out_features < 65536]
+    layers = [m for m in model.modules() if isinstance(m, torch.nn.Linear) and m.out_features < 65536]  # packed too
     if not layers or next(model.parameters()).device.type != "cpu":
         return list(range(max_rows + 1))
-    layer = max(layers, key=lambda m: m.weight.numel())
+    layer = max(layers, key=lambda m: m.in_features * m.out_features)
+    dtype = layer.weight.dtype  # (a packed layer's is a dense copy: read once)
     samples: list[list[float]] = [[] for _ in range(max_rows + 1)]
     with torch.inference_mode():
-        inputs = [torch.randn(1, rows, layer.in_features, dtype=layer.weight.dtype) for rows in range(max_rows + 1)]
+        inputs = [torch.randn(1, rows, layer.in_features, dtype=dtype) for rows in range(max_rows + 1)]
         for _ in range(5):  # rounds over all sizes, so machine drift hits every size alike
             for rows in range(1, max_rows + 1):
                 start = time.perf_counter()
