@@ -7,8 +7,9 @@ alternating), the decode phase's tokens/s (after the prefill) and whether the to
     python scripts/target_grouped_ab.py --category long_summarization_4k --limit 2
 """
 import argparse
-import statistics
 from pathlib import Path
+
+from interleaved_ab import interleaved_runs
 
 from specdecode.bench.questions import read_questions, select_questions
 from specdecode.drafters.registry import DrafterOptions, make_drafter
@@ -31,24 +32,7 @@ drafter = make_drafter(args.drafter, target, DrafterOptions())
 generators = {}
 for implementation in ("sdpa", GROUPED):  # each with the forward costs calibrated under its attention
     target.model.set_attn_implementation(implementation)
-    generators[implementation] = SpeculativeGenerator(target, drafter)
+    generators[implementation] = SpeculativeGenerator(target, drafter, reuse_prompt=False)
     generators[implementation].generate("Hello", max_new_tokens=2)
-rates: dict[tuple[str, bool], list[float]] = {}
-for number, question in enumerate(questions):
-    order = ("sdpa", GROUPED) if number % 2 == 0 else (GROUPED, "sdpa")
-    reference = None
-    for implementation in order:
-        target.model.set_attn_implementation(implementation)
-        for speculative in (False, True):
-            out = generators[implementation].generate([{"role": "user", "content": question.turns[0]}],
-                                                     max_new_tokens=args.max_new_tokens, speculative=speculative)
-            stats = out.stats
-            rate = stats.new_tokens / (stats.wall_s - stats.prefill_s)
-            rates.setdefault((implementation, speculative), []).append(rate)
-            reference = reference or out.token_ids
-            print(f"{question.question_id} {implementation:24s} {'speculative' if speculative else 'plain':11s} "
-                  f"decode {rate:.3f} tok/s, prefill {stats.prefill_s:.1f} s, tau {stats.new_tokens / stats.steps:.2f}, "
-                  f"identical {out.token_ids == reference}", flush=True)
-for implementation in ("sdpa", GROUPED):
-    plain, spec = (statistics.mean(rates[(implementation, s)]) for s in (False, True))
-    print(f"{implementation:24s} plain {plain:.3f} tok/s, speculative {spec:.3f} tok/s, decode speedup {spec / plain:.2f}x")
+interleaved_runs(generators, questions, args.max_new_tokens,
+                 before=lambda implementation: target.model.set_attn_implementation(implementation))

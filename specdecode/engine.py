@@ -81,7 +81,8 @@ class SpeculativeGenerator:
     pad_verification: on CPU, pad a verification forward with a few ignored tokens up to a row count
         that this machine's matmuls run measurably faster (calibrated once per model and machine); the
         output is unchanged. False turns it off; a list gives the table itself (padded row count for each
-        count, by index).
+        count, by index). An exact target's one-token steps (plain decoding included) are fed at the row
+        count whose whole forward was measured cheapest (its forward costs), each row keeping its bits.
     cost_model: "auto" sizes each draft from the target's forward costs on this machine (calibrated once,
         runtime/calibrate.py) and the acceptance seen so far (policy.py), drafting nothing where no draft pays;
         a ForwardCosts gives the timings; None lets the drafter alone decide (up to max_draft_tokens).
@@ -125,6 +126,7 @@ class SpeculativeGenerator:
         self.max_positions = getattr(self.model.config, "max_position_embeddings", None)
         self.pad_verification = bool(pad_verification)
         self._padded = None if isinstance(pad_verification, bool) else list(pad_verification)
+        self._one_token_rows: int | None = None  # an exact target's one-token steps: rows fed (None: not chosen yet)
         if not (cost_model in ("auto", None) or isinstance(cost_model, ForwardCosts)):
             raise SpecDecodeError(f"cost_model must be 'auto', None or a ForwardCosts, got {cost_model!r}.")
         self.cost_model = cost_model
@@ -292,22 +294,29 @@ class SpeculativeGenerator:
 
     def _prepare(self, speculative: bool) -> None:
         """Run what is calibrated or probed once (from the cache where it was measured before), so that no
-        generation's timings include it: the runner's check of its lean forward, and for speculative
-        decoding the forward costs and the padding table."""
+        generation's timings include it: the runner's check of its lean forward, for speculative decoding the
+        forward costs and the padding table, and for an exact target the rows of its one-token steps."""
         self.attention.prepare(self.model)
-        if not speculative:
-            return
-        if self.cost_model == "auto":
+        if speculative and self.cost_model == "auto":
             self.cost_model = self.calibration.forward_costs(self.model, self.attention)
-        if self.pad_verification and self._padded is None:
+        if self.target.exact_steps and self.pad_verification and self._one_token_rows is None:
+            # an exact target's every row keeps its bits among others: a one-token step takes the cheapest width
+            # (cost_model=None: no timings are used, the step stays one row)
+            costs = self.cost_model if self.cost_model != "auto" else \
+                self.calibration.forward_costs(self.model, self.attention)
+            self._one_token_rows = costs.cheapest_rows(1, self.max_rows) if costs is not None else 1
+        if speculative and self.pad_verification and self._padded is None:
             self._padded = self.attention.padded_sizes(self.model, self.calibration)
 
     def _sizer(self) -> DraftSizer | None:
         return DraftSizer(self.cost_model, self.draft_policy) if isinstance(self.cost_model, ForwardCosts) else None
 
     def _padded_size(self, fed: int) -> int:
-        """The cheapest row count >= fed for a verification forward, within the exact width."""
-        if fed == 1 or not self.pad_verification or self._padded is None or fed >= len(self._padded):
+        """The cheapest row count >= fed for a verification forward, within the exact width; a one-token step's
+        only for an exact target (measured on whole forwards: _prepare), whose row keeps its bits among others."""
+        if fed == 1:
+            return self._one_token_rows or 1
+        if not self.pad_verification or self._padded is None or fed >= len(self._padded):
             return fed
         size = self._padded[fed]
         return fed if self.max_rows and size > self.max_rows else size

@@ -6,6 +6,8 @@ targets whose verifications compute bit for bit what one-token steps compute."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -13,6 +15,7 @@ from tiny import (RandomDrafter, cpu_model, first_token_total_variation, hf_gree
                   repetitive_prompt, rowwise_linear, stand_in_linear, tiny_model, tiny_tokenizer)
 
 from specdecode import SpecDecodeError, SpeculativeGenerator, load_model
+from specdecode.runtime.calibrate import ForwardCosts
 from specdecode.runtime.cpu import linear as cpu_linear
 from specdecode.drafters import LookupDrafter, ModelDrafter
 from specdecode.models import load as load_module
@@ -145,9 +148,12 @@ def one_row_apart_kernel(monkeypatch):
     monkeypatch.setattr(F, "linear", stand_in_linear())
 
 
-def generate_with_every_drafter(target, draft, prompt, tokens: int) -> tuple[list[int], dict[str, list[int]]]:
-    """Plain decoding's token ids, and those of speculative decoding with lookup, a model and garbage drafts."""
-    plain = SpeculativeGenerator(target).generate(prompt, max_new_tokens=tokens, speculative=False)
+def generate_with_every_drafter(target, draft, prompt, tokens: int, cost_model="auto"
+                                ) -> tuple[list[int], dict[str, list[int]]]:
+    """Plain decoding's token ids (its one-token steps as the cost model pads them), and those of speculative
+    decoding with lookup, a model and garbage drafts."""
+    plain = SpeculativeGenerator(target, cost_model=cost_model).generate(prompt, max_new_tokens=tokens,
+                                                                         speculative=False)
     drafters = (LookupDrafter(tree_width=2), ModelDrafter(draft, k=5, confidence=0), RandomDrafter(7))
     return plain.token_ids, {d.name: SpeculativeGenerator(target, drafter=d, cost_model=None)
                              .generate(prompt, max_new_tokens=tokens).token_ids for d in drafters}
@@ -183,7 +189,7 @@ def test_bf16_smollm2_speculative_equals_plain_with_exact_steps(one_row_apart_ke
     assert not load_model("smollm2-135m-instruct", dtype="bf16", cpu_kernels="weight_first").exact_steps
     draft = load_model("smollm2-135m-instruct", dtype="fp32", drafts_only=True)  # another model of it
     prompt = [{"role": "user", "content": "Repeat after me: the quick brown fox jumps over the lazy dog."}]
-    plain, outputs = generate_with_every_drafter(target, draft, prompt, 32)
+    plain, outputs = generate_with_every_drafter(target, draft, prompt, 32, cost_model=None)  # (a slow kernel)
     for name, ids in outputs.items():
         assert ids == plain, f"{name} changed the bf16 model's output"
 
@@ -225,3 +231,22 @@ def test_a_gpu_target_keeps_its_own_kernels_and_attention():
     assert model.config._attn_implementation == "sdpa"
     assert all(type(m) is torch.nn.Linear for m in linear_modules(model))
     assert not load_model(model, tokenizer=tiny_tokenizer(), dtype="bf16").exact_steps
+
+
+def test_an_exact_targets_one_token_steps_take_the_cheapest_measured_width(one_row_apart_kernel):
+    """Where a whole forward of 4 rows was measured cheaper than one token's, an exact target feeds its one-token
+    steps (plain decoding's) as 4 rows: each row keeps its bits, so tokens and logit margins stay those of
+    unpadded steps, even under a kernel that rounds a lone row apart; a target that is not exact never pads them."""
+    costs = ForwardCosts((1, 2, 4, 8), (1.0, 1.0, 0.5, 0.9))
+    assert costs.cheapest_rows(1) == 4 and costs.cheapest_rows(1, limit=3) == 1 and costs.cheapest_rows(5) == 5
+    assert ForwardCosts((1, 4), (1.0, 0.9)).cheapest_rows(1) == 1  # not clearly cheaper
+    model = cpu_model("llama", seed=0).to(torch.bfloat16)
+    exact = replace(loaded(model), exact_steps=True, max_exact_rows=exact_one_token_steps(model))
+    prompt = random_prompt(6)
+    unpadded = SpeculativeGenerator(exact, pad_verification=False).generate(prompt, max_new_tokens=20)
+    padded = SpeculativeGenerator(exact, cost_model=costs).generate(prompt, max_new_tokens=20, speculative=False)
+    assert padded.stats.forward_rows == 4 * padded.stats.steps and unpadded.stats.forward_rows == unpadded.stats.steps
+    assert padded.token_ids == unpadded.token_ids and padded.top2_margins == unpadded.top2_margins
+    not_exact = loaded(cpu_model("llama", seed=0).to(torch.bfloat16))
+    plain = SpeculativeGenerator(not_exact, cost_model=costs).generate(prompt, max_new_tokens=20, speculative=False)
+    assert plain.stats.forward_rows == plain.stats.steps

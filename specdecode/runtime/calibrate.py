@@ -154,6 +154,14 @@ class ForwardCosts:
         """Seconds to verify `tokens` tokens: the cheapest forward of >= tokens rows (padding is allowed)."""
         return min([self.raw(tokens)] + [s for size, s in zip(self.sizes, self.seconds) if size >= tokens])
 
+    def cheapest_rows(self, tokens: int, limit: int | None = None, gain: float = 0.85) -> int:
+        """The measured row count >= tokens (and <= limit) whose forward costs least, where that is under `gain`
+        times a forward of exactly `tokens` rows; else `tokens`."""
+        own = self.raw(tokens)
+        options = [(seconds, size) for size, seconds in zip(self.sizes, self.seconds)
+                   if size >= tokens and (limit is None or size <= limit) and seconds < gain * own]
+        return min(options)[1] if options else tokens
+
     def table_ms(self) -> dict[int, float]:
         return {size: round(s * 1000, 3) for size, s in zip(self.sizes, self.seconds)}
 
