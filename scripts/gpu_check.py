@@ -99,7 +99,7 @@ def main() -> None:
         methods[f"model:random-0.5b{tag}"] = (ModelDrafter(small, attention=select_backend(attention)), True, attention)
         methods[f"model:self{tag}"] = (ModelDrafter(target, k=4, confidence=0, attention=select_backend(attention)),
                                        True, attention)
-    gens = {name: SpeculativeGenerator(target, drafter=drafter, attention=attention,
+    gens = {name: SpeculativeGenerator(target, drafter=drafter, attention=attention, reuse_prompt=False,  # as HF
                                        # the self-draft drafts k=4 every step: the overhead, all accepted
                                        cost_model=None if name.startswith("model:self") else "auto")
             for name, (drafter, _, attention) in methods.items()}
