@@ -33,7 +33,8 @@ def interleaved_runs(generators: dict[str, SpeculativeGenerator], questions, max
     print(f"identical: {identical} of {2 * len(variants) * len(questions)} runs")
     for variant in variants:
         plain, spec = (statistics.mean(rates[(variant, s)]) for s in (False, True))
-        print(f"{variant:24s} plain {plain:.3f} tok/s, speculative {spec:.3f} tok/s, decode speedup {spec / plain:.2f}x")
+        print(f"{variant:24s} plain {plain:.3f} tok/s, speculative {spec:.3f} tok/s, "
+              f"decode speedup {spec / plain:.2f}x")
     for variant in variants[1:]:
         for speculative in (False, True):
             ratios = [a / b for a, b in zip(rates[(variant, speculative)], rates[(variants[0], speculative)])]

@@ -75,9 +75,9 @@ class SpeculativeGenerator:
     attention: the tree-attention backend: "sdpa" (one masked call per layer); "flash" (a draft's tokens
         attend to the cached prefix through FlashAttention's kernel and to each other under the tree mask, merged
         by log-sum-exp; targets that are not exact); "auto" (on a GPU, per step whichever of the two was measured
-        faster at the step's context and size; "sdpa" on a CPU); "graphs" (steps at static shapes on preallocated KV buffers, recorded as
-        CUDA graphs on a GPU; "graphs:16" feeds every step 16 rows); or a backend object
-        (runtime.runner.AttentionBackend).
+        faster at the step's context and size; "sdpa" on a CPU); "graphs" (steps at static shapes on
+        preallocated KV buffers, recorded as CUDA graphs on a GPU; "graphs:16" feeds every step 16 rows); or a
+        backend object (runtime.runner.AttentionBackend).
     pad_verification: on CPU, pad a verification forward with a few ignored tokens up to a row count
         that this machine's matmuls run measurably faster (calibrated once per model and machine); the
         output is unchanged. False turns it off; a list gives the table itself (padded row count for each

@@ -154,7 +154,8 @@ def test_measuring_split_costs_times_each_cell_both_ways_on_the_given_clock():
     assert costs.masked == costs.split == ((1.0, 1.0), (1.0, 1.0))  # every call read the clock twice
     assert len(ticks) == 2 * 2 * 2 * 3 * 2  # cells x ways x (warm-up + 2 rounds) x two readings
     assert not costs.splits(32, 4)  # a tie keeps one masked call
-    assert AttentionShape.of(tiny_model("qwen2", seed=0)).kv_heads == tiny_model("qwen2", seed=0).config.num_key_value_heads
+    model = tiny_model("qwen2", seed=0)
+    assert AttentionShape.of(model).kv_heads == model.config.num_key_value_heads
 
 
 def test_auto_attention_splits_only_where_measured_faster_and_keeps_plain_decodings_tokens(split_calls):

@@ -82,8 +82,8 @@ class SplitCosts:
         lines = ["| cached entries | " + " | ".join(f"{rows} tokens" for rows in self.rows) + " |",
                  "| --- " * (len(self.rows) + 1) + "|"]
         for context, masked, split in zip(self.contexts, self.masked, self.split):
-            lines.append(f"| {context} | " + " | ".join(f"{m * 1000:.3f} / {s * 1000:.3f}" for m, s in zip(masked, split))
-                         + " |")
+            cells = " | ".join(f"{m * 1000:.3f} / {s * 1000:.3f}" for m, s in zip(masked, split))
+            lines.append(f"| {context} | {cells} |")
         return "\n".join(lines) + "\n"
 
     def to_json(self) -> dict:
@@ -110,7 +110,7 @@ def measure_split_costs(shape: AttentionShape, device: torch.device, *, contexts
     split = [[0.0] * len(rows) for _ in contexts]
     for i, context in enumerate(contexts):
         key, value = (torch.randn(1, shape.kv_heads, context + rows[-1], shape.head_dim, generator=generator,
-                                  device=device, dtype=dtype) for _ in range(2))  # [1, kv_heads, context + most rows, d]
+                                  device=device, dtype=dtype) for _ in range(2))  # [1, kv_heads, keys, d]
         for j, size in enumerate(rows):
             query = torch.randn(1, shape.kv_heads, groups * size, shape.head_dim, generator=generator, device=device,
                                 dtype=dtype)  # [1, kv_heads, groups * size, d]
