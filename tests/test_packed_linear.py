@@ -13,6 +13,7 @@ from tiny import cpu_model, loaded, random_prompt, repetitive_prompt, tiny_token
 
 from specdecode import SpeculativeGenerator, load_model
 from specdecode.drafters import LookupDrafter, ModelDrafter
+from specdecode.drafters.pruned_head import PrunedHead, head_rows
 from specdecode.runtime.cpu.linear import PaddedRowLinear
 from specdecode.runtime.cpu.packed_linear import (PackedLinear, PaddedRowPackedLinear, pack_linear_layers,
                                                   packable_layers, packing_agrees, unpack_linear_layers)
@@ -90,3 +91,21 @@ def test_smollm2_in_bf16_decodes_the_same_tokens_packed_or_not():
     if "packed" in packed.linear_kernel:  # calibration packed it: same products, same tokens and margins
         assert plain["packed"].token_ids == plain["standard"].token_ids
         assert plain["packed"].top2_margins == plain["standard"].top2_margins
+
+
+def test_a_packed_output_layer_gives_a_pruned_heads_rows_without_a_dense_copy():
+    """A drafter's pruned head (drafters/pruned_head.py) on a packed output layer: the chosen rows' logits, as
+    the dense layer's rows give them, from rows reordered once (no dense weight kept)."""
+    torch.manual_seed(0)
+    head = torch.nn.Linear(32, 500, bias=False).to(torch.bfloat16)
+    dense = head.weight.detach().clone()
+    model = torch.nn.Sequential(head)
+    pack_linear_layers(model)
+    hidden = torch.randn(3, 32, dtype=torch.bfloat16)
+    for rows in (torch.arange(100), torch.tensor([3, 250, 499])):
+        got = head_rows(model[0], rows)(hidden)  # [3, r]
+        torch.testing.assert_close(got.float(), F.linear(hidden, dense[rows]).float(), rtol=2e-2, atol=2e-2)
+    pruned = PrunedHead(model[0], 100, head_rows(model[0], torch.arange(100)), prompt_ids=[7, 300])
+    logits = pruned.logits(hidden, 500)  # [3, 500]
+    assert torch.isfinite(logits[:, [7, 300]]).all() and torch.isinf(logits[:, 200]).all()
+    assert [name for name, _ in model.named_parameters()] == []

@@ -22,7 +22,7 @@ class PrunedHead:
     def __init__(self, head: torch.nn.Module, size: int, base: Callable[[torch.Tensor], torch.Tensor],
                  prompt_ids: Sequence[int]):
         self.size, self.base = size, base
-        device = head.weight.device if isinstance(head, torch.nn.Linear) else torch.device("cpu")  # quantized: CPU
+        device = torch.device("cpu") if hasattr(head, "select_rows") else head.weight.device  # quantized, packed: CPU
         self.extra = torch.tensor(sorted({t for t in prompt_ids if size <= t < head.out_features}),
                                   dtype=torch.long, device=device)  # [e], on the head's device: no copies per draft
         self.extra_rows = head_rows(head, self.extra)
@@ -40,10 +40,10 @@ class PrunedHead:
 
 def head_rows(head: torch.nn.Module, rows: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
     """hidden [q, hidden_size] -> the logits [q, r] of the output channels `rows` [r] of `head`
-    (a torch Linear, whose contiguous rows are a view, or a quantized layer with `select_rows`)."""
+    (a torch Linear, whose contiguous rows are a view, or a quantized or packed layer with `select_rows`)."""
     if len(rows) == 0:
         return lambda hidden: hidden.new_empty(hidden.shape[0], 0)
-    if not isinstance(head, torch.nn.Linear):
+    if hasattr(head, "select_rows"):  # a quantized or packed layer (runtime/cpu): no dense weight to slice
         return head.select_rows(rows)
     contiguous = int(rows[-1]) - int(rows[0]) == len(rows) - 1
     weight = head.weight[int(rows[0]) : int(rows[-1]) + 1] if contiguous else head.weight[rows]  # [r, hidden]

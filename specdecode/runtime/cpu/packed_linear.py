@@ -12,17 +12,16 @@ included) holds unchanged. Whether to pack is measured once per model and machin
 
 from __future__ import annotations
 
-import statistics
-import time
+from collections.abc import Callable
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 
-from .linear import PaddedRowLinear, PaddedRows
+from .linear import _MIN_GAIN, PaddedRowLinear, PaddedRows, _time
 
 PACKED_DTYPES = (torch.bfloat16, torch.float16)  # F.linear computes these through oneDNN on a CPU
 _AGREEMENT_ROWS = (1, 2, 3, 5, 8, 17, 64, 300)
-_MIN_GAIN = 1.15  # pack only for a clear win
 
 
 def _linear_on_packed(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -42,6 +41,13 @@ class PackedLinear(torch.nn.Linear):
     @property
     def weight(self) -> torch.Tensor:
         return self.packed.to_dense()
+
+    def select_rows(self, rows: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+        """x [..., in] -> the products of output channels `rows` [r] only [..., r], on those rows reordered once
+        (a drafter's pruned output layer: drafters/pruned_head.py), without keeping a dense copy."""
+        packed = torch.ops.mkldnn._reorder_linear_weight(self.packed.to_dense()[rows])  # [r, in], reordered
+        bias = None if self.bias is None else self.bias[rows]
+        return partial(_linear_on_packed, packed=packed, bias=bias)
 
     def __deepcopy__(self, memo) -> torch.nn.Linear:
         copy = torch.nn.Linear(self.in_features, self.out_features, bias=self.bias is not None, device="meta")
@@ -88,9 +94,9 @@ def packing_agrees(layers: list[torch.nn.Linear]) -> bool:
     return True
 
 
-def packing_pays(model: torch.nn.Module, rounds: int = 5) -> bool:
+def packing_pays(model: torch.nn.Module) -> bool:
     """Whether packing this model's layers is exact (packing_agrees) and clearly faster on this CPU: its largest
-    layer below the output layer, two rows (a one-token step's padded product), median of `rounds`."""
+    layer below the output layer, two rows (a one-token step's padded product), best of five (linear._time)."""
     layers = packable_layers(model)
     body = [m for m in layers if m is not model.get_output_embeddings()] or layers
     if not body or not packing_agrees(layers):
@@ -100,19 +106,9 @@ def packing_pays(model: torch.nn.Module, rounds: int = 5) -> bool:
     packed = torch.ops.mkldnn._reorder_linear_weight(weight)
     x = torch.randn(2, largest.in_features).to(weight.dtype)  # [2, in]
     with torch.inference_mode():
-        dense = _seconds(lambda: F.linear(x, weight, bias), rounds)
-        reordered = _seconds(lambda: _linear_on_packed(x, packed, bias), rounds)
+        dense = _time(lambda: F.linear(x, weight, bias))
+        reordered = _time(lambda: _linear_on_packed(x, packed, bias))
     return dense >= _MIN_GAIN * reordered
-
-
-def _seconds(call, rounds: int) -> float:
-    call()  # warm-up
-    samples = []
-    for _ in range(rounds):
-        start = time.perf_counter()
-        call()
-        samples.append(time.perf_counter() - start)
-    return statistics.median(samples)
 
 
 def pack_linear_layers(model: torch.nn.Module) -> int:
