@@ -247,6 +247,13 @@ def test_an_exact_targets_one_token_steps_take_the_cheapest_measured_width(one_r
     padded = SpeculativeGenerator(exact, cost_model=costs).generate(prompt, max_new_tokens=20, speculative=False)
     assert padded.stats.forward_rows == 4 * padded.stats.steps and unpadded.stats.forward_rows == unpadded.stats.steps
     assert padded.token_ids == unpadded.token_ids and padded.top2_margins == unpadded.top2_margins
+    padded_gen = SpeculativeGenerator(exact, cost_model=costs)
+    unpadded_gen = SpeculativeGenerator(exact, pad_verification=False)
+    for seed in range(8):  # sampling: the same bits, so the same draws seed for seed
+        options = dict(max_new_tokens=6, temperature=1.0, seed=seed, speculative=False)
+        sampled = padded_gen.generate(prompt, **options)
+        assert sampled.stats.forward_rows == 4 * sampled.stats.steps
+        assert sampled.token_ids == unpadded_gen.generate(prompt, **options).token_ids
     not_exact = loaded(cpu_model("llama", seed=0).to(torch.bfloat16))
     plain = SpeculativeGenerator(not_exact, cost_model=costs).generate(prompt, max_new_tokens=20, speculative=False)
     assert plain.stats.forward_rows == plain.stats.steps
