@@ -69,15 +69,43 @@ def test_the_calibrated_fold_gives_every_token_its_own_bits(dtype):
             assert torch.equal(alone, folded), (rows, context, mask is None)
 
 
-def test_a_tree_token_off_the_first_run_attends_what_a_one_token_step_attends():
-    """A second branch's token sees the context and its ancestors, not its siblings: its keys are
-    gathered into one run, as plain decoding would have laid them out."""
-    query, key, value = random_attention(3, 700, torch.bfloat16, seed=5)
-    branched, _ = rowwise_attention(None, query, key, value, tree_mask([-1, 0, 0], 700))  # [1, 3, heads, d]
-    one_step_key = torch.cat([key[:, :, :701], key[:, :, 702:703]], dim=2)  # the context, the root, itself
-    one_step_value = torch.cat([value[:, :, :701], value[:, :, 702:703]], dim=2)
-    step, _ = rowwise_attention(None, query[:, :, 2:3], one_step_key, one_step_value, None)
-    assert torch.equal(branched[:, 2:3], step)
+def one_step_keys(states: torch.Tensor, parents: list[int], row: int, context: int) -> torch.Tensor:
+    """states [1, kv_heads, context + rows, d] laid out as plain decoding has them for tree token `row`: the
+    context, its ancestors from the root, itself."""
+    path = []
+    while row != -1:
+        path.insert(0, context + row)
+        row = parents[row]
+    return torch.cat([states[:, :, :context], states[:, :, path]], dim=2)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("context, calls_at_fold_4", [(700, [4, 3, 2]),  # one call per branch
+                                                      (KEY_BLOCK - 3, [3, 1, 2, 1, 1, 1])])  # split at the block end
+def test_later_branches_attend_what_a_one_token_step_attends_and_leave_the_cache_as_it_was(
+        monkeypatch, dtype, context, calls_at_fold_4):
+    """Branches from the root and from inside the first branch, within a key block or crossing its end:
+    every token's bits are those of its one-token step, the keys and values passed in are unchanged after
+    the call, and a branch's tokens share calls as a chain's do (tokens of one call see keys of one span)."""
+    parents = [-1, 0, 1, 2, 0, 4, 5, 1, 7]  # first branch 0-1-2-3; 0-4-5-6 from the root; 1-7-8 from inside it
+    heads = type("Model", (), {"config": LlamaConfig(hidden_size=1536, **QWEN_1_5B_HEADS),
+                               "get_input_embeddings": lambda self: torch.nn.Embedding(2, 2).to(dtype)})()
+    fold = exact_fold_rows(heads)
+    query, key, value = random_attention(len(parents), context, dtype, seed=5)
+    key_before, value_before = key.clone(), value.clone()
+    calls = []
+    real_attend = rowwise._attend
+    monkeypatch.setattr(rowwise, "_attend", lambda queries, *a: calls.append(len(queries)) or real_attend(queries, *a))
+    tree, _ = rowwise_attention(None, query, key, value, tree_mask(parents, context), fold_rows=fold)
+    assert torch.equal(key, key_before) and torch.equal(value, value_before)
+    for row in range(len(parents)):
+        step, _ = rowwise_attention(None, query[:, :, row:row + 1], one_step_keys(key, parents, row, context),
+                                    one_step_keys(value, parents, row, context), None)
+        assert torch.equal(tree[:, row:row + 1], step), row
+    tree_calls = calls[:len(calls) - len(parents)]  # the one-token steps' calls follow
+    assert sum(tree_calls) == len(parents) and max(tree_calls) <= fold
+    if fold >= 4:
+        assert tree_calls == calls_at_fold_4
 
 
 class StandIn:

@@ -23,13 +23,15 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
 from ..errors import SpecDecodeError
 from .cache import KVCache
 from .machine import machine_key, specdecode_home
+
+T = TypeVar("T")
 
 FORMAT_VERSION = 3  # 3: one file per model and machine, the machine key with CPU flags and torch version
 MEASURED_SIZES = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
@@ -93,6 +95,15 @@ class Calibration:
             self._save()
         return values[name]
 
+    def parsed(self, name: str, measure: Callable[[], Any], parse: Callable[[Any], T]) -> T:
+        """`parse` of the value called `name` (as `get`); an entry `parse` refuses (a damaged or outdated
+        file: KeyError, TypeError, ValueError, SpecDecodeError) is measured again, once."""
+        try:
+            return parse(self.get(name, measure))
+        except (KeyError, TypeError, ValueError, SpecDecodeError):
+            self.values().pop(name, None)
+            return parse(self.get(name, measure))
+
     def _save(self) -> None:
         document = {"format": FORMAT_VERSION, "scope": self.scope, "machine": machine_key(), "values": self._values}
         try:
@@ -107,12 +118,7 @@ class Calibration:
         """The model's forward costs as it runs now (its kernels, attention and runner)."""
         state = runtime_state(model, runner)
         measure = measure or measure_forward_costs
-        document = self.get(f"forward_costs:{state}", lambda: measure(model, runner).to_json())
-        try:
-            return ForwardCosts.from_json(document)
-        except (KeyError, TypeError, SpecDecodeError):  # a damaged entry: measured again
-            self.values().pop(f"forward_costs:{state}", None)
-            return self.forward_costs(model, runner, measure)
+        return self.parsed(f"forward_costs:{state}", lambda: measure(model, runner).to_json(), ForwardCosts.from_json)
 
 
 def runtime_state(model: torch.nn.Module, runner) -> str:

@@ -240,12 +240,8 @@ def _measured_split_costs(model) -> SplitCosts:
     the first load on this machine, then read back)."""
     shape = AttentionShape.of(model)
     calibration = Calibration({"attention": dataclasses.asdict(shape), "device": model.device.type})
-    measure = lambda: measure_split_costs(shape, model.device).to_json()  # noqa: E731
-    try:
-        return SplitCosts.from_json(calibration.get("split_costs", measure))
-    except (KeyError, TypeError, ValueError, SpecDecodeError):  # a damaged entry: measured again
-        calibration.values().pop("split_costs", None)
-        return SplitCosts.from_json(calibration.get("split_costs", measure))
+    return calibration.parsed("split_costs", lambda: measure_split_costs(shape, model.device).to_json(),
+                              SplitCosts.from_json)
 
 
 def _passes_keywords(module: torch.nn.Module) -> bool:
@@ -255,8 +251,10 @@ def _passes_keywords(module: torch.nn.Module) -> bool:
 
 def _padded(input_ids: torch.Tensor, positions: torch.Tensor, tree_mask: torch.Tensor | None, rows: int):
     """Pad a verification's inputs to `rows` tokens with copies of the last one, which no real token
-    attends to (a causal chain never looks ahead; a tree mask hides them). Their logits and KV entries
-    are simply not used. Worth it where `rows` rows are cheaper than len(input_ids) (runtime/cpu/linear.py)."""
+    attends to (a causal chain never looks ahead; a tree mask hides them) and which attend to every token
+    before them, as a chain's tokens do (row-wise attention then folds them with the first branch). Their
+    logits and KV entries are simply not used. Worth it where `rows` rows are cheaper than len(input_ids)
+    (runtime/cpu/linear.py)."""
     extra = rows - input_ids.shape[-1]
     if extra <= 0:
         return input_ids, positions, tree_mask
@@ -266,7 +264,7 @@ def _padded(input_ids: torch.Tensor, positions: torch.Tensor, tree_mask: torch.T
         q = tree_mask.shape[0]
         padded = torch.zeros(rows, rows, dtype=torch.bool)  # [rows, rows]
         padded[:q, :q] = tree_mask
-        padded[q:, q:] = torch.eye(extra, dtype=torch.bool)
+        padded[q:] = torch.ones(extra, rows, dtype=torch.bool).tril(q)  # pad i sees every token up to itself
         tree_mask = padded
     return input_ids, positions, tree_mask
 

@@ -17,9 +17,11 @@ their keys are read once instead of once per token, which is most of the attenti
 contexts. A token keeps its bits in a shared call only as long as the kernel treats each query row on
 its own, which depends on the kernel, the machine and the row count (PyTorch's bf16 kernel switches to
 packed products from 64 query rows): `exact_fold_rows` measures the widest fold per model and machine,
-once (runtime/calibrate.py keeps it), and `use_rowwise_attention(model, fold_rows)` sets it. A tree's
-token whose ancestors are not one run (a second branch) attends alone to a gathered copy of its keys, as
-a one-token step would see them: SDPA's result depends on the values, not on the strides.
+once (runtime/calibrate.py keeps it), and `use_rowwise_attention(model, fold_rows)` sets it. The tokens
+of a tree's later branch see the cached keys and their ancestors, which are not one run: for their call the
+branch's entries (a few per head) are moved right after the keys they share with the first branch, where a
+one-token step would have them, and put back after (SDPA's result depends on the values, not on where they
+are stored), so a branch folds like a chain instead of copying the whole cache per token.
 
 A prompt's prefill is the same forward in plain and speculative decoding, so it need not match
 one-token steps: the attention backend passes `specdecode_batched_prefill=True` (transformers hands
@@ -31,6 +33,8 @@ transformers' attention registry is the seam: the function is registered under a
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import partial
 
 import torch
@@ -64,32 +68,69 @@ def rowwise_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.T
     kv_heads = key.shape[1]
     # a token's query heads grouped by the key/value head they share (GQA): [q, kv_heads, groups, d]
     grouped = query[0].transpose(0, 1).reshape(q_len, kv_heads, heads // kv_heads, head_dim)
-    counts, gathered = _visible(attention_mask, q_len, key.shape[2])
-    outputs, row = [], 0
-    while row < q_len:
-        if row in gathered:  # keys that are not one run from the first: gathered, as a one-token step sees them
-            index = gathered[row]
-            keys, values = key.index_select(2, index), value.index_select(2, index)  # [1, kv_heads, visible, d]
-            span = _span(counts[row])
-            outputs.append(_attend(grouped[row:row + 1], _padded(keys, span), _padded(values, span),
-                                   counts[row:row + 1], scaling))
-            row += 1
-            continue
-        span, end = _span(counts[row]), row + 1
-        while end < q_len and end - row < fold_rows and end not in gathered and _span(counts[end]) == span:
-            end += 1
-        outputs.append(_attend(grouped[row:end], _padded(key, span), _padded(value, span), counts[row:end], scaling))
-        row = end
-    out = outputs[0] if len(outputs) == 1 else torch.cat(outputs)  # [q, heads, d]
+    counts, branches = _visible(attention_mask, q_len, key.shape[2])
+    first_run = _folds([row for row in range(q_len) if row not in branches], counts, fold_rows)
+    if len(first_run) == 1 and not branches:  # a chain in one call
+        return _attend(grouped, key, value, counts, scaling)[None], None  # [1, q, heads, d]
+    out = query.new_empty(q_len, heads, head_dim)  # [q, heads, d]
+    for rows in first_run:
+        out[rows] = _attend(grouped[rows], key, value, [counts[row] for row in rows], scaling)
+    for (run, tail), rows in _shared_layouts(branches, counts).items():
+        with _laid_out(key, value, run, tail):
+            for fold in _folds(rows, counts, fold_rows):
+                out[fold] = _attend(grouped[fold], key, value, [counts[row] for row in fold], scaling)
     return out[None], None  # [1, q, heads, d]
 
 
-def _attend(queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, counts: list[int],
+def _folds(rows: list[int], counts: list[int], fold_rows: int) -> list[list[int]]:
+    """`rows` in order cut into SDPA calls: at most `fold_rows` tokens each, all of one key span."""
+    folds: list[list[int]] = []
+    for row in rows:
+        if folds and len(folds[-1]) < fold_rows and _span(counts[folds[-1][0]]) == _span(counts[row]):
+            folds[-1].append(row)
+        else:
+            folds.append([row])
+    return folds
+
+
+def _shared_layouts(branches: dict[int, tuple[int, list[int]]], counts: list[int]
+                    ) -> dict[tuple[int, tuple[int, ...]], list[int]]:
+    """The later branches' tokens grouped by one layout of keys each: {(run, tail): rows}, where every row
+    sees the first `run` keys and a leading part of `tail` (positions after the run, its ancestors and
+    itself), so that laying `tail` out right after the run gives each of them its keys as one run. A tree
+    token's ancestors are one another's prefixes: a branch's deepest token lays out the rest of the branch."""
+    layouts: dict[tuple[int, tuple[int, ...]], list[int]] = {}
+    for row in sorted(branches, key=lambda r: -counts[r]):
+        run, tail = branches[row]
+        layout = next((key for key in layouts if key[0] == run and key[1][:len(tail)] == tuple(tail)),
+                      (run, tuple(tail)))
+        layouts.setdefault(layout, []).append(row)
+    return {layout: sorted(rows) for layout, rows in layouts.items()}
+
+
+@contextmanager
+def _laid_out(key: torch.Tensor, value: torch.Tensor, run: int, tail: tuple[int, ...]) -> Iterator[None]:
+    """For the duration, the entries of key, value [1, kv_heads, n, d] at positions `tail` (all >= run) sit
+    at run, run + 1, ...: the keys a one-token step of a later branch's token sees, as one run from the first
+    (SDPA's result depends on the values, not on where they are stored). Only len(tail) entries per head
+    move, however long the cache; they are put back after."""
+    moved = slice(run, run + len(tail))
+    index = torch.tensor(tail, device=key.device)
+    saved = key[:, :, moved].clone(), value[:, :, moved].clone()  # [1, kv_heads, len(tail), d] each
+    key[:, :, moved], value[:, :, moved] = key.index_select(2, index), value.index_select(2, index)
+    try:
+        yield
+    finally:
+        key[:, :, moved], value[:, :, moved] = saved
+
+
+def _attend(queries: torch.Tensor, key: torch.Tensor, value: torch.Tensor, counts: list[int],
             scaling: float | None) -> torch.Tensor:
-    """One SDPA call for tokens queries [n, kv_heads, groups, d], token i seeing keys [0, counts[i]) of
-    keys, values [1, kv_heads, span, d] (span a multiple of KEY_BLOCK). Returns [n, heads, d]."""
+    """One SDPA call for tokens queries [n, kv_heads, groups, d] (their keys of one span), token i seeing
+    keys [0, counts[i]) of key, value [1, kv_heads, >= counts[i], d]. Returns [n, heads, d]."""
     n, kv_heads, groups, head_dim = queries.shape
-    span = keys.shape[2]
+    span = _span(counts[0])
+    keys, values = _padded(key, span), _padded(value, span)  # [1, kv_heads, span, d]
     folded = queries.permute(1, 0, 2, 3).reshape(1, kv_heads, n * groups, head_dim)  # [1, kv_heads, n*groups, d]
     limits = torch.tensor(counts, device=keys.device)[:, None]  # [n, 1]
     mask = (torch.arange(span, device=keys.device) < limits).repeat_interleave(groups, 0)  # [n*groups, span]
@@ -118,17 +159,22 @@ def _padded(states: torch.Tensor, span: int) -> torch.Tensor:
     return F.pad(states, (0, 0, 0, span - length))
 
 
-def _visible(attention_mask: torch.Tensor | None, q_len: int, kv_len: int) -> tuple[list[int], dict[int, torch.Tensor]]:
-    """(each fed token's count of visible keys, {token: the positions it sees} for the tokens whose visible
-    keys are not the first `count`: a tree's later branches)."""
+def _visible(attention_mask: torch.Tensor | None, q_len: int, kv_len: int
+             ) -> tuple[list[int], dict[int, tuple[int, list[int]]]]:
+    """(each fed token's count of visible keys, {token: (run, tail)} for the tokens whose visible keys are
+    not the first `count`, a tree's later branches: they see the first `run` keys and then those at `tail`)."""
     if attention_mask is None:  # causal: the keys up to each token's own
         return [kv_len - q_len + row + 1 for row in range(q_len)], {}
     allowed = attention_mask[0, 0, :, :kv_len]  # [q, kv]
     allowed = allowed if allowed.dtype == torch.bool else allowed == 0
     visible = allowed.sum(1, keepdim=True)  # [q, 1]
     runs = torch.arange(kv_len, device=allowed.device)[None] < visible  # [q, kv]: the first `visible` keys
-    scattered = (allowed != runs).any(1).nonzero().squeeze(1).tolist()
-    return visible[:, 0].tolist(), {row: allowed[row].nonzero().squeeze(1) for row in scattered}
+    scattered = (allowed != runs).any(1).nonzero().squeeze(1)  # [s]
+    hidden = ~allowed[scattered]  # [s, kv]
+    first_hidden = hidden.int().argmax(1).tolist()  # each one's run: its first key it does not see
+    branches = {row: (run, (allowed[row, run:].nonzero().squeeze(1) + run).tolist())
+                for row, run in zip(scattered.tolist(), first_hidden)}
+    return visible[:, 0].tolist(), branches
 
 
 def runs_sdpa(implementation: str | None) -> bool:
