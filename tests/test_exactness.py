@@ -16,6 +16,7 @@ from specdecode import SpeculativeGenerator
 from specdecode.drafters import LookupDrafter, ModelDrafter
 from specdecode.drafters.prompt_window import PromptWindow
 from specdecode.errors import SpecDecodeError
+from specdecode.runtime.runner import _padded
 
 NEW_TOKENS = 40
 ARCHS = ["llama", "qwen2"]
@@ -214,6 +215,19 @@ def test_padding_verification_to_cheaper_sizes_is_lossless(target, other, refere
             assert out.token_ids == references[tuple(prompt)]
             padding += out.stats.forward_rows - out.stats.drafted_tokens - out.stats.steps
     assert padding > 0  # padding tokens were really fed
+
+
+def test_padding_rows_attend_to_the_first_key_only():
+    """Pad rows see one key (their attention is next to free at long contexts); real rows see the cache and
+    their tree mask (causal without one), never a pad."""
+    branched = torch.tensor([[1, 0, 0], [1, 1, 0], [1, 0, 1]], dtype=torch.bool)  # a root and two children
+    for tree_mask, real in ((None, torch.ones(3, 3, dtype=torch.bool).tril()), (branched, branched)):
+        ids, positions, mask = _padded(torch.tensor([5, 6, 7]), torch.tensor([10, 11, 11]), tree_mask, 5, past=10)
+        assert ids.tolist() == [5, 6, 7, 7, 7] and positions.tolist() == [10, 11, 11, 11, 11]
+        assert mask.shape == (5, 15) and mask[:3, :10].all() and torch.equal(mask[:3, 10:13], real)
+        assert not mask[:3, 13:].any() and mask[3:, 0].all() and not mask[3:, 1:].any()
+    unpadded = _padded(torch.tensor([5, 6, 7]), torch.tensor([10, 11, 11]), branched, 3, past=10)
+    assert unpadded[2] is branched
 
 
 def test_bf16_drafter_prefilled_by_its_fp32_twin_is_lossless(target):

@@ -137,7 +137,7 @@ class SDPABackend:
         [1 + len(tree), vocab]; the cache grows by `rows` entries."""
         input_ids, tree_mask, offsets = tree.rooted_inputs(root_token)  # [fed], [fed, fed] or None, [fed]
         fed = input_ids.shape[-1]
-        input_ids, positions, tree_mask = _padded(input_ids, cache.length + offsets, tree_mask, rows)
+        input_ids, positions, tree_mask = _padded(input_ids, cache.length + offsets, tree_mask, rows, cache.length)
         return self.forward(model, cache, input_ids, positions, tree_mask)[:fed]
 
     def prepare(self, model) -> None:
@@ -249,24 +249,25 @@ def _passes_keywords(module: torch.nn.Module) -> bool:
     return any(p.kind is inspect.Parameter.VAR_KEYWORD for p in inspect.signature(module.forward).parameters.values())
 
 
-def _padded(input_ids: torch.Tensor, positions: torch.Tensor, tree_mask: torch.Tensor | None, rows: int):
+def _padded(input_ids: torch.Tensor, positions: torch.Tensor, tree_mask: torch.Tensor | None, rows: int,
+            past: int):
     """Pad a verification's inputs to `rows` tokens with copies of the last one, which no real token
-    attends to (a causal chain never looks ahead; a tree mask hides them) and which attend to every token
-    before them, as a chain's tokens do (row-wise attention then folds them with the first branch). Their
-    logits and KV entries are simply not used. Worth it where `rows` rows are cheaper than len(input_ids)
-    (runtime/cpu/linear.py)."""
-    extra = rows - input_ids.shape[-1]
+    attends to (a causal chain never looks ahead; a tree mask hides them) and which attend to the first key
+    only: their logits and KV entries are not used, so at a long context their attention costs next to
+    nothing (row-wise attention folds them into one call over one block of keys). Worth it where `rows`
+    rows are cheaper than len(input_ids) (runtime/cpu/linear.py). Returns input_ids [rows], positions [rows]
+    and the mask [rows, past + rows] over every key (the tree mask unchanged where nothing is padded)."""
+    fed = input_ids.shape[-1]
+    extra = rows - fed
     if extra <= 0:
         return input_ids, positions, tree_mask
     input_ids = torch.cat([input_ids, input_ids[-1:].expand(extra)])  # [rows]
     positions = torch.cat([positions, positions[-1:].expand(extra)])  # [rows]
-    if tree_mask is not None:
-        q = tree_mask.shape[0]
-        padded = torch.zeros(rows, rows, dtype=torch.bool)  # [rows, rows]
-        padded[:q, :q] = tree_mask
-        padded[q:] = torch.ones(extra, rows, dtype=torch.bool).tril(q)  # pad i sees every token up to itself
-        tree_mask = padded
-    return input_ids, positions, tree_mask
+    mask = torch.zeros(rows, past + rows, dtype=torch.bool)  # [rows, past + rows]
+    mask[:fed, :past] = True
+    mask[:fed, past:past + fed] = tree_mask if tree_mask is not None else torch.ones(fed, fed, dtype=torch.bool).tril()
+    mask[fed:, 0] = True
+    return input_ids, positions, mask
 
 
 def select_backend(name: str = "auto") -> AttentionBackend:
