@@ -16,7 +16,7 @@ from specdecode import SpeculativeGenerator
 from specdecode.drafters import LookupDrafter, ModelDrafter
 from specdecode.drafters.prompt_window import PromptWindow
 from specdecode.errors import SpecDecodeError
-from specdecode.runtime.runner import _padded
+from specdecode.runtime.runner import _full_mask, _padded
 
 NEW_TOKENS = 40
 ARCHS = ["llama", "qwen2"]
@@ -222,12 +222,15 @@ def test_padding_rows_attend_to_the_first_key_only():
     their tree mask (causal without one), never a pad."""
     branched = torch.tensor([[1, 0, 0], [1, 1, 0], [1, 0, 1]], dtype=torch.bool)  # a root and two children
     for tree_mask, real in ((None, torch.ones(3, 3, dtype=torch.bool).tril()), (branched, branched)):
-        ids, positions, mask = _padded(torch.tensor([5, 6, 7]), torch.tensor([10, 11, 11]), tree_mask, 5, past=10)
+        ids, positions, padded = _padded(torch.tensor([5, 6, 7]), torch.tensor([10, 11, 11]), tree_mask, 5)
         assert ids.tolist() == [5, 6, 7, 7, 7] and positions.tolist() == [10, 11, 11, 11, 11]
-        assert mask.shape == (5, 15) and mask[:3, :10].all() and torch.equal(mask[:3, 10:13], real)
-        assert not mask[:3, 13:].any() and mask[3:, 0].all() and not mask[3:, 1:].any()
-    unpadded = _padded(torch.tensor([5, 6, 7]), torch.tensor([10, 11, 11]), branched, 3, past=10)
-    assert unpadded[2] is branched
+        block = padded if tree_mask is not None else torch.ones(5, 5, dtype=torch.bool).tril()  # a chain: causal
+        assert (padded is None) == (tree_mask is None)
+        assert torch.equal(block[:3, :3], real) and not block[:3, 3:].any()  # no real row sees a pad
+        mask = _full_mask(block, 10, 2, torch.device("cpu"))[0, 0]  # [5, 15]
+        assert mask[:3, :10].all() and torch.equal(mask[:3, 10:13], real) and not mask[:3, 13:].any()
+        assert mask[3:, 0].all() and not mask[3:, 1:].any()
+    assert _padded(torch.tensor([5, 6, 7]), torch.tensor([10, 11, 11]), branched, 3)[2] is branched
 
 
 def test_bf16_drafter_prefilled_by_its_fp32_twin_is_lossless(target):

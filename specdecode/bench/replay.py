@@ -71,7 +71,7 @@ class ReplayBackend(SDPABackend):
         self.vocab_size, self.costs, self.clock = vocab_size, costs, clock
 
     def forward(self, model, cache, input_ids, positions, tree_mask=None, logits_to_keep=0, hidden=False,
-                prefill=False, model_inputs=None):
+                prefill=False, model_inputs=None, pads=0):
         q = input_ids.shape[-1]
         empty = torch.zeros(1, 1, q, 1)  # [batch, heads, q, head_dim]: the cache only counts entries
         for layer in range(model.config.get_text_config().num_hidden_layers):

@@ -47,6 +47,7 @@ class AttentionBackend(Protocol):
         hidden: bool = False,
         prefill: bool = False,
         model_inputs: Mapping[str, torch.Tensor] | None = None,
+        pads: int = 0,
     ) -> torch.Tensor:
         """Feed input_ids [q] after the cache's entries; return logits [q or logits_to_keep, vocab],
         or with hidden=True the final hidden states [q, hidden_size] (the LM head is skipped).
@@ -57,7 +58,8 @@ class AttentionBackend(Protocol):
         every earlier key is visible. None means plain causal attention. The cache grows by q entries.
         prefill=True: the tokens are a prompt that plain and speculative decoding feed alike, so a model
         on row-wise attention (exact steps) may attend them batched (rowwise_attention.py). model_inputs:
-        the prompt forward's other inputs (a VLM's pixel values), with prefill=True only.
+        the prompt forward's other inputs (a VLM's pixel values), with prefill=True only. pads: the last
+        `pads` fed tokens pad the step (verify): their outputs are not used, so they may attend to less.
         """
         ...
 
@@ -95,7 +97,7 @@ class SDPABackend:
         self._split_costs: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> SplitCosts or None
 
     def forward(self, model, cache, input_ids, positions, tree_mask=None, logits_to_keep=0, hidden=False,
-                prefill=False, model_inputs=None):
+                prefill=False, model_inputs=None, pads=0):
         device = model.device
         past = cache.length
         q = input_ids.shape[-1]
@@ -103,13 +105,12 @@ class SDPABackend:
             positions = positions + cache.position_shift  # [q]
         kwargs, keywords = {}, {}
         split = bool(past) and not prefill and self.splits(model, past, q)
-        if tree_mask is None and split and q > 1:
-            tree_mask = torch.ones(q, q, dtype=torch.bool).tril()  # a chain: split from the prefix too
+        pads = 0 if split else pads  # a split step attends every row to the whole prefix
+        if tree_mask is None and (split or pads) and q > 1:
+            tree_mask = torch.ones(q, q, dtype=torch.bool).tril()  # a chain: split from the prefix, or padded
         if tree_mask is not None:
             visible = past + q - tree_mask.shape[-1]  # the leading keys every fed token sees
-            full_mask = torch.ones(q, past + q, dtype=torch.bool, device=device)  # [q, past+q]
-            full_mask[:, visible:] = tree_mask.to(device)
-            kwargs["attention_mask"] = full_mask[None, None]  # [1, 1, q, past+q], True = attend
+            kwargs["attention_mask"] = _full_mask(tree_mask, past, pads, device)  # [1, 1, q, past+q], True = attend
             if split and visible:
                 keywords[VISIBLE_PREFIX] = visible  # handed down to the attention function
         if past and not prefill and self.runs_lean(model):  # after a prompt: the cache has its layers
@@ -137,8 +138,8 @@ class SDPABackend:
         [1 + len(tree), vocab]; the cache grows by `rows` entries."""
         input_ids, tree_mask, offsets = tree.rooted_inputs(root_token)  # [fed], [fed, fed] or None, [fed]
         fed = input_ids.shape[-1]
-        input_ids, positions, tree_mask = _padded(input_ids, cache.length + offsets, tree_mask, rows, cache.length)
-        return self.forward(model, cache, input_ids, positions, tree_mask)[:fed]
+        input_ids, positions, tree_mask = _padded(input_ids, cache.length + offsets, tree_mask, rows)
+        return self.forward(model, cache, input_ids, positions, tree_mask, pads=rows - fed)[:fed]
 
     def prepare(self, model) -> None:
         """Run the runner's one-time probes of a model (its lean forward's check, the split's costs) now, not in
@@ -204,12 +205,13 @@ class StaticBackend(SDPABackend):
         self._steps: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> StaticSteps or None
 
     def forward(self, model, cache, input_ids, positions, tree_mask=None, logits_to_keep=0, hidden=False,
-                prefill=False, model_inputs=None):
+                prefill=False, model_inputs=None, pads=0):
         bucket, steps = bucket_of(input_ids.shape[-1]), self.steps_of(model)
         if prefill or not cache.length or positions.dim() != 1 or steps is None or bucket is None:
             return super().forward(model, cache, input_ids, positions, tree_mask, logits_to_keep, hidden, prefill,
-                                   model_inputs)
+                                   model_inputs, pads)
         rows = max(self.width or 0, bucket)
+        # its pads attend as the static step's mask has them: the buffers' span is read whole anyway
         out = steps.run(model, cache, input_ids, positions + cache.position_shift, tree_mask, rows, hidden)
         return out[-logits_to_keep:] if logits_to_keep and not hidden else out
 
@@ -249,25 +251,36 @@ def _passes_keywords(module: torch.nn.Module) -> bool:
     return any(p.kind is inspect.Parameter.VAR_KEYWORD for p in inspect.signature(module.forward).parameters.values())
 
 
-def _padded(input_ids: torch.Tensor, positions: torch.Tensor, tree_mask: torch.Tensor | None, rows: int,
-            past: int):
+def _padded(input_ids: torch.Tensor, positions: torch.Tensor, tree_mask: torch.Tensor | None, rows: int):
     """Pad a verification's inputs to `rows` tokens with copies of the last one, which no real token
-    attends to (a causal chain never looks ahead; a tree mask hides them) and which attend to the first key
-    only: their logits and KV entries are not used, so at a long context their attention costs next to
-    nothing (row-wise attention folds them into one call over one block of keys). Worth it where `rows`
-    rows are cheaper than len(input_ids) (runtime/cpu/linear.py). Returns input_ids [rows], positions [rows]
-    and the mask [rows, past + rows] over every key (the tree mask unchanged where nothing is padded)."""
-    fed = input_ids.shape[-1]
-    extra = rows - fed
+    attends to (a causal chain never looks ahead; a tree mask hides them) and which attend to every token
+    before them, as a chain's do. Their logits and KV entries are simply not used (the SDPA backend lets
+    them see one key: _full_mask). Worth it where `rows` rows are cheaper than len(input_ids)
+    (runtime/cpu/linear.py)."""
+    extra = rows - input_ids.shape[-1]
     if extra <= 0:
         return input_ids, positions, tree_mask
     input_ids = torch.cat([input_ids, input_ids[-1:].expand(extra)])  # [rows]
     positions = torch.cat([positions, positions[-1:].expand(extra)])  # [rows]
-    mask = torch.zeros(rows, past + rows, dtype=torch.bool)  # [rows, past + rows]
-    mask[:fed, :past] = True
-    mask[:fed, past:past + fed] = tree_mask if tree_mask is not None else torch.ones(fed, fed, dtype=torch.bool).tril()
-    mask[fed:, 0] = True
-    return input_ids, positions, mask
+    if tree_mask is not None:
+        q = tree_mask.shape[0]
+        padded = torch.ones(rows, rows, dtype=torch.bool).tril()  # [rows, rows]: pad i sees every token up to itself
+        padded[:q, :q] = tree_mask
+        tree_mask = padded
+    return input_ids, positions, tree_mask
+
+
+def _full_mask(tree_mask: torch.Tensor, past: int, pads: int, device: torch.device) -> torch.Tensor:
+    """The attention mask [1, 1, q, past + q] (True = may attend) of a step feeding q tokens after `past`
+    cached entries under tree_mask [q, m] (the last m keys; every earlier key is visible), its last `pads`
+    rows padding whose outputs are not used: those attend to the first key only, so that at a long context
+    their attention costs next to nothing (row-wise attention folds them into one call over one block)."""
+    q, m = tree_mask.shape
+    mask = torch.ones(q, past + q, dtype=torch.bool, device=device)  # [q, past + q]
+    mask[:, past + q - m:] = tree_mask.to(device)
+    if pads:
+        mask[q - pads:, 1:] = False
+    return mask[None, None]
 
 
 def select_backend(name: str = "auto") -> AttentionBackend:
