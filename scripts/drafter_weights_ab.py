@@ -4,25 +4,17 @@ per variant, interleaved per question (scripts/interleaved_ab.py).
 
     python scripts/drafter_weights_ab.py --limit 1
 """
-import argparse
-from pathlib import Path
+from interleaved_ab import ab_parser, chosen_questions, interleaved_runs
 
-from interleaved_ab import interleaved_runs
-
-from specdecode.bench.questions import read_questions, select_questions
 from specdecode.drafters.registry import DrafterOptions, make_drafter
 from specdecode.engine import SpeculativeGenerator
 from specdecode.models.load import load_model
 
-parser = argparse.ArgumentParser()
-parser.add_argument("--questions", default="../shared/data/spec_bench/question.jsonl")
-parser.add_argument("--limit", type=int, default=1, help="questions per category")
+parser = ab_parser("../shared/data/spec_bench/question.jsonl", None, 1, "model:qwen2.5-coder-0.5b-instruct")
 parser.add_argument("--model", default="qwen2.5-coder-1.5b-instruct")
-parser.add_argument("--drafter", default="model:qwen2.5-coder-0.5b-instruct")
-parser.add_argument("--max-new-tokens", type=int, default=128)
 args = parser.parse_args()
 
-questions = select_questions(read_questions(Path(args.questions).expanduser()), None, args.limit)
+questions = chosen_questions(args)
 target = load_model(args.model)
 options = {"w8a8": DrafterOptions(drafter_quantize="w8a8"),
            "bf16": DrafterOptions(drafter_dtype="bf16", drafter_quantize=None)}

@@ -1,10 +1,34 @@
 """The side-by-side loop of the A/B scripts (target_grouped_ab.py, target_kernels_ab.py): every variant's
 plain and speculative decoding of each question's first turn, the variants' order rotating per question; the
-decode phase's tokens/s (after the prefill) and whether each run's tokens equal the question's first run's."""
+decode phase's tokens/s (after the prefill) and whether each run's tokens equal the question's first run's;
+and the options they share."""
+import argparse
 import statistics
 from collections.abc import Callable
+from pathlib import Path
+
+from specdecode.bench.questions import read_questions, select_questions
 
 from specdecode.engine import SpeculativeGenerator
+
+
+def ab_parser(questions: str, categories: str | None, limit: int, drafter: str) -> argparse.ArgumentParser:
+    """A parser with the options every A/B script takes (their defaults given): --questions (a Spec-Bench
+    format file), --categories (or --category; comma-separated, none: all), --limit (questions per category),
+    --drafter (a drafter spec), --max-new-tokens."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--questions", default=questions)
+    parser.add_argument("--categories", "--category", default=categories)
+    parser.add_argument("--limit", type=int, default=limit, help="questions per category")
+    parser.add_argument("--drafter", default=drafter)
+    parser.add_argument("--max-new-tokens", type=int, default=128)
+    return parser
+
+
+def chosen_questions(args: argparse.Namespace) -> list:
+    """The questions an A/B script's parsed options select."""
+    categories = args.categories.split(",") if args.categories else None
+    return select_questions(read_questions(Path(args.questions).expanduser()), categories, args.limit)
 
 
 def interleaved_runs(generators: dict[str, SpeculativeGenerator], questions, max_new_tokens: int,

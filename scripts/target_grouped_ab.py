@@ -6,26 +6,17 @@ alternating), the decode phase's tokens/s (after the prefill) and whether the to
     python -m specdecode.bench.long_suite --out ~/.cache/specdecode/bench/long_summarization.jsonl
     python scripts/target_grouped_ab.py --category long_summarization_4k --limit 2
 """
-import argparse
-from pathlib import Path
+from interleaved_ab import ab_parser, chosen_questions, interleaved_runs
 
-from interleaved_ab import interleaved_runs
-
-from specdecode.bench.questions import read_questions, select_questions
 from specdecode.drafters.registry import DrafterOptions, make_drafter
 from specdecode.engine import SpeculativeGenerator
 from specdecode.models.load import load_model
 from specdecode.runtime.grouped_attention import GROUPED, use_grouped_attention
 
-parser = argparse.ArgumentParser()
-parser.add_argument("--questions", default="~/.cache/specdecode/bench/long_summarization.jsonl")
-parser.add_argument("--category", default="long_summarization_4k")
-parser.add_argument("--limit", type=int, default=2)
-parser.add_argument("--drafter", default="model:qwen2.5-coder-0.5b-instruct")
-parser.add_argument("--max-new-tokens", type=int, default=128)
-args = parser.parse_args()
+args = ab_parser("~/.cache/specdecode/bench/long_summarization.jsonl", "long_summarization_4k", 2,
+                 "model:qwen2.5-coder-0.5b-instruct").parse_args()
 
-questions = select_questions(read_questions(Path(args.questions).expanduser()), [args.category], args.limit)
+questions = chosen_questions(args)
 target = load_model("qwen2.5-coder-1.5b-instruct", dtype="fp32")
 use_grouped_attention(target.model)  # registers it; each run below sets the implementation it measures
 drafter = make_drafter(args.drafter, target, DrafterOptions())

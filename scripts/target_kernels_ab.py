@@ -10,31 +10,21 @@ tokens/s (after the prefill) and whether every run's tokens equal the first's.
     python scripts/target_kernels_ab.py --variants standard,packed --limit 1
     python scripts/target_kernels_ab.py --variants packed,packed+pad --limit 1
 """
-import argparse
-from pathlib import Path
+from interleaved_ab import ab_parser, chosen_questions, interleaved_runs
 
-from interleaved_ab import interleaved_runs
-
-from specdecode.bench.questions import read_questions, select_questions
 from specdecode.drafters.registry import DrafterOptions, make_drafter
 from specdecode.engine import SpeculativeGenerator
 from specdecode.models.load import load_model
 
 KERNELS = {"standard": "standard", "packed": "auto", "packed+pad": "auto"}  # variant -> load_model's cpu_kernels
 
-parser = argparse.ArgumentParser()
+parser = ab_parser("../shared/data/spec_bench/question.jsonl", None, 1, "model:qwen2.5-coder-0.5b-instruct")
 parser.add_argument("--variants", default="standard,packed")
-parser.add_argument("--questions", default="../shared/data/spec_bench/question.jsonl")
-parser.add_argument("--categories", default=None)
-parser.add_argument("--limit", type=int, default=1, help="questions per category")
 parser.add_argument("--model", default="qwen2.5-coder-1.5b-instruct")
-parser.add_argument("--drafter", default="model:qwen2.5-coder-0.5b-instruct")
-parser.add_argument("--max-new-tokens", type=int, default=128)
 args = parser.parse_args()
 
 variants = args.variants.split(",")
-categories = args.categories.split(",") if args.categories else None
-questions = select_questions(read_questions(Path(args.questions).expanduser()), categories, args.limit)
+questions = chosen_questions(args)
 targets = {kernels: load_model(args.model, cpu_kernels=kernels) for kernels in {KERNELS[v] for v in variants}}
 drafter = make_drafter(args.drafter, next(iter(targets.values())), DrafterOptions())
 generators = {}

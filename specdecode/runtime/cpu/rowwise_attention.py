@@ -69,20 +69,17 @@ def rowwise_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.T
     # a token's query heads grouped by the key/value head they share (GQA): [q, kv_heads, groups, d]
     grouped = query[0].transpose(0, 1).reshape(q_len, kv_heads, heads // kv_heads, head_dim)
     counts, branches = _visible(attention_mask, q_len, key.shape[2])
-    first_run = _folds([row for row in range(q_len) if row not in branches], counts, fold_rows)
-    if len(first_run) == 1 and not branches:  # a chain in one call
+    if not branches and len(_folds(range(q_len), counts, fold_rows)) == 1:  # a chain in one call
         return _attend(grouped, key, value, counts, scaling)[None], None  # [1, q, heads, d]
     out = query.new_empty(q_len, heads, head_dim)  # [q, heads, d]
-    for rows in first_run:
-        out[rows] = _attend(grouped[rows], key, value, [counts[row] for row in rows], scaling)
-    for (run, tail), rows in _shared_layouts(branches, counts).items():
+    for (run, tail), rows in _shared_layouts(branches, counts, q_len).items():
         with _laid_out(key, value, run, tail):
             for fold in _folds(rows, counts, fold_rows):
                 out[fold] = _attend(grouped[fold], key, value, [counts[row] for row in fold], scaling)
     return out[None], None  # [1, q, heads, d]
 
 
-def _folds(rows: list[int], counts: list[int], fold_rows: int) -> list[list[int]]:
+def _folds(rows, counts: list[int], fold_rows: int) -> list[list[int]]:
     """`rows` in order cut into SDPA calls: at most `fold_rows` tokens each, all of one key span."""
     folds: list[list[int]] = []
     for row in rows:
@@ -93,13 +90,17 @@ def _folds(rows: list[int], counts: list[int], fold_rows: int) -> list[list[int]
     return folds
 
 
-def _shared_layouts(branches: dict[int, tuple[int, list[int]]], counts: list[int]
+def _shared_layouts(branches: dict[int, tuple[int, list[int]]], counts: list[int], q_len: int
                     ) -> dict[tuple[int, tuple[int, ...]], list[int]]:
-    """The later branches' tokens grouped by one layout of keys each: {(run, tail): rows}, where every row
-    sees the first `run` keys and a leading part of `tail` (positions after the run, its ancestors and
-    itself), so that laying `tail` out right after the run gives each of them its keys as one run. A tree
-    token's ancestors are one another's prefixes: a branch's deepest token lays out the rest of the branch."""
+    """The fed tokens grouped by one layout of keys each: {(run, tail): rows}. The first branch's tokens see
+    their keys as one run from the first as they are stored: (0, ()). A later branch's token sees the first
+    `run` keys and a leading part of `tail` (positions after the run, its ancestors and itself), so laying
+    `tail` out right after the run gives it its keys as one run; a tree token's ancestors are one another's
+    prefixes, so a branch's deepest token lays out the rest of the branch."""
     layouts: dict[tuple[int, tuple[int, ...]], list[int]] = {}
+    first = [row for row in range(q_len) if row not in branches]
+    if first:
+        layouts[(0, ())] = first
     for row in sorted(branches, key=lambda r: -counts[r]):
         run, tail = branches[row]
         layout = next((key for key in layouts if key[0] == run and key[1][:len(tail)] == tuple(tail)),
@@ -113,7 +114,10 @@ def _laid_out(key: torch.Tensor, value: torch.Tensor, run: int, tail: tuple[int,
     """For the duration, the entries of key, value [1, kv_heads, n, d] at positions `tail` (all >= run) sit
     at run, run + 1, ...: the keys a one-token step of a later branch's token sees, as one run from the first
     (SDPA's result depends on the values, not on where they are stored). Only len(tail) entries per head
-    move, however long the cache; they are put back after."""
+    move, however long the cache; they are put back after. No tail: nothing moves."""
+    if not tail:
+        yield
+        return
     moved = slice(run, run + len(tail))
     index = torch.tensor(tail, device=key.device)
     saved = key[:, :, moved].clone(), value[:, :, moved].clone()  # [1, kv_heads, len(tail), d] each
