@@ -477,11 +477,11 @@ def test_int4_keeps_smollm2_gguf_blocks_and_stays_lossless():
     int4 = [m for m in target.model.modules() if isinstance(m, Int4Linear)]
     assert len(int4) == 30 * 7 and all(m.group_size == 32 for m in int4)  # every Q4_1 layer, as published
     prompt = [{"role": "user", "content": "List three prime numbers and explain why they are prime."}]
-    gen = SpeculativeGenerator(target)
-    plain = gen.generate(prompt, max_new_tokens=24)
-    for drafter in (LookupDrafter(), ModelDrafter(target, k=3, confidence=0)):
-        out = SpeculativeGenerator(target, drafter=drafter, cost_model=None).generate(prompt, max_new_tokens=24)
-        assert out.token_ids == plain.token_ids
+    # one generator: plain and speculative decoding share the prefill (fp32 int4 products are slow here)
+    gen = SpeculativeGenerator(target, drafter=ModelDrafter(target, k=3, confidence=0), cost_model=None)
+    plain = gen.generate(prompt, max_new_tokens=24, speculative=False)
+    out = gen.generate(prompt, max_new_tokens=24)
+    assert out.token_ids == plain.token_ids and out.stats.drafted_tokens > 0
 
 
 @pytest.mark.zoo
