@@ -89,7 +89,7 @@ def test_a_failed_save_leaves_the_previous_store_loadable_and_unchanged(corpus, 
     before = {p.name: p.read_bytes() for p in path.iterdir()}
     store.add([corpus / "lists.txt"])
     calls = []
-    real = datastore_module._replace_file
+    real = datastore_module.write_atomic
 
     def fail_on_manifest(target, data):
         calls.append(target.name)
@@ -97,7 +97,7 @@ def test_a_failed_save_leaves_the_previous_store_loadable_and_unchanged(corpus, 
             raise OSError("disk full (injected)")
         real(target, data)
 
-    monkeypatch.setattr(datastore_module, "_replace_file", fail_on_manifest)
+    monkeypatch.setattr(datastore_module, "write_atomic", fail_on_manifest)
     with pytest.raises(OSError, match="injected"):
         store.save()
     monkeypatch.undo()

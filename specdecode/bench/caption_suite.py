@@ -21,7 +21,7 @@ import numpy as np
 
 from ..errors import SpecDecodeError
 from .questions import write_questions
-from .results import write_atomic
+from ..files import write_atomic
 
 CATEGORY = "captioning"
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import SpecDecodeError
-from .results import write_atomic
+from ..files import write_atomic
 
 
 @dataclass(frozen=True)

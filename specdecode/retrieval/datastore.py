@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import SpecDecodeError
+from ..files import write_atomic
 from .documents import Passage, Skipped, check_chunking, chunk_document, read_documents
 from .embedder import Embedder, load_embedder
 
@@ -131,7 +132,7 @@ class Datastore:
                  "passages": _write_content(target, "passages", ".jsonl", passages_bytes)}
         manifest = {"format": FORMAT_VERSION, "metric": "inner_product", "normalized": True,
                     "count": len(self.records), **asdict(self.settings), "files": files}
-        _replace_file(target / MANIFEST, json.dumps(manifest, indent=2).encode())
+        write_atomic(target / MANIFEST, json.dumps(manifest, indent=2))
         keep = {MANIFEST, *(f["name"] for f in files.values())}
         for old in target.iterdir():
             if old.name not in keep and old.name.startswith(("index-", "passages-", "span-")):
@@ -225,18 +226,8 @@ def _write_content(folder: Path, stem: str, suffix: str, data: bytes) -> dict:
     digest = hashlib.sha256(data).hexdigest()
     name = f"{stem}-{digest[:16]}{suffix}"
     if not (folder / name).exists():
-        _replace_file(folder / name, data)
+        write_atomic(folder / name, data)
     return {"name": name, "sha256": digest}
-
-
-def _replace_file(path: Path, data: bytes) -> None:
-    """Write `data` to a temporary file, flush it to disk, then rename it over `path`."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _read_checked(path: Path, manifest: dict, key: str) -> bytes:

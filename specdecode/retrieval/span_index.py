@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 
 from ..drafters.suffix import SuffixIndex
+from ..files import atomic_file
 from .datastore import Datastore
 
 KEY_TOKENS = 8
@@ -36,7 +36,6 @@ def span_index(store: Datastore, tokenizer, key_tokens: int = KEY_TOKENS) -> Suf
         return SuffixIndex.from_tokens(np.load(cache), key_tokens)
     index = SuffixIndex(tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else [], key_tokens)
     if cache is not None:
-        tmp = cache.with_name(f".{cache.stem}.tmp.npy")
-        np.save(tmp, index.tokens[: index.size])
-        os.replace(tmp, cache)
+        with atomic_file(cache) as file:
+            np.save(file, index.tokens[: index.size])
     return index

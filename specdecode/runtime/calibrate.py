@@ -28,6 +28,7 @@ from typing import Any, TypeVar
 import torch
 
 from ..errors import SpecDecodeError
+from ..files import write_atomic
 from .cache import KVCache
 from .machine import machine_key, specdecode_home
 
@@ -108,9 +109,7 @@ class Calibration:
         document = {"format": FORMAT_VERSION, "scope": self.scope, "machine": machine_key(), "values": self._values}
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
-            tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(document, indent=1, sort_keys=True), encoding="utf-8")
-            os.replace(tmp, self.path)  # atomic: a reader sees the old file or the new one
+            write_atomic(self.path, json.dumps(document, indent=1, sort_keys=True))  # a reader sees the old or the new
         except OSError:
             pass  # a read-only home costs a measurement per process, nothing else
 
