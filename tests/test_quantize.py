@@ -22,11 +22,10 @@ from specdecode.runtime.cache import KVCache
 from specdecode.drafters.registry import DrafterOptions, make_drafter
 from specdecode.drafters import LookupDrafter, ModelDrafter, RetrievalDrafter
 from specdecode.errors import SpecDecodeError
-from specdecode.runtime.cpu import linear as cpu_linear
 from specdecode.runtime.cpu.linear import fastest_draft_quantization
 from specdecode.runtime.cpu import quantize as quantize_module
 from specdecode.runtime.grouped_attention import GROUPED
-from specdecode.runtime.cpu.rowwise_attention import _visible, fold_rows_of
+from specdecode.runtime.cpu.rowwise_attention import fold_rows_of
 from specdecode.runtime.cpu.quantize import (Fp16Linear, Int4Linear, Int8Linear, RowInt8Linear, fbgemm_available,
                                              quantize_int4, quantize_model)
 
@@ -138,75 +137,6 @@ def test_w8a8_model_verifies_a_tree_exactly_as_it_decodes_one_token_at_a_time(ar
             steps = torch.cat([backend.forward(model, cache, fed[i:i + 1], torch.tensor([12 + depth]))
                                for depth, i in enumerate(path)])  # one token per forward
             assert torch.equal((chain if len(path) == 8 else tree)[path], steps), f"path {path}"
-
-
-@pytest.fixture
-def row_calls(monkeypatch) -> list:
-    """Grows by one entry each time row-wise attention (not the batched prefill) attends fed tokens."""
-    import specdecode.runtime.cpu.rowwise_attention as rowwise
-
-    calls = []
-    monkeypatch.setattr(rowwise, "_visible", lambda *a: calls.append(1) or _visible(*a))
-    return calls
-
-
-@pytest.mark.parametrize("arch", ["llama", "qwen2"])
-def test_a_prefill_on_rowwise_attention_runs_batched_sdpa(arch, row_calls):
-    """The prompt's prefill is one forward that plain and speculative decoding share, so an exact model
-    attends it batched: its cache and hidden states are those of the same model on SDPA, bit for bit."""
-    model = cpu_model(arch, seed=4)
-    quantize_model(model, "w8a8")
-    backend, prompt = SDPABackend(), torch.tensor(random_prompt(4, length=40))
-    with torch.inference_mode():
-        batched_cache = KVCache(model)
-        batched = backend.forward(model, batched_cache, prompt, torch.arange(40), hidden=True, prefill=True)
-        assert not row_calls  # no row attended on its own
-        backend.forward(model, KVCache(model), prompt, torch.arange(40), hidden=True)
-        assert row_calls  # without prefill=True, the same model attends row by row
-        model.set_attn_implementation("sdpa")
-        sdpa_cache = KVCache(model)
-        sdpa = backend.forward(model, sdpa_cache, prompt, torch.arange(40), hidden=True, prefill=True)
-    assert torch.equal(batched, sdpa)
-    for ours, theirs in zip(batched_cache.hf.layers, sdpa_cache.hf.layers):
-        assert torch.equal(ours.keys[..., :40, :], theirs.keys[..., :40, :])
-        assert torch.equal(ours.values[..., :40, :], theirs.values[..., :40, :])
-
-
-def test_a_prefill_through_a_forward_without_keywords_stays_rowwise(monkeypatch, row_calls):
-    """A model whose forward cannot take the prefill keyword (custom code) prefills row by row, no error."""
-    model = cpu_model("llama", seed=4)
-    quantize_model(model, "w8a8")
-    original = model.base_model.forward
-
-    def forward(input_ids=None, position_ids=None, cache=None, use_cache=None):  # no **kwargs
-        return original(input_ids=input_ids, position_ids=position_ids, cache=cache, use_cache=use_cache)
-
-    monkeypatch.setattr(model.base_model, "forward", forward)
-    prompt = torch.tensor(random_prompt(4, length=20))
-    with torch.inference_mode():
-        hidden = SDPABackend().forward(model, KVCache(model), prompt, torch.arange(20), hidden=True, prefill=True)
-    assert hidden.shape == (20, model.config.hidden_size) and row_calls
-
-
-def test_sdpa_gives_a_strided_view_what_it_gives_a_contiguous_copy():
-    """Row-wise attention hands SDPA slices of the cache (GrowingLayer's views) in one-token steps and
-    verification rows alike, and gathered copies for tree rows: exact only if strides do not matter."""
-    generator = torch.Generator().manual_seed(0)
-    for visible in (5, 600, 1100):
-        query = torch.randn(1, 2, 6, 128, generator=generator)  # Qwen2.5-1.5B's grouping: 2 KV heads x 6
-        keys, values = (torch.randn(1, 2, 1400, 128, generator=generator) for _ in range(2))  # a buffer
-        strided = torch.nn.functional.scaled_dot_product_attention(
-            query, keys[:, :, :visible], values[:, :, :visible])
-        copied = torch.nn.functional.scaled_dot_product_attention(
-            query, keys[:, :, :visible].contiguous(), values[:, :, :visible].contiguous())
-        assert torch.equal(strided, copied)
-
-
-def test_loading_a_w8a8_instance_keeps_its_rowwise_attention():
-    model = cpu_model("llama", seed=2)
-    quantize_model(model, "w8a8")
-    target = load_cpu(model, tokenizer=tiny_tokenizer())  # the loader switches other attentions to SDPA
-    assert fold_rows_of(target.model.config._attn_implementation)  # row-wise, however many tokens per call
 
 
 @pytest.mark.parametrize("mode", ["int8", "fp16", "w8a8"])
@@ -448,40 +378,6 @@ def test_bad_input(monkeypatch):
 def test_quantization_refuses_a_gpu_model():
     with pytest.raises(SpecDecodeError, match="CPU kernels"):
         quantize_model(tiny_model(device=torch.device("cuda")), "int8")
-
-
-@pytest.mark.parametrize("qtype, block_bytes, scale_bytes", [("Q4_0", 18, 2), ("Q4_1", 20, 4), ("Q4_K", 144, 4)])
-def test_gguf_4bit_blocks_become_codes_that_dequantize_like_gguf(qtype, block_bytes, scale_bytes):
-    import gguf
-    import numpy as np
-
-    from specdecode.runtime.cpu.gguf_int4 import int4_codes
-
-    rng = np.random.default_rng(0)
-    rows, cols = 16, 512  # the kernel packs rows in sets of 16
-    blocks = rng.integers(0, 256, size=(rows * cols // (256 if qtype == "Q4_K" else 32), block_bytes), dtype=np.uint8)
-    halves = rng.uniform(-0.05, 0.05, size=(len(blocks), scale_bytes // 2)).astype(np.float16)
-    blocks[:, :scale_bytes] = halves.view(np.uint8)  # finite fp16 d (and m / dmin)
-    expected = gguf.quants.dequantize(blocks.reshape(rows, -1), getattr(gguf.GGMLQuantizationType, qtype))
-    codes, scale, zero = int4_codes(qtype, blocks, rows, cols)
-    ours = ((codes.float() - 8).reshape(rows, -1, 32) * scale[..., None] + zero[..., None]).reshape(rows, cols)
-    assert torch.allclose(ours, torch.from_numpy(expected).float(), atol=1e-5)
-    layer = Int4Linear.from_codes(codes, scale, zero, None, torch.float32, group_size=32)
-    x = torch.randn(3, cols)
-    assert torch.allclose(layer(x), x @ torch.from_numpy(expected).float().t(), atol=1e-4)
-
-
-@pytest.mark.zoo
-def test_int4_keeps_smollm2_gguf_blocks_and_stays_lossless():
-    target = load_cpu("smollm2-135m-instruct", dtype="fp32", quantize="int4")
-    int4 = [m for m in target.model.modules() if isinstance(m, Int4Linear)]
-    assert len(int4) == 30 * 7 and all(m.group_size == 32 for m in int4)  # every Q4_1 layer, as published
-    prompt = [{"role": "user", "content": "List three prime numbers and explain why they are prime."}]
-    # one generator: plain and speculative decoding share the prefill (fp32 int4 products are slow here)
-    gen = SpeculativeGenerator(target, drafter=ModelDrafter(target, k=3, confidence=0), cost_model=None)
-    plain = gen.generate(prompt, max_new_tokens=24, speculative=False)
-    out = gen.generate(prompt, max_new_tokens=24)
-    assert out.token_ids == plain.token_ids and out.stats.drafted_tokens > 0
 
 
 @pytest.mark.zoo

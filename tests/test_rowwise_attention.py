@@ -1,11 +1,12 @@
 """Row-wise attention: every fed token gets, bit for bit, what a one-token step gives it, whether it
-attends alone or folded into one SDPA call with other tokens (at most the fold calibrated for the model)."""
+attends alone or folded into one SDPA call with other tokens (at most the fold calibrated for the model);
+a prompt's prefill, which plain and speculative decoding share, attends batched."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-from tiny import random_prompt, tiny_tokenizer
+from tiny import cpu_model, random_prompt, tiny_tokenizer
 from transformers import LlamaConfig, LlamaForCausalLM
 
 import specdecode.runtime.cpu.rowwise_attention as rowwise
@@ -14,9 +15,11 @@ from specdecode.drafters import LookupDrafter
 from specdecode.errors import SpecDecodeError
 from specdecode.models.load import load_model
 from specdecode.runtime.cache import KEY_BLOCK, KVCache
+from specdecode.runtime.cpu.quantize import quantize_model
 from specdecode.runtime.cpu.rowwise_attention import (exact_fold_rows, fold_rows_of, rowwise_attention, rowwise_name,
                                                       use_rowwise_attention)
 from specdecode.runtime.grouped_attention import GROUPED
+from specdecode.runtime.runner import SDPABackend
 
 QWEN_1_5B_HEADS = dict(num_attention_heads=12, num_key_value_heads=2, head_dim=128)  # 6 query heads per KV head
 
@@ -182,3 +185,70 @@ def test_folded_verifications_decode_as_plain(monkeypatch, dtype):
     assert max(calls) <= fold
     if fold > 1:
         assert max(calls) > 1  # some verification attended several tokens in one call
+
+
+@pytest.fixture
+def row_calls(monkeypatch) -> list:
+    """Grows by one entry each time row-wise attention (not the batched prefill) attends fed tokens."""
+    calls, visible = [], rowwise._visible
+    monkeypatch.setattr(rowwise, "_visible", lambda *a: calls.append(1) or visible(*a))
+    return calls
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_a_prefill_on_rowwise_attention_runs_batched_sdpa(arch, row_calls):
+    """The prompt's prefill is one forward that plain and speculative decoding share, so an exact model
+    attends it batched: its cache and hidden states are those of the same model on SDPA, bit for bit."""
+    model = cpu_model(arch, seed=4)
+    quantize_model(model, "w8a8")
+    backend, prompt = SDPABackend(), torch.tensor(random_prompt(4, length=40))
+    with torch.inference_mode():
+        batched_cache = KVCache(model)
+        batched = backend.forward(model, batched_cache, prompt, torch.arange(40), hidden=True, prefill=True)
+        assert not row_calls  # no row attended on its own
+        backend.forward(model, KVCache(model), prompt, torch.arange(40), hidden=True)
+        assert row_calls  # without prefill=True, the same model attends row by row
+        model.set_attn_implementation("sdpa")
+        sdpa_cache = KVCache(model)
+        sdpa = backend.forward(model, sdpa_cache, prompt, torch.arange(40), hidden=True, prefill=True)
+    assert torch.equal(batched, sdpa)
+    for ours, theirs in zip(batched_cache.hf.layers, sdpa_cache.hf.layers):
+        assert torch.equal(ours.keys[..., :40, :], theirs.keys[..., :40, :])
+        assert torch.equal(ours.values[..., :40, :], theirs.values[..., :40, :])
+
+
+def test_a_prefill_through_a_forward_without_keywords_stays_rowwise(monkeypatch, row_calls):
+    """A model whose forward cannot take the prefill keyword (custom code) prefills row by row, no error."""
+    model = cpu_model("llama", seed=4)
+    quantize_model(model, "w8a8")
+    original = model.base_model.forward
+
+    def forward(input_ids=None, position_ids=None, cache=None, use_cache=None):  # no **kwargs
+        return original(input_ids=input_ids, position_ids=position_ids, cache=cache, use_cache=use_cache)
+
+    monkeypatch.setattr(model.base_model, "forward", forward)
+    prompt = torch.tensor(random_prompt(4, length=20))
+    with torch.inference_mode():
+        hidden = SDPABackend().forward(model, KVCache(model), prompt, torch.arange(20), hidden=True, prefill=True)
+    assert hidden.shape == (20, model.config.hidden_size) and row_calls
+
+
+def test_sdpa_gives_a_strided_view_what_it_gives_a_contiguous_copy():
+    """Row-wise attention hands SDPA slices of the cache (GrowingLayer's views) in one-token steps and
+    verification rows alike, and gathered copies for tree rows: exact only if strides do not matter."""
+    generator = torch.Generator().manual_seed(0)
+    for visible in (5, 600, 1100):
+        query = torch.randn(1, 2, 6, 128, generator=generator)  # Qwen2.5-1.5B's grouping: 2 KV heads x 6
+        keys, values = (torch.randn(1, 2, 1400, 128, generator=generator) for _ in range(2))  # a buffer
+        strided = torch.nn.functional.scaled_dot_product_attention(
+            query, keys[:, :, :visible], values[:, :, :visible])
+        copied = torch.nn.functional.scaled_dot_product_attention(
+            query, keys[:, :, :visible].contiguous(), values[:, :, :visible].contiguous())
+        assert torch.equal(strided, copied)
+
+
+def test_loading_a_w8a8_instance_keeps_its_rowwise_attention():
+    model = cpu_model("llama", seed=2)
+    quantize_model(model, "w8a8")
+    target = load_model(model, tokenizer=tiny_tokenizer(), device="cpu")  # the loader switches other attentions to SDPA
+    assert fold_rows_of(target.model.config._attn_implementation)  # row-wise, however many tokens per call
