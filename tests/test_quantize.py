@@ -63,6 +63,7 @@ def test_int4_layer_equals_its_dequantized_matmul(group_size):
 
 
 def test_int4_from_existing_codes_keeps_them():
+    torch.manual_seed(0)
     codes = torch.randint(0, 16, (32, 64), dtype=torch.int32)
     scale, zero = torch.rand(32, 2) * 0.1, torch.randn(32, 2) * 0.1
     layer = Int4Linear.from_codes(codes, scale, zero, None, torch.float32, group_size=32)
