@@ -1,6 +1,8 @@
 """Files written whole or not at all: a reader (or the next run, after a crash) finds the old file or the new
-one, never a part of either. Every file specdecode saves goes through `atomic_file`: the calibration cache,
-a datastore's files and manifest, the span index, bench results, reports and figures, captions written out.
+one, never a part of either. Every file specdecode writes whole goes through `atomic_file`: the calibration
+cache, a datastore's files and manifest, the span index, bench settings, reports and figures, captions
+written out, a zoo model's assembled GGUF. (The bench's results journal grows a flushed line at a time, and
+a converted zoo model is a folder moved into place whole: models/zoo.py.)
 """
 
 from __future__ import annotations
@@ -20,8 +22,9 @@ def atomic_file(path: str | os.PathLike) -> Iterator[BinaryIO]:
     over `path`. On an error `path` is left as it was and the temporary file is removed."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+    file = open(tmp, "xb")  # created with the usual permissions (umask), unlike mkstemp's 0600
     try:
-        with open(tmp, "xb") as file:  # created with the usual permissions (umask), unlike mkstemp's 0600
+        with file:
             yield file
             file.flush()
             os.fsync(file.fileno())
