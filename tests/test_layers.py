@@ -11,7 +11,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "specdecode"
 # Lowest first; a module may import its own layer or any layer below it. The model loader chooses the
 # CPU machinery, so models sits above runtime.
 LAYERS = [
-    ("basics", ("errors", "outputs", "sampling", "prompts", "tree")),
+    ("basics", ("errors", "files", "outputs", "sampling", "prompts", "tree")),
     ("runtime", ("runtime",)),
     ("models", ("models",)),
     ("policy", ("policy",)),
