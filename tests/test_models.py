@@ -6,7 +6,6 @@ import hashlib
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import gguf
@@ -18,6 +17,7 @@ from tokenizers.models import WordLevel
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 from typer.testing import CliRunner
 
+from specdecode.models import load as load_module
 from specdecode.models import zoo
 from specdecode.cli.main import app
 from specdecode.errors import ModelLoadError, SpecDecodeError
@@ -141,11 +141,13 @@ def test_unknown_zoo_name_lists_known_names():
         assert name in str(err.value)
 
 
-def test_mistyped_zoo_name_fails_fast_with_suggestion():
-    start = time.perf_counter()
+def test_mistyped_zoo_name_fails_fast_with_suggestion(monkeypatch):
+    def no_download(*args, **kwargs):  # failing fast: the hub (network retries) is never asked
+        raise AssertionError("a mistyped zoo name reached the hub")
+
+    monkeypatch.setattr(load_module, "_from_pretrained", no_download)
     with pytest.raises(ModelLoadError, match="did you mean the zoo model 'qwen2.5-coder-1.5b-instruct'"):
         load_model("qwen2.5-coder-1.5b-instuct")
-    assert time.perf_counter() - start < 5
 
 
 def test_missing_packages_message_has_exact_commands(home):
@@ -429,11 +431,8 @@ def test_smollm2_from_the_zoo_loads_and_second_load_comes_from_cache():
     first = load_model("smollm2-135m-instruct", dtype="float32", device="cpu", cpu_kernels="standard")
     folder = zoo.model_dir("smollm2-135m-instruct")
     stamp = (folder / "model.safetensors").stat().st_mtime_ns
-    start = time.perf_counter()
     second = load_model("smollm2-135m-instruct", dtype="float32", device="cpu", cpu_kernels="standard")
-    elapsed = time.perf_counter() - start
-    assert (folder / "model.safetensors").stat().st_mtime_ns == stamp  # read from the cache
-    assert elapsed < 20, f"a cached load took {elapsed:.1f}s"
+    assert (folder / "model.safetensors").stat().st_mtime_ns == stamp  # read from the cache, not converted again
     for loaded in (first, second):
         assert type(loaded.model).__name__ == "LlamaForCausalLM"
         assert loaded.dtype == torch.float32 and loaded.name == "smollm2-135m-instruct"
