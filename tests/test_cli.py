@@ -1,5 +1,6 @@
 """`specdecode generate` end to end on a tiny model saved to a folder: output modes, exactness
-reports, and one clear `error:` line (exit 1, no traceback) for each bad input."""
+reports, and one clear `error:` line (exit 1, no traceback) for each bad input; `specdecode models`
+listing the zoo and refusing an unknown name."""
 
 from __future__ import annotations
 
@@ -162,3 +163,29 @@ def test_profile_prints_the_calibration_and_a_forward_cost_table(model_dir):
     graphs = CliRunner().invoke(app, ["profile", "--model", model_dir, "--dtype", "fp32", "--sizes", "1,2",
                                       "--context", "8", "--rounds", "1", "--attention", "graphs"])
     assert graphs.exit_code == 0 and "graphs, static steps: eager" in graphs.stdout, graphs.output
+
+
+def test_cli_pull_unknown_model_prints_message_and_exits_1():
+    result = CliRunner().invoke(app, ["models", "pull", "no-such-model"])
+    assert result.exit_code == 1
+    assert "error: unknown zoo model 'no-such-model'" in result.stderr
+    assert "smollm2-135m-instruct" in result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_main_entry_point_prints_message_without_traceback():
+    done = subprocess.run([sys.executable, "-m", "specdecode.cli.main", "models", "pull", "no-such-model"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1
+    assert done.stderr.startswith("error: unknown zoo model 'no-such-model'")
+    assert "Traceback" not in done.stderr + done.stdout
+
+
+def test_cli_models_list_shows_every_zoo_model(tmp_path, monkeypatch):
+    home = tmp_path / "home"  # a private zoo cache
+    monkeypatch.setenv("SPECDECODE_HOME", str(home))
+    result = CliRunner().invoke(app, ["models", "list"])
+    assert result.exit_code == 0, result.output
+    for name in ("qwen2.5-coder-1.5b-instruct", "qwen2.5-coder-0.5b-instruct", "smollm2-135m-instruct"):
+        assert name in result.stdout
+    assert str(home) in result.stdout

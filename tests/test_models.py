@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import gguf
@@ -15,11 +13,9 @@ import torch
 from tokenizers import Tokenizer, pre_tokenizers
 from tokenizers.models import WordLevel
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-from typer.testing import CliRunner
 
 from specdecode.models import load as load_module
 from specdecode.models import zoo
-from specdecode.cli.main import app
 from specdecode.errors import ModelLoadError, SpecDecodeError
 from specdecode.runtime.cpu.rowwise_attention import fold_rows_of
 from specdecode.models.load import (
@@ -393,33 +389,6 @@ def test_devices():
     if not torch.cuda.is_available():
         with pytest.raises(SpecDecodeError, match="no usable CUDA GPU"):
             resolve_device("cuda")
-
-
-# ----------------------------------------------------------------------------- CLI
-
-
-def test_cli_pull_unknown_model_prints_message_and_exits_1():
-    result = CliRunner().invoke(app, ["models", "pull", "no-such-model"])
-    assert result.exit_code == 1
-    assert "error: unknown zoo model 'no-such-model'" in result.stderr
-    assert "smollm2-135m-instruct" in result.stderr
-    assert "Traceback" not in result.output
-
-
-def test_main_entry_point_prints_message_without_traceback():
-    done = subprocess.run([sys.executable, "-m", "specdecode.cli.main", "models", "pull", "no-such-model"],
-                          capture_output=True, text=True, timeout=120)
-    assert done.returncode == 1
-    assert done.stderr.startswith("error: unknown zoo model 'no-such-model'")
-    assert "Traceback" not in done.stderr + done.stdout
-
-
-def test_cli_models_list_shows_every_zoo_model(home):
-    result = CliRunner().invoke(app, ["models", "list"])
-    assert result.exit_code == 0, result.output
-    for name in ("qwen2.5-coder-1.5b-instruct", "qwen2.5-coder-0.5b-instruct", "smollm2-135m-instruct"):
-        assert name in result.stdout
-    assert str(home) in result.stdout
 
 
 # ----------------------------------------------------------------------------- the real zoo
