@@ -20,6 +20,7 @@ from specdecode.runtime.cpu.rowwise_attention import (exact_fold_rows, fold_rows
                                                       use_rowwise_attention)
 from specdecode.runtime.grouped_attention import GROUPED
 from specdecode.runtime.runner import SDPABackend
+from specdecode.tree import DraftTree
 
 QWEN_1_5B_HEADS = dict(num_attention_heads=12, num_key_value_heads=2, head_dim=128)  # 6 query heads per KV head
 
@@ -190,8 +191,8 @@ def test_folded_verifications_decode_as_plain(monkeypatch, dtype):
 @pytest.fixture
 def row_calls(monkeypatch) -> list:
     """Grows by one entry each time row-wise attention (not the batched prefill) attends fed tokens."""
-    calls, visible = [], rowwise._visible
-    monkeypatch.setattr(rowwise, "_visible", lambda *a: calls.append(1) or visible(*a))
+    calls, visible = [], rowwise.visible_keys
+    monkeypatch.setattr(rowwise, "visible_keys", lambda *a: calls.append(1) or visible(*a))
     return calls
 
 
@@ -235,7 +236,8 @@ def test_a_prefill_through_a_forward_without_keywords_stays_rowwise(monkeypatch,
 
 def test_sdpa_gives_a_strided_view_what_it_gives_a_contiguous_copy():
     """Row-wise attention hands SDPA slices of the cache (GrowingLayer's views) in one-token steps and
-    verification rows alike, and gathered copies for tree rows: exact only if strides do not matter."""
+    verification rows alike (a later branch's too, its entries moved next to the run): exact only if strides
+    do not matter."""
     generator = torch.Generator().manual_seed(0)
     for visible in (5, 600, 1100):
         query = torch.randn(1, 2, 6, 128, generator=generator)  # Qwen2.5-1.5B's grouping: 2 KV heads x 6
@@ -252,3 +254,27 @@ def test_loading_a_w8a8_instance_keeps_its_rowwise_attention():
     quantize_model(model, "w8a8")
     target = load_model(model, tokenizer=tiny_tokenizer(), device="cpu")  # the loader switches other attentions to SDPA
     assert fold_rows_of(target.model.config._attn_implementation)  # row-wise, however many tokens per call
+
+
+def test_a_lean_forward_works_out_the_key_layout_once_for_every_layer(monkeypatch):
+    """Every layer of a step attends under one mask: lean_forward finds its keys' layout once and hands it to
+    each layer's row-wise attention, with the bits of working it out per layer (a two-branch tree, padded)."""
+    import specdecode.runtime.lean_forward as lean
+
+    model = cpu_model("qwen2", seed=3)
+    quantize_model(model, "w8a8")
+    backend, prompt = SDPABackend(), random_prompt(5, length=30)
+    tree = DraftTree([7, 8, 9], [-1, -1, 0])  # two branches
+    once, per_layer, outputs = [], [], []
+    visible = lean.visible_keys
+    monkeypatch.setattr(rowwise, "visible_keys", lambda *a: per_layer.append(1) or visible(*a))
+    with torch.inference_mode():
+        for hoisted in (True, False):
+            monkeypatch.setattr(lean, "visible_keys", lambda *a: once.append(1) or visible(*a) if hoisted else None)
+            cache = KVCache(model)
+            backend.forward(model, cache, torch.tensor(prompt[:-1]), torch.arange(len(prompt) - 1), prefill=True)
+            assert backend.runs_lean(model)  # its one-time probe (own forwards too) before counting
+            once.clear(), per_layer.clear()
+            outputs.append(backend.verify(model, cache, tree, prompt[-1], rows=6))
+            assert (len(once), len(per_layer)) == ((1, 0) if hoisted else (0, model.config.num_hidden_layers))
+    assert torch.equal(*outputs)

@@ -29,7 +29,7 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from .cache import KVCache
 from .cpu.fusion import products_of
-from .cpu.rowwise_attention import fold_rows_of, rowwise_attention, runs_sdpa
+from .cpu.rowwise_attention import fold_rows_of, rowwise_attention, runs_sdpa, visible_keys
 from .grouped_attention import GROUPED, grouped_attention
 from .layers import decoder_of
 
@@ -85,8 +85,12 @@ def lean_forward(model: torch.nn.Module, cache_layers: Sequence, input_ids: torc
     implementation = body.config._attn_implementation
     fold_rows = fold_rows_of(implementation)  # None: SDPA
     rowwise = fold_rows is not None
-    attend = partial(partial(rowwise_attention, fold_rows=fold_rows) if rowwise
-                     else grouped_attention if implementation == GROUPED else sdpa_attention_forward, **(keywords or {}))
+    if rowwise:  # every layer attends under the same mask: its keys' layout is worked out once per forward
+        visible = visible_keys(attention_mask, q, cache_layers[0].get_seq_length() + q)
+        attend = partial(rowwise_attention, fold_rows=fold_rows, visible=visible, **(keywords or {}))
+    else:
+        attend = partial(grouped_attention if implementation == GROUPED else sdpa_attention_forward,
+                         **(keywords or {}))
     if attention_mask is None and q > 1 and not rowwise:  # SDPA's is_causal would ignore the cache
         past = cache_layers[0].get_seq_length()
         attention_mask = torch.ones(q, past + q, dtype=torch.bool, device=input_ids.device).tril(past)[None, None]

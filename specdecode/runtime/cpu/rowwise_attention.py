@@ -52,10 +52,12 @@ PACKED_FROM_ROWS = {torch.bfloat16: 64, torch.float16: 16}  # PyTorch's CPU kern
 
 def rowwise_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                       attention_mask: torch.Tensor | None, dropout: float = 0.0, scaling: float | None = None,
-                      fold_rows: int = 1, **kwargs) -> tuple[torch.Tensor, None]:
+                      fold_rows: int = 1, visible: tuple[list[int], dict] | None = None,
+                      **kwargs) -> tuple[torch.Tensor, None]:
     """query [1, heads, q, d]; key, value [1, kv_heads, kv, d]; attention_mask [1, 1, q, >= kv] (bool,
     True = may attend; or float, 0 = may attend) or None for causal. At most `fold_rows` tokens share an
-    SDPA call. Returns ([1, q, heads, d], None)."""
+    SDPA call. visible: `visible_keys(attention_mask, q, kv)` where the caller computed it once for every
+    layer (lean_forward), else it is computed here. Returns ([1, q, heads, d], None)."""
     if kwargs.pop(BATCHED_PREFILL, False):
         from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
@@ -68,7 +70,7 @@ def rowwise_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.T
     kv_heads = key.shape[1]
     # a token's query heads grouped by the key/value head they share (GQA): [q, kv_heads, groups, d]
     grouped = query[0].transpose(0, 1).reshape(q_len, kv_heads, heads // kv_heads, head_dim)
-    counts, branches = _visible(attention_mask, q_len, key.shape[2])
+    counts, branches = visible if visible is not None else visible_keys(attention_mask, q_len, key.shape[2])
     if not branches and len(_folds(range(q_len), counts, fold_rows)) == 1:  # a chain in one call
         return _attend(grouped, key, value, counts, scaling)[None], None  # [1, q, heads, d]
     out = query.new_empty(q_len, heads, head_dim)  # [q, heads, d]
@@ -163,8 +165,8 @@ def _padded(states: torch.Tensor, span: int) -> torch.Tensor:
     return F.pad(states, (0, 0, 0, span - length))
 
 
-def _visible(attention_mask: torch.Tensor | None, q_len: int, kv_len: int
-             ) -> tuple[list[int], dict[int, tuple[int, list[int]]]]:
+def visible_keys(attention_mask: torch.Tensor | None, q_len: int, kv_len: int
+                 ) -> tuple[list[int], dict[int, tuple[int, list[int]]]]:
     """(each fed token's count of visible keys, {token: (run, tail)} for the tokens whose visible keys are
     not the first `count`, a tree's later branches: they see the first `run` keys and then those at `tail`)."""
     if attention_mask is None:  # causal: the keys up to each token's own
